@@ -1,0 +1,3 @@
+//! The `kneo` command.
+
+fn main() {}

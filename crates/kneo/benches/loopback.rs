@@ -1,0 +1,3 @@
+//! loopback bench
+
+fn main() {}

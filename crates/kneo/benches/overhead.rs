@@ -1,0 +1,3 @@
+//! overhead bench
+
+fn main() {}

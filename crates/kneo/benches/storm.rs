@@ -1,0 +1,3 @@
+//! storm bench
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! kneo: tower middleware for HTTP API clients.

@@ -1,0 +1,3 @@
+//! axum_gateway
+
+fn main() {}

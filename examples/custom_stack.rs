@@ -1,0 +1,3 @@
+//! custom_stack
+
+fn main() {}

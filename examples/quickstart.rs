@@ -1,0 +1,3 @@
+//! quickstart
+
+fn main() {}

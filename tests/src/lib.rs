@@ -1,0 +1,1 @@
+//! Support for kneo's end-to-end tests: scripted loopback servers.
