@@ -47,3 +47,5 @@ pub const INSUFFICIENT_CREDITS: &str = "insufficient_credits";
 pub const HTTP_ERROR: &str = "http_error";
 /// A success response whose body could not be decoded into the expected type.
 pub const DECODE_ERROR: &str = "decode_error";
+/// The request could not be built; nothing was sent.
+pub const INVALID_REQUEST: &str = "invalid_request";

@@ -56,6 +56,8 @@ pub enum ErrorKind {
     Status,
     /// A success response whose body could not be decoded into the expected type.
     Decode,
+    /// The request could not be built (an invalid URL or header); nothing was sent.
+    Request,
 }
 
 impl ErrorKind {
@@ -72,6 +74,7 @@ impl ErrorKind {
             ErrorKind::Server => "server",
             ErrorKind::Status => "status",
             ErrorKind::Decode => "decode",
+            ErrorKind::Request => "request",
         }
     }
 }
@@ -89,11 +92,11 @@ impl fmt::Display for ErrorKind {
 /// use kneo_core::Sent;
 ///
 /// let sent = Sent::new(Method::POST).request_id("req-1").idempotency_key("key-1");
-/// assert_eq!(sent.method(), &Method::POST);
+/// assert_eq!(sent.method(), Some(&Method::POST));
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Sent {
-    method: Method,
+    method: Option<Method>,
     request_id: Option<String>,
     idempotency_key: Option<String>,
 }
@@ -102,16 +105,20 @@ impl Sent {
     /// A request sent with `method`, carrying no id and no key.
     pub fn new(method: Method) -> Self {
         Sent {
-            method,
+            method: Some(method),
             request_id: None,
             idempotency_key: None,
         }
     }
 
     /// Reads the request id (from `request_id_header`) and the `Idempotency-Key` from request headers.
-    pub fn from_headers(method: &Method, headers: &HeaderMap, request_id_header: &HeaderName) -> Self {
+    pub fn from_headers(
+        method: &Method,
+        headers: &HeaderMap,
+        request_id_header: &HeaderName,
+    ) -> Self {
         Sent {
-            method: method.clone(),
+            method: Some(method.clone()),
             request_id: token(headers.get(request_id_header).map(|v| v.as_bytes())),
             idempotency_key: token(headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes())),
         }
@@ -129,9 +136,21 @@ impl Sent {
         self
     }
 
-    /// The request method.
-    pub fn method(&self) -> &Method {
-        &self.method
+    /// The request method (`None` for [`Sent::default`]: not known).
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+}
+
+/// The server's `x-should-retry: true|false` advice; anything else is no advice.
+pub fn should_retry_advice(headers: &HeaderMap) -> Option<bool> {
+    let value = headers.get(X_SHOULD_RETRY)?.to_str().ok()?.trim();
+    if value.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -252,11 +271,16 @@ impl Error {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case(PROBLEM_JSON));
-        let problem = json.filter(|_| is_problem).map(|o| Problem::from_json(o, status));
+        let problem = json
+            .filter(|_| is_problem)
+            .map(|o| Problem::from_json(o, status));
 
         let server_code = token(headers.get(X_ERROR_CODE).map(|v| v.as_bytes())).or_else(|| {
             let o = json?;
-            let nested = o.get("error").and_then(|e| e.get("code")).and_then(Value::as_str);
+            let nested = o
+                .get("error")
+                .and_then(|e| e.get("code"))
+                .and_then(Value::as_str);
             let top = o.get("code").and_then(Value::as_str);
             token(nested.or(top).map(str::as_bytes))
         });
@@ -272,12 +296,20 @@ impl Error {
             409 if server_code.as_deref() == Some(codes::IDEMPOTENCY_KEY_IN_USE) => {
                 (ErrorKind::Conflict, codes::IDEMPOTENCY_KEY_IN_USE)
             }
-            409 => (ErrorKind::IdempotencyMismatch, codes::IDEMPOTENCY_KEY_MISMATCH),
+            409 => (
+                ErrorKind::IdempotencyMismatch,
+                codes::IDEMPOTENCY_KEY_MISMATCH,
+            ),
             422 if has_key
                 && (server_code.as_deref().is_some_and(names_idempotency)
-                    || problem.as_ref().is_some_and(|p| names_idempotency(&p.r#type))) =>
+                    || problem
+                        .as_ref()
+                        .is_some_and(|p| names_idempotency(&p.r#type))) =>
             {
-                (ErrorKind::IdempotencyMismatch, codes::IDEMPOTENCY_KEY_MISMATCH)
+                (
+                    ErrorKind::IdempotencyMismatch,
+                    codes::IDEMPOTENCY_KEY_MISMATCH,
+                )
             }
             429 => (ErrorKind::RateLimited, codes::RATE_LIMIT_EXCEEDED),
             504 => (ErrorKind::Server, codes::API_TIMEOUT),
@@ -289,14 +321,7 @@ impl Error {
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
 
         let echoed = token(headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
-        let should_retry = headers
-            .get(X_SHOULD_RETRY)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| match v.trim() {
-                t if t.eq_ignore_ascii_case("true") => Some(true),
-                t if t.eq_ignore_ascii_case("false") => Some(false),
-                _ => None,
-            });
+        let should_retry = should_retry_advice(headers);
 
         let mut inner = Inner::new(kind, default_code, message);
         if let Some(code) = server_code {
@@ -310,7 +335,7 @@ impl Error {
         inner.idempotency_key = sent.idempotency_key;
         inner.retry_after = retry_after::from_headers(headers);
         inner.should_retry = should_retry;
-        inner.method = Some(sent.method);
+        inner.method = sent.method;
         Error(Box::new(inner))
     }
 
@@ -327,17 +352,24 @@ impl Error {
                 use std::io::ErrorKind as Io;
                 matches!(
                     io.kind(),
-                    Io::ConnectionRefused | Io::AddrNotAvailable | Io::HostUnreachable | Io::NetworkUnreachable
+                    Io::ConnectionRefused
+                        | Io::AddrNotAvailable
+                        | Io::HostUnreachable
+                        | Io::NetworkUnreachable
                 )
             })
         });
         let timeout = chain(&*source).any(is_timeout_error);
-        let code = if timeout { codes::API_TIMEOUT } else { codes::API_CONNECTION };
+        let code = if timeout {
+            codes::API_TIMEOUT
+        } else {
+            codes::API_CONNECTION
+        };
         let mut inner = Inner::new(ErrorKind::Network, code, chain_message(&*source));
         inner.connect = connect;
         inner.request_id = sent.request_id;
         inner.idempotency_key = sent.idempotency_key;
-        inner.method = Some(sent.method);
+        inner.method = sent.method;
         inner.source = Some(source);
         Error(Box::new(inner))
     }
@@ -362,7 +394,19 @@ impl Error {
         inner.status = Some(status);
         inner.request_id = sent.request_id;
         inner.idempotency_key = sent.idempotency_key;
-        inner.method = Some(sent.method);
+        inner.method = sent.method;
+        inner.source = Some(source);
+        Error(Box::new(inner))
+    }
+
+    /// A request that could not be built (invalid URL, header or body); nothing was sent.
+    pub fn invalid_request(source: impl Into<BoxError>) -> Error {
+        let source = source.into();
+        let mut inner = Inner::new(
+            ErrorKind::Request,
+            codes::INVALID_REQUEST,
+            chain_message(&*source),
+        );
         inner.source = Some(source);
         Error(Box::new(inner))
     }
@@ -432,7 +476,9 @@ impl Error {
 
     /// How many attempts were made (1 when no retry layer recorded any).
     pub fn attempts(&self) -> u32 {
-        u32::try_from(self.0.history.len()).unwrap_or(u32::MAX).max(1)
+        u32::try_from(self.0.history.len())
+            .unwrap_or(u32::MAX)
+            .max(1)
     }
 
     /// Every attempt the retry layer made, oldest first (empty without a retry layer).
@@ -443,14 +489,21 @@ impl Error {
     /// `true` for [`ErrorKind::Conflict`] and [`ErrorKind::IdempotencyMismatch`]:
     /// a mismatch is a kind of conflict.
     pub fn is_conflict(&self) -> bool {
-        matches!(self.0.kind, ErrorKind::Conflict | ErrorKind::IdempotencyMismatch)
+        matches!(
+            self.0.kind,
+            ErrorKind::Conflict | ErrorKind::IdempotencyMismatch
+        )
     }
 
     /// `true` when a timeout caused this error: ours, an I/O timeout anywhere
     /// in the source chain, or a 504 from the server.
     pub fn is_timeout(&self) -> bool {
         self.0.status == Some(StatusCode::GATEWAY_TIMEOUT)
-            || self.0.source.as_deref().is_some_and(|s| chain(s).any(is_timeout_error))
+            || self
+                .0
+                .source
+                .as_deref()
+                .is_some_and(|s| chain(s).any(is_timeout_error))
     }
 
     /// `true` when the request never left this host (connect, DNS, TLS).
@@ -492,7 +545,7 @@ impl Error {
             inner.idempotency_key = sent.idempotency_key;
         }
         if inner.method.is_none() {
-            inner.method = Some(sent.method);
+            inner.method = sent.method;
         }
     }
 
@@ -502,13 +555,16 @@ impl Error {
     }
 }
 
-fn chain<'a>(e: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
 }
 
 fn is_timeout_error(e: &(dyn StdError + 'static)) -> bool {
     e.is::<TimedOut>()
-        || e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        || e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// The source chain as `outer: inner: innermost`, bounded.
@@ -559,6 +615,7 @@ impl fmt::Display for Error {
         match (i.kind, i.status) {
             (ErrorKind::Network, _) => write!(f, "network error: {}", i.message)?,
             (ErrorKind::Decode, _) => f.write_str(&i.message)?,
+            (ErrorKind::Request, _) => write!(f, "invalid request: {}", i.message)?,
             (_, Some(status)) => {
                 write!(f, "HTTP {}", status.as_u16())?;
                 if let Some(reason) = status.canonical_reason() {
@@ -607,6 +664,9 @@ impl fmt::Debug for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }

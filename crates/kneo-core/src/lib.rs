@@ -64,8 +64,8 @@ pub mod retry_after;
 pub use attempt::{Attempt, Outcome};
 pub use body::{ErrorBody, DEFAULT_BODY_CAP};
 pub use error::{
-    is_idempotent, is_valid_request_id, BoxError, Error, ErrorKind, Sent, TimedOut, IDEMPOTENCY_KEY,
-    X_ERROR_CODE, X_REQUEST_ID, X_SHOULD_RETRY,
+    is_idempotent, is_valid_request_id, should_retry_advice, BoxError, Error, ErrorKind, Sent,
+    TimedOut, IDEMPOTENCY_KEY, X_ERROR_CODE, X_REQUEST_ID, X_SHOULD_RETRY,
 };
 pub use problem::{Problem, PROBLEM_JSON};
 

@@ -54,7 +54,12 @@ impl Problem {
         let string = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
         let extensions = object
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "type" | "title" | "status" | "detail" | "instance"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "type" | "title" | "status" | "detail" | "instance"
+                )
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Problem {

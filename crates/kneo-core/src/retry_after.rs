@@ -181,7 +181,10 @@ mod tests {
             (b"250", Some(ms(250))),
             (b" 250 ", Some(ms(250))),
             (b"1.5", Some(Duration::from_micros(1500))),
-            (b"99999999999999999999999", Some(Duration::from_millis(u64::MAX))),
+            (
+                b"99999999999999999999999",
+                Some(Duration::from_millis(u64::MAX)),
+            ),
             (b"-5", None),
             (b"nan", None),
             (b"inf", None),
@@ -206,7 +209,10 @@ mod tests {
         h.insert(RETRY_AFTER_MS, HeaderValue::from_static("garbage"));
         assert_eq!(from_headers_at(&h, now()), Some(Duration::from_secs(3)));
         h.insert(RETRY_AFTER_MS, HeaderValue::from_static("1200"));
-        assert_eq!(from_headers_at(&h, now()), Some(Duration::from_millis(1200)));
+        assert_eq!(
+            from_headers_at(&h, now()),
+            Some(Duration::from_millis(1200))
+        );
         assert_eq!(from_headers_at(&HeaderMap::new(), now()), None);
     }
 }

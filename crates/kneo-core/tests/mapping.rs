@@ -35,48 +35,305 @@ fn every_row_of_the_mapping_table() {
     let none: &[(&str, &str)] = &[];
     let secs = |s| Some(Duration::from_secs(s));
     let cases = [
-        Case { name: "401", status: 401, key: false, headers: none, body: "", kind: Auth, code: codes::AUTHENTICATION_ERROR, retry_after: None },
-        Case { name: "403", status: 403, key: false, headers: none, body: "forbidden", kind: Permission, code: codes::PERMISSION_DENIED, retry_after: None },
-        Case { name: "404", status: 404, key: false, headers: none, body: r#"{"message":"run 7 does not exist"}"#, kind: NotFound, code: codes::NOT_FOUND, retry_after: None },
-        Case { name: "404 server code", status: 404, key: false, headers: none, body: r#"{"error":{"code":"flow_not_found"}}"#, kind: NotFound, code: "flow_not_found", retry_after: None },
-        Case { name: "409 no key", status: 409, key: false, headers: none, body: "", kind: Conflict, code: codes::CONFLICT, retry_after: None },
-        Case { name: "409 no key, server code", status: 409, key: false, headers: none, body: r#"{"code":"version_conflict"}"#, kind: Conflict, code: "version_conflict", retry_after: None },
-        Case { name: "409 key in use", status: 409, key: true, headers: none, body: r#"{"error":{"code":"idempotency_key_in_use"}}"#, kind: Conflict, code: codes::IDEMPOTENCY_KEY_IN_USE, retry_after: None },
-        Case { name: "409 with key", status: 409, key: true, headers: none, body: "", kind: IdempotencyMismatch, code: codes::IDEMPOTENCY_KEY_MISMATCH, retry_after: None },
-        Case { name: "409 with key, json", status: 409, key: true, headers: none, body: r#"{"message":"payload differs"}"#, kind: IdempotencyMismatch, code: codes::IDEMPOTENCY_KEY_MISMATCH, retry_after: None },
-        Case { name: "422 key, code names idempotency", status: 422, key: true, headers: none, body: r#"{"code":"idempotency_key_reused"}"#, kind: IdempotencyMismatch, code: "idempotency_key_reused", retry_after: None },
-        Case { name: "422 key, problem type names idempotency", status: 422, key: true, headers: &[("content-type", "application/problem+json")], body: r#"{"type":"https://example.com/errors/idempotency-key-mismatch","title":"mismatch"}"#, kind: IdempotencyMismatch, code: codes::IDEMPOTENCY_KEY_MISMATCH, retry_after: None },
-        Case { name: "422 no key", status: 422, key: false, headers: none, body: r#"{"code":"idempotency_key_reused"}"#, kind: Status, code: "idempotency_key_reused", retry_after: None },
-        Case { name: "422 key, unrelated", status: 422, key: true, headers: none, body: r#"{"code":"invalid_field"}"#, kind: Status, code: "invalid_field", retry_after: None },
-        Case { name: "429", status: 429, key: false, headers: &[("retry-after", "3")], body: "", kind: RateLimited, code: codes::RATE_LIMIT_EXCEEDED, retry_after: secs(3) },
-        Case { name: "429 ms", status: 429, key: false, headers: &[("retry-after", "3"), ("retry-after-ms", "1500")], body: "", kind: RateLimited, code: codes::RATE_LIMIT_EXCEEDED, retry_after: Some(Duration::from_millis(1500)) },
-        Case { name: "429 garbage hint", status: 429, key: false, headers: &[("retry-after", "soon")], body: "", kind: RateLimited, code: codes::RATE_LIMIT_EXCEEDED, retry_after: None },
-        Case { name: "500", status: 500, key: false, headers: none, body: "boom", kind: Server, code: codes::SERVER_ERROR, retry_after: None },
-        Case { name: "502", status: 502, key: false, headers: none, body: "", kind: Server, code: codes::SERVER_ERROR, retry_after: None },
-        Case { name: "503 hint", status: 503, key: true, headers: &[("retry-after", "1")], body: "", kind: Server, code: codes::SERVER_ERROR, retry_after: secs(1) },
-        Case { name: "504", status: 504, key: false, headers: none, body: "", kind: Server, code: codes::API_TIMEOUT, retry_after: None },
-        Case { name: "402", status: 402, key: false, headers: none, body: "", kind: Status, code: codes::INSUFFICIENT_CREDITS, retry_after: None },
-        Case { name: "400", status: 400, key: false, headers: none, body: "", kind: Status, code: codes::HTTP_ERROR, retry_after: None },
-        Case { name: "418 x-error-code", status: 418, key: false, headers: &[("x-error-code", "teapot")], body: r#"{"code":"ignored"}"#, kind: Status, code: "teapot", retry_after: None },
-        Case { name: "302", status: 302, key: false, headers: none, body: "", kind: Status, code: codes::HTTP_ERROR, retry_after: None },
-        Case { name: "problem code member", status: 400, key: false, headers: &[("content-type", "application/problem+json; charset=utf-8")], body: r#"{"type":"about:blank","code":"bad_input","status":200}"#, kind: Status, code: "bad_input", retry_after: None },
-        Case { name: "code of wrong type ignored", status: 404, key: false, headers: none, body: r#"{"code":404}"#, kind: NotFound, code: codes::NOT_FOUND, retry_after: None },
+        Case {
+            name: "401",
+            status: 401,
+            key: false,
+            headers: none,
+            body: "",
+            kind: Auth,
+            code: codes::AUTHENTICATION_ERROR,
+            retry_after: None,
+        },
+        Case {
+            name: "403",
+            status: 403,
+            key: false,
+            headers: none,
+            body: "forbidden",
+            kind: Permission,
+            code: codes::PERMISSION_DENIED,
+            retry_after: None,
+        },
+        Case {
+            name: "404",
+            status: 404,
+            key: false,
+            headers: none,
+            body: r#"{"message":"run 7 does not exist"}"#,
+            kind: NotFound,
+            code: codes::NOT_FOUND,
+            retry_after: None,
+        },
+        Case {
+            name: "404 server code",
+            status: 404,
+            key: false,
+            headers: none,
+            body: r#"{"error":{"code":"flow_not_found"}}"#,
+            kind: NotFound,
+            code: "flow_not_found",
+            retry_after: None,
+        },
+        Case {
+            name: "409 no key",
+            status: 409,
+            key: false,
+            headers: none,
+            body: "",
+            kind: Conflict,
+            code: codes::CONFLICT,
+            retry_after: None,
+        },
+        Case {
+            name: "409 no key, server code",
+            status: 409,
+            key: false,
+            headers: none,
+            body: r#"{"code":"version_conflict"}"#,
+            kind: Conflict,
+            code: "version_conflict",
+            retry_after: None,
+        },
+        Case {
+            name: "409 key in use",
+            status: 409,
+            key: true,
+            headers: none,
+            body: r#"{"error":{"code":"idempotency_key_in_use"}}"#,
+            kind: Conflict,
+            code: codes::IDEMPOTENCY_KEY_IN_USE,
+            retry_after: None,
+        },
+        Case {
+            name: "409 with key",
+            status: 409,
+            key: true,
+            headers: none,
+            body: "",
+            kind: IdempotencyMismatch,
+            code: codes::IDEMPOTENCY_KEY_MISMATCH,
+            retry_after: None,
+        },
+        Case {
+            name: "409 with key, json",
+            status: 409,
+            key: true,
+            headers: none,
+            body: r#"{"message":"payload differs"}"#,
+            kind: IdempotencyMismatch,
+            code: codes::IDEMPOTENCY_KEY_MISMATCH,
+            retry_after: None,
+        },
+        Case {
+            name: "422 key, code names idempotency",
+            status: 422,
+            key: true,
+            headers: none,
+            body: r#"{"code":"idempotency_key_reused"}"#,
+            kind: IdempotencyMismatch,
+            code: "idempotency_key_reused",
+            retry_after: None,
+        },
+        Case {
+            name: "422 key, problem type names idempotency",
+            status: 422,
+            key: true,
+            headers: &[("content-type", "application/problem+json")],
+            body: r#"{"type":"https://example.com/errors/idempotency-key-mismatch","title":"mismatch"}"#,
+            kind: IdempotencyMismatch,
+            code: codes::IDEMPOTENCY_KEY_MISMATCH,
+            retry_after: None,
+        },
+        Case {
+            name: "422 no key",
+            status: 422,
+            key: false,
+            headers: none,
+            body: r#"{"code":"idempotency_key_reused"}"#,
+            kind: Status,
+            code: "idempotency_key_reused",
+            retry_after: None,
+        },
+        Case {
+            name: "422 key, unrelated",
+            status: 422,
+            key: true,
+            headers: none,
+            body: r#"{"code":"invalid_field"}"#,
+            kind: Status,
+            code: "invalid_field",
+            retry_after: None,
+        },
+        Case {
+            name: "429",
+            status: 429,
+            key: false,
+            headers: &[("retry-after", "3")],
+            body: "",
+            kind: RateLimited,
+            code: codes::RATE_LIMIT_EXCEEDED,
+            retry_after: secs(3),
+        },
+        Case {
+            name: "429 ms",
+            status: 429,
+            key: false,
+            headers: &[("retry-after", "3"), ("retry-after-ms", "1500")],
+            body: "",
+            kind: RateLimited,
+            code: codes::RATE_LIMIT_EXCEEDED,
+            retry_after: Some(Duration::from_millis(1500)),
+        },
+        Case {
+            name: "429 garbage hint",
+            status: 429,
+            key: false,
+            headers: &[("retry-after", "soon")],
+            body: "",
+            kind: RateLimited,
+            code: codes::RATE_LIMIT_EXCEEDED,
+            retry_after: None,
+        },
+        Case {
+            name: "500",
+            status: 500,
+            key: false,
+            headers: none,
+            body: "boom",
+            kind: Server,
+            code: codes::SERVER_ERROR,
+            retry_after: None,
+        },
+        Case {
+            name: "502",
+            status: 502,
+            key: false,
+            headers: none,
+            body: "",
+            kind: Server,
+            code: codes::SERVER_ERROR,
+            retry_after: None,
+        },
+        Case {
+            name: "503 hint",
+            status: 503,
+            key: true,
+            headers: &[("retry-after", "1")],
+            body: "",
+            kind: Server,
+            code: codes::SERVER_ERROR,
+            retry_after: secs(1),
+        },
+        Case {
+            name: "504",
+            status: 504,
+            key: false,
+            headers: none,
+            body: "",
+            kind: Server,
+            code: codes::API_TIMEOUT,
+            retry_after: None,
+        },
+        Case {
+            name: "402",
+            status: 402,
+            key: false,
+            headers: none,
+            body: "",
+            kind: Status,
+            code: codes::INSUFFICIENT_CREDITS,
+            retry_after: None,
+        },
+        Case {
+            name: "400",
+            status: 400,
+            key: false,
+            headers: none,
+            body: "",
+            kind: Status,
+            code: codes::HTTP_ERROR,
+            retry_after: None,
+        },
+        Case {
+            name: "418 x-error-code",
+            status: 418,
+            key: false,
+            headers: &[("x-error-code", "teapot")],
+            body: r#"{"code":"ignored"}"#,
+            kind: Status,
+            code: "teapot",
+            retry_after: None,
+        },
+        Case {
+            name: "302",
+            status: 302,
+            key: false,
+            headers: none,
+            body: "",
+            kind: Status,
+            code: codes::HTTP_ERROR,
+            retry_after: None,
+        },
+        Case {
+            name: "problem code member",
+            status: 400,
+            key: false,
+            headers: &[("content-type", "application/problem+json; charset=utf-8")],
+            body: r#"{"type":"about:blank","code":"bad_input","status":200}"#,
+            kind: Status,
+            code: "bad_input",
+            retry_after: None,
+        },
+        Case {
+            name: "code of wrong type ignored",
+            status: 404,
+            key: false,
+            headers: none,
+            body: r#"{"code":404}"#,
+            kind: NotFound,
+            code: codes::NOT_FOUND,
+            retry_after: None,
+        },
     ];
     for case in &cases {
         let err = map(case);
         assert_eq!(err.kind(), case.kind, "{}: kind", case.name);
         assert_eq!(err.code(), case.code, "{}: code", case.name);
-        assert_eq!(err.status(), Some(StatusCode::from_u16(case.status).expect("valid")), "{}: status", case.name);
-        assert_eq!(err.retry_after(), case.retry_after, "{}: retry_after", case.name);
-        assert_eq!(err.idempotency_key(), case.key.then_some("key-1"), "{}: key", case.name);
-        assert_eq!(err.request_id(), Some("sent-id"), "{}: request id", case.name);
+        assert_eq!(
+            err.status(),
+            Some(StatusCode::from_u16(case.status).expect("valid")),
+            "{}: status",
+            case.name
+        );
+        assert_eq!(
+            err.retry_after(),
+            case.retry_after,
+            "{}: retry_after",
+            case.name
+        );
+        assert_eq!(
+            err.idempotency_key(),
+            case.key.then_some("key-1"),
+            "{}: key",
+            case.name
+        );
+        assert_eq!(
+            err.request_id(),
+            Some("sent-id"),
+            "{}: request id",
+            case.name
+        );
     }
 }
 
 #[test]
 fn network_errors() {
     let sent = Sent::new(Method::GET).request_id("r1");
-    let refused = Error::network(std::io::Error::from(std::io::ErrorKind::ConnectionRefused), sent.clone());
+    let refused = Error::network(
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        sent.clone(),
+    );
     assert_eq!(refused.kind(), ErrorKind::Network);
     assert_eq!(refused.code(), codes::API_CONNECTION);
     assert!(refused.is_connect() && !refused.is_timeout() && refused.is_retryable());
@@ -101,7 +358,10 @@ fn network_errors() {
             Some(&self.0)
         }
     }
-    let deep = Error::network(Wrapper(std::io::Error::from(std::io::ErrorKind::TimedOut)), sent);
+    let deep = Error::network(
+        Wrapper(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        sent,
+    );
     assert!(deep.is_timeout());
     assert_eq!(deep.code(), codes::API_TIMEOUT);
 
@@ -115,10 +375,22 @@ fn network_errors() {
 #[test]
 fn predicates_and_retry_advice() {
     let err = |status: u16, key: bool, headers: &'static [(&'static str, &'static str)]| {
-        map(&Case { name: "", status, key, headers, body: "", kind: ErrorKind::Status, code: "", retry_after: None })
+        map(&Case {
+            name: "",
+            status,
+            key,
+            headers,
+            body: "",
+            kind: ErrorKind::Status,
+            code: "",
+            retry_after: None,
+        })
     };
     assert!(err(409, false, &[]).is_conflict());
-    assert!(err(409, true, &[]).is_conflict(), "a mismatch is a conflict too");
+    assert!(
+        err(409, true, &[]).is_conflict(),
+        "a mismatch is a conflict too"
+    );
     assert!(!err(404, false, &[]).is_conflict());
     assert!(err(503, false, &[]).is_retryable());
     assert!(err(429, false, &[]).is_retryable());
@@ -126,15 +398,28 @@ fn predicates_and_retry_advice() {
     assert!(!err(409, true, &[]).is_retryable());
     assert!(err(500, false, &[("x-should-retry", "true")]).is_retryable());
     assert!(!err(503, false, &[("x-should-retry", "false")]).is_retryable());
-    assert!(err(503, false, &[("x-should-retry", "maybe")]).is_retryable(), "garbage advice is ignored");
+    assert!(
+        err(503, false, &[("x-should-retry", "maybe")]).is_retryable(),
+        "garbage advice is ignored"
+    );
     assert!(err(504, false, &[]).is_timeout());
 }
 
 #[test]
 fn echoed_request_id_wins_only_when_well_formed() {
     let map_with = |echo: &'static str| {
-        let (parts, ()) = Response::builder().status(500).header("x-request-id", echo).body(()).expect("valid").into_parts();
-        Error::from_response(&parts, b"", false, Sent::new(Method::GET).request_id("sent"))
+        let (parts, ()) = Response::builder()
+            .status(500)
+            .header("x-request-id", echo)
+            .body(())
+            .expect("valid")
+            .into_parts();
+        Error::from_response(
+            &parts,
+            b"",
+            false,
+            Sent::new(Method::GET).request_id("sent"),
+        )
     };
     assert_eq!(map_with("server-7").request_id(), Some("server-7"));
     assert_eq!(map_with("has space").request_id(), Some("sent"));
@@ -159,13 +444,25 @@ fn problem_details_are_typed_and_http_status_wins() {
     assert_eq!(err.message(), "Your balance is 30.");
 
     // Plain JSON is not a problem.
-    let (parts, ()) = Response::builder().status(403).body(()).expect("valid").into_parts();
-    assert!(Error::from_response(&parts, body, false, Sent::new(Method::GET)).problem().is_none());
+    let (parts, ()) = Response::builder()
+        .status(403)
+        .body(())
+        .expect("valid")
+        .into_parts();
+    assert!(
+        Error::from_response(&parts, body, false, Sent::new(Method::GET))
+            .problem()
+            .is_none()
+    );
 }
 
 #[test]
 fn bodies_json_text_empty_truncated() {
-    let (parts, ()) = Response::builder().status(500).body(()).expect("valid").into_parts();
+    let (parts, ()) = Response::builder()
+        .status(500)
+        .body(())
+        .expect("valid")
+        .into_parts();
     let e = |b: &[u8], t| Error::from_response(&parts, b, t, Sent::new(Method::GET));
     assert!(e(br#"{"a":1}"#, false).body().as_json().is_some());
     assert_eq!(e(b"oops", false).body().as_text(), Some("oops"));
@@ -191,16 +488,29 @@ fn display_reads_like_the_spec_and_hides_secrets() {
         .into_parts();
     let body = br#"{"error":{"message":"run 7 does not exist","api_key":"sk-secret"}}"#;
     let err = Error::from_response(&parts, body, false, Sent::new(Method::GET));
-    assert_eq!(err.to_string(), "HTTP 404 Not Found: run 7 does not exist (code=not_found, request_id=req-9)");
+    assert_eq!(
+        err.to_string(),
+        "HTTP 404 Not Found: run 7 does not exist (code=not_found, request_id=req-9)"
+    );
     let debug = format!("{err:?}");
     assert!(!debug.contains("sk-secret"), "{debug}");
     assert!(!err.to_string().contains("sk-secret"));
 
     let huge = "x".repeat(100_000);
-    let (parts, ()) = Response::builder().status(500).body(()).expect("valid").into_parts();
+    let (parts, ()) = Response::builder()
+        .status(500)
+        .body(())
+        .expect("valid")
+        .into_parts();
     let err = Error::from_response(&parts, huge.as_bytes(), false, Sent::new(Method::GET));
-    assert!(err.to_string().len() < 1_000, "Display never prints a whole body");
-    assert!(format!("{err:?}").len() < 1_000, "Debug never prints a whole body");
+    assert!(
+        err.to_string().len() < 1_000,
+        "Display never prints a whole body"
+    );
+    assert!(
+        format!("{err:?}").len() < 1_000,
+        "Debug never prints a whole body"
+    );
 }
 
 #[test]

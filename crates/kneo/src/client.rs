@@ -1,0 +1,337 @@
+//! [`Client`]: hyper-util's client under the kneo stack, with a base URL,
+//! default headers and typed JSON calls.
+//!
+//! ```no_run
+//! use kneo::{Client, ErrorKind};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Run { id: u64 }
+//!
+//! # async fn demo() -> Result<(), kneo::Error> {
+//! let client = Client::builder()
+//!     .base_url("https://api.example.com/v1")
+//!     .api_key("sk-live-...")
+//!     .build()?;
+//! match client.get_json::<Run>("/runs/7").await {
+//!     Ok(run) => println!("run {}", run.id),
+//!     Err(e) if e.kind() == ErrorKind::NotFound => println!("no such run"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kneo_core::{BoxError, Error, Sent};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower::ServiceExt;
+use tower_layer::Layer;
+
+use crate::idempotency::IdempotencyKey;
+use crate::request_id::RequestId;
+use crate::retry::ReplayBody;
+use crate::ClientLayer;
+
+/// The response body type: hyper's, streaming.
+pub use hyper::body::Incoming;
+
+#[cfg(not(feature = "rustls"))]
+type Connector = HttpConnector;
+#[cfg(feature = "rustls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The transport under the stack.
+type Transport = hyper_util::client::legacy::Client<Connector, ReplayBody<Full<Bytes>>>;
+/// The whole stack over the transport.
+type Stack = <ClientLayer as Layer<Transport>>::Service;
+
+/// The default cap on a success body decoded by [`Client::get_json`] and friends: 16 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// An HTTP API client: hyper-util's pooled client (HTTP/1 and HTTP/2) under
+/// [`ClientLayer`]. Cheap to clone; clones share the connection pool and the
+/// retry budget.
+#[derive(Clone)]
+pub struct Client {
+    service: Stack,
+    base_url: Option<Arc<str>>,
+    default_headers: Arc<HeaderMap>,
+    max_response_bytes: usize,
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    layer: ClientLayer,
+    base_url: Option<String>,
+    headers: HeaderMap,
+    invalid: Option<String>,
+    connect_timeout: Option<Duration>,
+    max_response_bytes: usize,
+}
+
+/// Prints header names only where a value is sensitive: never the API key.
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("default_headers", &self.default_headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("layer", &self.layer)
+            .field("base_url", &self.base_url)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            layer: ClientLayer::new(),
+            base_url: None,
+            headers: HeaderMap::new(),
+            invalid: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Relative paths are resolved against `url` (`https://api.example.com/v1`).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// Sends `Authorization: Bearer <key>` on every request. The value is
+    /// marked sensitive: `Debug` never prints it.
+    pub fn api_key(mut self, key: &str) -> Self {
+        match HeaderValue::try_from(format!("Bearer {key}")) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                self.headers.insert(AUTHORIZATION, value);
+            }
+            Err(_) => self.invalid = Some("the API key is not a valid header value".to_owned()),
+        }
+        self
+    }
+
+    /// Sends `name: value` on every request that does not set `name` itself.
+    pub fn default_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// The kneo stack configuration (attempts, timeouts, budget...).
+    pub fn layer(mut self, layer: ClientLayer) -> Self {
+        self.layer = layer;
+        self
+    }
+
+    /// The TCP connect timeout (default 10 s; `None` for the OS's).
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest success body the JSON helpers read (default 16 MiB).
+    pub fn max_response_bytes(mut self, max: usize) -> Self {
+        self.max_response_bytes = max;
+        self
+    }
+
+    /// Builds the client. Fails with [`ErrorKind::Request`](crate::ErrorKind::Request)
+    /// on an invalid base URL or API key.
+    pub fn build(self) -> Result<Client, Error> {
+        if let Some(why) = self.invalid {
+            return Err(Error::invalid_request(why));
+        }
+        let base_url = match self.base_url {
+            Some(url) => {
+                let uri: Uri = url.parse().map_err(Error::invalid_request)?;
+                if uri.scheme().is_none() || uri.authority().is_none() {
+                    return Err(Error::invalid_request(format!(
+                        "base URL {url:?} needs a scheme and a host"
+                    )));
+                }
+                Some(Arc::from(url.trim_end_matches('/')))
+            }
+            None => None,
+        };
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(self.connect_timeout);
+        http.set_nodelay(true);
+        #[cfg(feature = "rustls")]
+        let connector = {
+            http.enforce_http(false);
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()
+                .map_err(Error::invalid_request)?
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
+        };
+        #[cfg(not(feature = "rustls"))]
+        let connector = http;
+        let transport =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Client {
+            service: self.layer.layer(transport),
+            base_url,
+            default_headers: Arc::new(self.headers),
+            max_response_bytes: self.max_response_bytes,
+        })
+    }
+}
+
+impl Client {
+    /// A client with the default configuration and no base URL.
+    pub fn new() -> Result<Client, Error> {
+        ClientBuilder::default().build()
+    }
+
+    /// Starts configuring a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// `path` resolved against the base URL (or taken as is when absolute).
+    pub fn url(&self, path: &str) -> Result<Uri, Error> {
+        let absolute = path.starts_with("http://") || path.starts_with("https://");
+        let url = match (&self.base_url, absolute) {
+            (_, true) => path.to_owned(),
+            (Some(base), false) => format!("{base}/{}", path.trim_start_matches('/')),
+            (None, false) => {
+                return Err(Error::invalid_request(format!(
+                    "{path:?} is relative and the client has no base URL"
+                )))
+            }
+        };
+        url.parse().map_err(Error::invalid_request)
+    }
+
+    /// Sends `req` through the stack: default headers added, a relative URI
+    /// resolved against the base URL. Success responses come back with the
+    /// body unread; anything else is an [`Error`].
+    pub async fn request(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, Error> {
+        if req.uri().scheme().is_none() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            *req.uri_mut() = self.url(&path)?;
+        }
+        for (name, value) in self.default_headers.iter() {
+            if !req.headers().contains_key(name) {
+                req.headers_mut().insert(name, value.clone());
+            }
+        }
+        self.service.clone().oneshot(req).await
+    }
+
+    /// `GET path`, decoding a JSON response into `T`.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let req = Request::get(self.url(path)?)
+            .header(ACCEPT, "application/json")
+            .body(Full::default())
+            .map_err(Error::invalid_request)?;
+        self.json(req).await
+    }
+
+    /// `POST path` with `body` as JSON, decoding a JSON response into `T`.
+    pub async fn post_json<B, T>(&self, path: &str, body: &B) -> Result<T, Error>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let body = serde_json::to_vec(body).map_err(Error::invalid_request)?;
+        let req = Request::post(self.url(path)?)
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(Error::invalid_request)?;
+        self.json(req).await
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: Request<Full<Bytes>>) -> Result<T, Error> {
+        let method = req.method().clone();
+        let res = self.request(req).await?;
+        let status = res.status();
+        let sent = sent_from_response(&method, &res);
+        let (bytes, truncated) = read_body(res.into_body(), self.max_response_bytes)
+            .await
+            .map_err(|e| Error::network(e, sent.clone()))?;
+        if truncated {
+            let why = format!(
+                "response body is larger than {} bytes",
+                self.max_response_bytes
+            );
+            return Err(Error::decode(why, status, sent));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::decode(e, status, sent))
+    }
+}
+
+/// What a successful response says was sent: the id and key the layers
+/// stamped (from the response extensions).
+pub fn sent_from_response<B>(method: &Method, res: &Response<B>) -> Sent {
+    let mut sent = Sent::new(method.clone());
+    if let Some(id) = res
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+    {
+        sent = sent.request_id(id);
+    }
+    if let Some(key) = res.extensions().get::<IdempotencyKey>() {
+        sent = sent.idempotency_key(key.as_str());
+    }
+    sent
+}
+
+/// Reads `body` up to `cap` bytes; `true` in the result when it was longer
+/// (the rest is not read).
+pub async fn read_body<B>(body: B, cap: usize) -> Result<(Bytes, bool), BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(mut data) = frame.map_err(Into::into)?.into_data() {
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                let take = chunk.len().min(cap - buf.len());
+                buf.extend_from_slice(&chunk[..take]);
+                if take < chunk.len() {
+                    return Ok((Bytes::from(buf), true));
+                }
+                data.advance(take);
+            }
+        }
+    }
+    Ok((Bytes::from(buf), false))
+}

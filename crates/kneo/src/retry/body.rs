@@ -1,0 +1,327 @@
+//! A request body that can be sent again.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use kneo_core::BoxError;
+
+/// A request body that records what it sends, up to a cap, so that a retry
+/// can send it again byte for byte.
+///
+/// The retry layer wraps every request body in one. Clones share the
+/// recording: the clone kept for a retry replays the recorded frames, then
+/// carries on reading the original body where the last attempt left off (a
+/// server may answer before reading everything). Data is kept as [`Bytes`],
+/// so bodies that are already `Bytes` (`Full<Bytes>`, say) replay without a
+/// copy.
+///
+/// A body larger than the cap is still sent, once: recording stops, the
+/// buffer is freed, and [`is_replayable`](ReplayBody::is_replayable) turns
+/// false, so the retry layer returns the failure instead of retrying. It is
+/// never an error before sending.
+pub struct ReplayBody<B> {
+    shared: Arc<Mutex<Shared<B>>>,
+    /// The original body, while this clone is the one reading it.
+    body: Option<B>,
+    /// How many data frames this clone has sent.
+    pos: usize,
+    trailers_sent: bool,
+}
+
+struct Shared<B> {
+    /// The original body, parked while no clone reads it.
+    body: Option<B>,
+    /// The recording: every data frame read so far, unless spoiled.
+    frames: Vec<Bytes>,
+    /// How many data frames have been read from the original body.
+    read: usize,
+    len: usize,
+    cap: usize,
+    /// Recording stopped: over the cap, or the original body failed.
+    spoiled: bool,
+    /// The original body reached its end; `frames` hold all of it.
+    complete: bool,
+    trailers: Option<HeaderMap>,
+    size_hint: SizeHint,
+    /// A clone waiting for the body to be parked by the one reading it.
+    waiting: Option<Waker>,
+}
+
+/// The error a clone returns if it is sent after recording stopped. The
+/// retry layer never does that; it is there for anyone else cloning.
+#[derive(Debug)]
+struct NotReplayable;
+
+impl fmt::Display for NotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body was larger than the replay buffer and cannot be sent again")
+    }
+}
+
+impl std::error::Error for NotReplayable {}
+
+fn lock<B>(m: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
+    // No code path panics while holding the lock; if one ever did, the state
+    // is still consistent enough to read.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<B: Body> ReplayBody<B> {
+    /// Wraps `body`, recording up to `cap` bytes of it.
+    pub fn new(body: B, cap: usize) -> Self {
+        let size_hint = body.size_hint();
+        let spoiled = size_hint.lower() > cap as u64;
+        ReplayBody {
+            shared: Arc::new(Mutex::new(Shared {
+                body: None,
+                frames: Vec::new(),
+                read: 0,
+                len: 0,
+                cap,
+                spoiled,
+                complete: false,
+                trailers: None,
+                size_hint,
+                waiting: None,
+            })),
+            body: Some(body),
+            pos: 0,
+            trailers_sent: false,
+        }
+    }
+}
+
+impl<B> ReplayBody<B> {
+    /// `false` once the body outgrew the cap (or failed): a clone cannot send it again.
+    pub fn is_replayable(&self) -> bool {
+        !lock(&self.shared).spoiled
+    }
+}
+
+impl<B> Clone for ReplayBody<B> {
+    fn clone(&self) -> Self {
+        ReplayBody {
+            shared: self.shared.clone(),
+            body: None,
+            pos: 0,
+            trailers_sent: false,
+        }
+    }
+}
+
+impl<B> Drop for ReplayBody<B> {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take() {
+            let mut shared = lock(&self.shared);
+            if !shared.complete {
+                shared.body = Some(body);
+            }
+            if let Some(waker) = shared.waiting.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = lock(&self.shared);
+        f.debug_struct("ReplayBody")
+            .field("recorded", &shared.len)
+            .field("cap", &shared.cap)
+            .field("replayable", &!shared.spoiled)
+            .field("complete", &shared.complete)
+            .finish()
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let mut shared = lock(&this.shared);
+
+        // 1. Replay what an earlier attempt read. A clone that is behind
+        // the original body can only catch up from the recording: if that
+        // was dropped, sending the rest would send a body missing its start.
+        if this.pos < shared.read {
+            if shared.spoiled {
+                return Poll::Ready(Some(Err(NotReplayable.into())));
+            }
+            let frame = shared.frames[this.pos].clone();
+            this.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+        if shared.complete {
+            if !this.trailers_sent {
+                this.trailers_sent = true;
+                if let Some(t) = &shared.trailers {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+                }
+            }
+            return Poll::Ready(None);
+        }
+
+        // 2. Read on from the original body.
+        if this.body.is_none() {
+            match shared.body.take() {
+                Some(body) => this.body = Some(body),
+                None => {
+                    // Another clone (an earlier attempt still being torn
+                    // down) holds it; it parks it and wakes us on drop.
+                    shared.waiting = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
+        drop(shared);
+        let body = this.body.as_mut().expect("invariant: taken just above");
+        let polled = Pin::new(body).poll_frame(cx);
+        let mut shared = lock(&this.shared);
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                shared.complete = true;
+                this.trailers_sent = true;
+                this.body = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                shared.spoiled = true;
+                shared.frames = Vec::new();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        let bytes = data.copy_to_bytes(data.remaining());
+                        shared.read += 1;
+                        this.pos += 1;
+                        if !shared.spoiled {
+                            if shared.len + bytes.len() > shared.cap {
+                                shared.spoiled = true;
+                                shared.frames = Vec::new();
+                            } else {
+                                shared.len += bytes.len();
+                                shared.frames.push(bytes.clone());
+                            }
+                        }
+                        Frame::data(bytes)
+                    }
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(trailers) => {
+                            shared.trailers = Some(trailers.clone());
+                            this.trailers_sent = true;
+                            Frame::trailers(trailers)
+                        }
+                        // Neither data nor trailers: a frame kind http-body
+                        // does not know yet; drop it rather than guess.
+                        Err(_) => return Poll::Ready(None),
+                    },
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let shared = lock(&self.shared);
+        if shared.complete {
+            self.pos >= shared.read && (self.trailers_sent || shared.trailers.is_none())
+        } else {
+            self.pos == shared.read && self.body.as_ref().is_some_and(Body::is_end_stream)
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let shared = lock(&self.shared);
+        if shared.complete {
+            SizeHint::with_exact(shared.len as u64)
+        } else {
+            shared.size_hint
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    async fn collect<B>(b: B) -> Result<Bytes, BoxError>
+    where
+        B: Body<Data = Bytes, Error = BoxError>,
+    {
+        Ok(b.collect().await?.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn full_body_replays_byte_for_byte() {
+        let original = ReplayBody::new(Full::new(Bytes::from_static(b"hello world")), 64);
+        let retry = original.clone();
+        assert_eq!(collect(original).await.expect("ok"), "hello world");
+        assert!(retry.is_replayable());
+        let again = retry.clone();
+        assert_eq!(collect(retry).await.expect("ok"), "hello world");
+        assert_eq!(collect(again).await.expect("ok"), "hello world");
+    }
+
+    type Frames = std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+    fn chunks(parts: &[&'static str]) -> StreamBody<futures_util::stream::Iter<Frames>> {
+        let frames: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn partly_read_body_continues_where_it_left_off() {
+        let mut original = ReplayBody::new(chunks(&["ab", "cd", "ef"]), 64);
+        let retry = original.clone();
+        // The first attempt sends one frame, then is dropped (server answered early).
+        let first = original.frame().await.expect("frame").expect("ok");
+        assert_eq!(first.into_data().expect("data"), "ab");
+        drop(original);
+        assert_eq!(collect(retry).await.expect("ok"), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn oversize_body_is_sent_once_then_not_replayable() {
+        let original = ReplayBody::new(chunks(&["0123", "4567", "89"]), 5);
+        let retry = original.clone();
+        assert_eq!(collect(original).await.expect("sent in full"), "0123456789");
+        assert!(!retry.is_replayable());
+        assert!(collect(retry).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn known_oversize_length_is_not_replayable_up_front() {
+        let body = ReplayBody::new(Full::new(Bytes::from(vec![0u8; 100])), 10);
+        assert!(!body.is_replayable());
+        assert_eq!(collect(body).await.expect("still sent").len(), 100);
+    }
+
+    #[tokio::test]
+    async fn unsent_body_is_handed_to_the_retry() {
+        let original = ReplayBody::new(chunks(&["x", "y"]), 64);
+        let retry = original.clone();
+        drop(original); // connect failed: never polled
+        assert_eq!(collect(retry).await.expect("ok"), "xy");
+    }
+}

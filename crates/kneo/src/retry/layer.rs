@@ -1,0 +1,189 @@
+//! [`RetryLayer`] and the [`Retry`] service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderName, Request, Response, StatusCode};
+use http_body::Body;
+use kneo_core::{BoxError, Error, DEFAULT_BODY_CAP, X_REQUEST_ID};
+use tokio::time::Instant;
+use tower::retry::budget::Budget;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::backoff::Backoff;
+use super::body::ReplayBody;
+use super::policy::{Config, RetryPolicy};
+use super::timeout::{AttemptTimeout, Deadline};
+
+/// Retries failed attempts; see the [module docs](super).
+///
+/// Every service made from one layer (and every clone of those) shares its
+/// retry budget.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    config: Config,
+}
+
+impl RetryLayer {
+    /// 3 attempts; 429, 502, 503 and 504; `Retry-After` up to 60 s; backoff
+    /// 200 ms × 2ⁿ up to 10 s with full jitter; bodies replayable up to 64 KiB;
+    /// no deadline, no per-attempt timeout, no budget.
+    pub fn new() -> Self {
+        RetryLayer {
+            config: Config {
+                max_attempts: 3,
+                statuses: vec![
+                    StatusCode::TOO_MANY_REQUESTS,
+                    StatusCode::BAD_GATEWAY,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::GATEWAY_TIMEOUT,
+                ],
+                max_retry_after: Duration::from_secs(60),
+                backoff: Backoff::new(),
+                deadline: None,
+                attempt_timeout: None,
+                replay_cap: DEFAULT_BODY_CAP,
+                budget: None,
+                request_id_header: X_REQUEST_ID,
+            },
+        }
+    }
+
+    /// Total attempts, the first included (1 means never retry; 0 is taken as 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The statuses that are retried (default 429, 502, 503, 504).
+    pub fn retry_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// The longest server hint that will be waited for (default 60 s). A
+    /// longer one ends retrying at once; the error carries the hint.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.config.max_retry_after = max;
+        self
+    }
+
+    /// The backoff used when the server gives no hint.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// An overall limit on all attempts and the waits between them.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// A limit on each attempt, up to and including reading an error body.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.config.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// How much of a request body is kept for replay (default 64 KiB). A
+    /// larger body is sent once and not retried.
+    pub fn replay_cap(mut self, cap: usize) -> Self {
+        self.config.replay_cap = cap;
+        self
+    }
+
+    /// Limits retries to a share of traffic, e.g. tower's
+    /// `TpsBudget::new(Duration::from_secs(10), 10, 0.2)`: each logical
+    /// request deposits, each retry withdraws.
+    pub fn budget(mut self, budget: impl Budget + Send + Sync + 'static) -> Self {
+        self.config.budget = Some(Arc::new(budget));
+        self
+    }
+
+    /// The header the request id is read from, for logs and errors.
+    pub fn request_id_header(mut self, header: HeaderName) -> Self {
+        self.config.request_id_header = header;
+        self
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let config = Arc::new(self.config.clone());
+        Retry {
+            inner: tower::retry::Retry::new(
+                RetryPolicy::new(config.clone()),
+                AttemptTimeout::new(inner, config.attempt_timeout),
+            ),
+            config,
+        }
+    }
+}
+
+/// The service [`RetryLayer`] makes: tower's `Retry` with a [`RetryPolicy`],
+/// plus the request-body wrapping that makes replay possible.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: tower::retry::Retry<RetryPolicy, AttemptTimeout<S>>,
+    config: Arc<Config>,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with the default configuration.
+    pub fn new(inner: S) -> Self {
+        RetryLayer::new().layer(inner)
+    }
+
+    /// A [`RetryLayer`] with the default configuration.
+    pub fn layer() -> RetryLayer {
+        RetryLayer::new()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        self.inner.get_ref().get_ref()
+    }
+}
+
+/// Response future of [`Retry`]: tower's, named.
+pub type ResponseFuture<S, B> =
+    tower::retry::future::ResponseFuture<RetryPolicy, AttemptTimeout<S>, Request<ReplayBody<B>>>;
+
+impl<S, B, ResB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>, Error = Error> + Clone,
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some(budget) = &self.config.budget {
+            budget.deposit();
+        }
+        let cap = self.config.replay_cap;
+        let mut req = req.map(|body| ReplayBody::new(body, cap));
+        if let Some(deadline) = self.config.deadline {
+            req.extensions_mut()
+                .insert(Deadline(Instant::now() + deadline));
+        }
+        self.inner.call(req)
+    }
+}

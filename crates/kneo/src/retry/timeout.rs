@@ -1,0 +1,100 @@
+//! The per-attempt timeout, bounded by the overall deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use kneo_core::{Error, Sent};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+/// When the whole logical request must be done by; set by
+/// [`Retry`](super::Retry) in request extensions when a deadline is configured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(pub(crate) Instant);
+
+/// Fails an attempt that takes longer than the per-attempt timeout or runs
+/// past the deadline. Sits between tower's `Retry` and the inner service.
+#[derive(Debug, Clone)]
+pub struct AttemptTimeout<S> {
+    inner: S,
+    timeout: Option<Duration>,
+}
+
+impl<S> AttemptTimeout<S> {
+    pub(crate) fn new(inner: S, timeout: Option<Duration>) -> Self {
+        AttemptTimeout { inner, timeout }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for AttemptTimeout<S>
+where
+    S: Service<Request<B>, Error = Error>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let now = Instant::now();
+        let left = req
+            .extensions()
+            .get::<Deadline>()
+            .map(|d| d.0.saturating_duration_since(now));
+        let limit = match (self.timeout, left) {
+            (Some(t), Some(l)) => Some(t.min(l)),
+            (t, l) => t.or(l),
+        };
+        TimeoutFuture {
+            inner: self.inner.call(req),
+            sleep: limit.map(|l| tokio::time::sleep_until(now + l)),
+            limit: limit.unwrap_or_default(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`AttemptTimeout`].
+    #[derive(Debug)]
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        limit: Duration,
+    }
+}
+
+impl<F, T> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(out);
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => {
+                ready!(sleep.poll(cx));
+                // The retry policy fills in the request id and key.
+                Poll::Ready(Err(Error::timeout(*this.limit, Sent::default())))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
