@@ -62,6 +62,7 @@ impl fmt::Debug for Config {
 #[derive(Debug, Clone)]
 pub struct Attempts {
     count: u32,
+    total_wait: Duration,
     history: Vec<Attempt>,
 }
 
@@ -69,6 +70,11 @@ impl Attempts {
     /// How many requests went out, this one included.
     pub fn count(&self) -> u32 {
         self.count
+    }
+
+    /// How long the retry layer waited between attempts, in all.
+    pub fn total_wait(&self) -> Duration {
+        self.total_wait
     }
 
     /// The attempts that failed before this one, oldest first.
@@ -86,7 +92,10 @@ impl Attempts {
 pub struct RetryPolicy {
     config: Arc<Config>,
     attempt: u32,
+    /// The wait before the attempt in flight.
     waited: Duration,
+    /// All waits so far, that one included.
+    total_wait: Duration,
     history: Vec<Attempt>,
 }
 
@@ -104,6 +113,7 @@ impl RetryPolicy {
             config,
             attempt: 0,
             waited: Duration::ZERO,
+            total_wait: Duration::ZERO,
             history: Vec::new(),
         }
     }
@@ -255,6 +265,7 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                     wait.as_secs_f64(),
                 );
                 self.waited = wait;
+                self.total_wait += wait;
                 Some(tokio::time::sleep(wait))
             }
             Err(reason) => {
@@ -274,6 +285,7 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                     Ok(res) => {
                         res.extensions_mut().insert(Attempts {
                             count: self.attempt,
+                            total_wait: self.total_wait,
                             history,
                         });
                     }

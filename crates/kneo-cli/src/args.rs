@@ -1,0 +1,224 @@
+//! The command line: clap's derive types, and parsers that turn every bad
+//! value into a usage error before anything is sent.
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::Full;
+use kneo::ClientLayer;
+
+/// `kneo`: HTTP API calls through the kneo stack.
+#[derive(Debug, Parser)]
+#[command(name = "kneo", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Send one request (retried as kneo sees fit) and print the outcome as one JSON line.
+    ///
+    /// Exit status: 0 on success, 1 when the outcome is an error, 2 for a usage error.
+    Request(RequestArgs),
+}
+
+/// The options of `kneo request`.
+#[derive(Debug, Args)]
+pub(crate) struct RequestArgs {
+    /// The absolute http(s) URL.
+    #[arg(value_parser = parse_url)]
+    pub(crate) url: Uri,
+
+    /// The method [default: GET, or POST when --data is given].
+    #[arg(short = 'X', long, value_parser = parse_method)]
+    pub(crate) method: Option<Method>,
+
+    /// A request header; repeatable. A caller's X-Request-ID or Idempotency-Key is kept.
+    #[arg(short = 'H', long = "header", value_name = "'Name: value'", value_parser = parse_header)]
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+
+    /// The request body; @path reads a file, @- standard input. Set Content-Type with -H.
+    #[arg(short, long, value_name = "BODY")]
+    pub(crate) data: Option<String>,
+
+    /// Total attempts, the first included (1 = no retry).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_attempts: u32,
+
+    /// The limit on each attempt, in seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = positive_secs)]
+    pub(crate) timeout: Duration,
+
+    /// An overall limit on all attempts and waits, in seconds.
+    #[arg(long, value_name = "SECS", value_parser = positive_secs)]
+    pub(crate) deadline: Option<Duration>,
+
+    /// The longest Retry-After waited for, in seconds; a longer hint ends retrying.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = non_negative_secs)]
+    pub(crate) max_retry_after: Duration,
+
+    /// Do not stamp an Idempotency-Key (a POST that may have been applied is then not re-sent).
+    #[arg(long)]
+    pub(crate) no_idempotency_key: bool,
+
+    /// Log retries (`kneo::retry` at INFO) on standard error.
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
+}
+
+impl RequestArgs {
+    /// The request body: `--data` as given, or the file or standard input it names.
+    pub(crate) fn body(&self) -> Result<Bytes, String> {
+        let Some(data) = &self.data else {
+            return Ok(Bytes::new());
+        };
+        match data.strip_prefix('@') {
+            Some("-") => {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format!("cannot read the body from standard input: {e}"))?;
+                Ok(Bytes::from(buf))
+            }
+            Some(path) => std::fs::read(path)
+                .map(Bytes::from)
+                .map_err(|e| format!("cannot read the body from {path:?}: {e}")),
+            None => Ok(Bytes::from(data.clone())),
+        }
+    }
+
+    /// The stack configuration the options ask for.
+    pub(crate) fn layer(&self) -> ClientLayer {
+        let mut layer = ClientLayer::new()
+            .max_attempts(self.max_attempts)
+            .attempt_timeout(self.timeout)
+            .max_retry_after(self.max_retry_after);
+        if let Some(deadline) = self.deadline {
+            layer = layer.deadline(deadline);
+        }
+        if self.no_idempotency_key {
+            layer = layer.idempotency_methods([]);
+        }
+        layer
+    }
+
+    /// The request: method, URL, headers (repeats appended) and `body`.
+    pub(crate) fn request(&self, body: Bytes) -> Result<Request<Full<Bytes>>, http::Error> {
+        let method = match (&self.method, &self.data) {
+            (Some(method), _) => method.clone(),
+            (None, Some(_)) => Method::POST,
+            (None, None) => Method::GET,
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.url.clone())
+            .body(Full::new(body))?;
+        for (name, value) in &self.headers {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// An absolute `http` or `https` URL with a host.
+fn parse_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") if cfg!(feature = "rustls") => {}
+        Some("https") => {
+            return Err("https needs kneo-cli built with the `rustls` feature".to_owned());
+        }
+        Some(other) => return Err(format!("the scheme must be http or https, not {other:?}")),
+        None => return Err("the URL must be absolute (http://host/...)".to_owned()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_owned());
+    }
+    Ok(uri)
+}
+
+/// A method token, upper-cased (`get` is `GET`).
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::from_bytes(s.to_ascii_uppercase().as_bytes())
+        .map_err(|_| "not a valid HTTP method".to_owned())
+}
+
+/// `Name: value`, both checked as HTTP requires.
+fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| "a header is 'Name: value' and this has no colon".to_owned())?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{:?} is not a valid header name", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("the value of {name} is not a valid header value"))?;
+    Ok((name, value))
+}
+
+/// Seconds, greater than zero.
+fn positive_secs(s: &str) -> Result<Duration, String> {
+    let d = non_negative_secs(s)?;
+    if d.is_zero() {
+        return Err("must be more than zero seconds".to_owned());
+    }
+    Ok(d)
+}
+
+/// Seconds, zero or more, fractions allowed.
+fn non_negative_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of seconds".to_owned())?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| "must be a finite, non-negative number of seconds".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(parse_url("http://127.0.0.1:8080/x?y=1").is_ok());
+        for bad in ["not a url", "/relative", "ftp://host/x", "http://", "localhost:80"] {
+            assert!(parse_url(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_url("https://example.com").is_ok(), cfg!(feature = "rustls"));
+    }
+
+    #[test]
+    fn headers() {
+        let (name, value) = parse_header("X-Request-ID:  order-7 ").expect("valid");
+        assert_eq!(name, "x-request-id");
+        assert_eq!(value, "order-7");
+        assert_eq!(parse_header("A: b: c").expect("valid").1, "b: c");
+        assert_eq!(parse_header("Empty:").expect("valid").1, "");
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("Bad Name: x").is_err());
+        assert!(parse_header(": x").is_err());
+        assert!(parse_header("X: a\nb").is_err());
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(positive_secs("0.2"), Ok(Duration::from_millis(200)));
+        assert_eq!(non_negative_secs("0"), Ok(Duration::ZERO));
+        for bad in ["0", "-1", "NaN", "inf", "1e400", "soon", ""] {
+            assert!(positive_secs(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(parse_method("patch"), Ok(Method::PATCH));
+        assert!(parse_method("GE T").is_err());
+    }
+}
