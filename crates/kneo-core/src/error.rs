@@ -29,6 +29,8 @@ pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry")
 const MESSAGE_CAP: usize = 300;
 /// The longest server code or request id kept.
 const TOKEN_CAP: usize = 128;
+/// The longest idempotency key kept (Stripe allows 255; some allow more).
+const KEY_CAP: usize = 1024;
 
 /// What went wrong, for callers to `match` on.
 ///
@@ -120,7 +122,11 @@ impl Sent {
         Sent {
             method: Some(method.clone()),
             request_id: token(headers.get(request_id_header).map(|v| v.as_bytes())),
-            idempotency_key: token(headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes())),
+            idempotency_key: headers
+                .get(IDEMPOTENCY_KEY)
+                .map(|v| v.as_bytes())
+                .filter(|v| v.len() <= KEY_CAP && v.iter().all(u8::is_ascii_graphic))
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
         }
     }
 

@@ -74,8 +74,9 @@ fn lock<B>(m: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
 impl<B: Body> ReplayBody<B> {
     /// Wraps `body`, recording up to `cap` bytes of it.
     pub fn new(body: B, cap: usize) -> Self {
+        // Not spoiled up front even when the length is known to exceed the
+        // cap: until a byte is sent (a connect failure, say) it can be sent again.
         let size_hint = body.size_hint();
-        let spoiled = size_hint.lower() > cap as u64;
         ReplayBody {
             shared: Arc::new(Mutex::new(Shared {
                 body: None,
@@ -83,7 +84,7 @@ impl<B: Body> ReplayBody<B> {
                 read: 0,
                 len: 0,
                 cap,
-                spoiled,
+                spoiled: false,
                 complete: false,
                 trailers: None,
                 size_hint,
@@ -311,10 +312,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn known_oversize_length_is_not_replayable_up_front() {
+    async fn oversize_body_is_replayable_until_it_is_sent() {
         let body = ReplayBody::new(Full::new(Bytes::from(vec![0u8; 100])), 10);
-        assert!(!body.is_replayable());
+        let retry = body.clone();
+        assert!(
+            retry.is_replayable(),
+            "nothing sent yet: a connect failure can retry"
+        );
         assert_eq!(collect(body).await.expect("still sent").len(), 100);
+        assert!(!retry.is_replayable());
     }
 
     #[tokio::test]
