@@ -32,8 +32,12 @@ impl IntoResponse for UpstreamError {
         let (status, title) = match err.kind() {
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "Not found"),
             ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
-            ErrorKind::Conflict | ErrorKind::IdempotencyMismatch => (StatusCode::CONFLICT, "Conflict"),
-            ErrorKind::Network if err.is_timeout() => (StatusCode::GATEWAY_TIMEOUT, "Upstream timed out"),
+            ErrorKind::Conflict | ErrorKind::IdempotencyMismatch => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
+            ErrorKind::Network if err.is_timeout() => {
+                (StatusCode::GATEWAY_TIMEOUT, "Upstream timed out")
+            }
             // Our credentials, the upstream's outage, a body we cannot read:
             // none of it is the caller's fault, and none of its details are
             // theirs to see.
@@ -54,8 +58,14 @@ impl IntoResponse for UpstreamError {
         });
         let mut res = (status, Json(problem)).into_response();
         let headers = res.headers_mut();
-        headers.insert("content-type", HeaderValue::from_static("application/problem+json"));
-        if let Some(id) = err.request_id().and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(id) = err
+            .request_id()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
             headers.insert("x-request-id", id);
         }
         if let Some(wait) = err.retry_after() {
@@ -83,14 +93,21 @@ async fn get_run(
     let (bytes, _) = kneo::client::read_body(res.into_body(), 1 << 20)
         .await
         .map_err(|e| UpstreamError(kneo::Error::network(e, kneo::Sent::default())))?;
-    let value = serde_json::from_slice(&bytes)
-        .map_err(|e| UpstreamError(kneo::Error::decode(e, StatusCode::OK, kneo::Sent::default())))?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| {
+        UpstreamError(kneo::Error::decode(
+            e,
+            StatusCode::OK,
+            kneo::Sent::default(),
+        ))
+    })?;
     Ok(Json(value))
 }
 
 /// The gateway app over an upstream client.
 fn gateway(upstream: Client) -> Router {
-    Router::new().route("/runs/{id}", get(get_run)).with_state(upstream)
+    Router::new()
+        .route("/runs/{id}", get(get_run))
+        .with_state(upstream)
 }
 
 /// A mock upstream: run 1 exists, run 7 does not, run 9 is always overloaded.
@@ -139,7 +156,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .body(Full::default())?;
         match caller.request(req).await {
             Ok(res) => println!("GET {path} -> {}", res.status()),
-            Err(e) => println!("GET {path} -> {:?}: {}", e.kind(), e.body().as_json().map_or(String::new(), Value::to_string)),
+            Err(e) => println!(
+                "GET {path} -> {:?}: {}",
+                e.kind(),
+                e.body().as_json().map_or(String::new(), Value::to_string)
+            ),
         }
     }
     Ok(())
@@ -152,8 +173,9 @@ mod tests {
 
     async fn get(path: &str, request_id: &str) -> (StatusCode, HeaderMap, Value) {
         let base = start().await.expect("gateway starts");
-        let transport = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
+        let transport =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
         let req = http::Request::get(format!("{base}{path}"))
             .header("x-request-id", request_id)
             .body(Full::default())
@@ -161,7 +183,11 @@ mod tests {
         let res = transport.request(req).await.expect("gateway answers");
         let (parts, body) = res.into_parts();
         let bytes = body.collect().await.expect("body").to_bytes();
-        (parts.status, parts.headers, serde_json::from_slice(&bytes).expect("json body"))
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).expect("json body"),
+        )
     }
 
     #[tokio::test]
@@ -189,6 +215,12 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(headers["x-request-id"], "caller-req-9");
         assert_eq!(body["code"], "server_error");
-        assert!(!body["detail"].as_str().expect("detail").contains("overloaded"), "5xx details are not leaked");
+        assert!(
+            !body["detail"]
+                .as_str()
+                .expect("detail")
+                .contains("overloaded"),
+            "5xx details are not leaked"
+        );
     }
 }

@@ -48,17 +48,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let svc = svc.clone();
         let uri = format!("{upstream}/items/{i}");
         async move {
-            let req = Request::get(uri).body(Full::default()).expect("valid request");
+            let req = Request::get(uri)
+                .body(Full::default())
+                .expect("valid request");
             let res = svc.oneshot(req).await?;
-            let attempts = res.extensions().get::<kneo::Attempts>().map_or(1, kneo::Attempts::count);
-            let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let attempts = res
+                .extensions()
+                .get::<kneo::Attempts>()
+                .map_or(1, kneo::Attempts::count);
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((i, attempts, body))
         }
     });
     for result in futures_join_all(calls).await {
         match result {
             Ok((i, attempts, body)) => {
-                println!("item {i}: {} after {attempts} attempt(s)", String::from_utf8_lossy(&body))
+                println!(
+                    "item {i}: {} after {attempts} attempt(s)",
+                    String::from_utf8_lossy(&body)
+                )
             }
             Err(e) => println!("failed: {e}"),
         }
@@ -67,7 +80,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
 where
     F: Send + 'static,
     F::Output: Send + 'static,
@@ -87,7 +102,9 @@ async fn start_flaky_upstream() -> std::io::Result<String> {
     let counter = Arc::new(AtomicU32::new(0));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let counter = counter.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -96,7 +113,10 @@ async fn start_flaky_upstream() -> std::io::Result<String> {
                         let (status, body) = if n % 3 == 1 {
                             (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"busy"))
                         } else {
-                            (StatusCode::OK, Bytes::from(format!("{{\"path\":\"{}\"}}", req.uri().path())))
+                            (
+                                StatusCode::OK,
+                                Bytes::from(format!("{{\"path\":\"{}\"}}", req.uri().path())),
+                            )
                         };
                         let mut res = Response::new(Full::new(body));
                         *res.status_mut() = status;

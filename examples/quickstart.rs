@@ -52,21 +52,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. Success: a typed model back.
     let run: Run = client.get_json("/runs/1").await?;
-    println!("1. GET /runs/1   -> ok: run {} {:?} is {}", run.id, run.name, run.status);
+    println!(
+        "1. GET /runs/1   -> ok: run {} {:?} is {}",
+        run.id, run.name, run.status
+    );
 
     // 2. 404 -> NotFound.
-    let err = client.get_json::<Run>("/runs/7").await.expect_err("run 7 does not exist");
+    let err = client
+        .get_json::<Run>("/runs/7")
+        .await
+        .expect_err("run 7 does not exist");
     show(2, "GET /runs/7  ", &err, ErrorKind::NotFound);
 
     // 3. 401 -> Auth, with a revoked key.
-    let revoked = Client::builder().base_url(&base).api_key("revoked-key").build()?;
-    let err = revoked.get_json::<Run>("/runs/1").await.expect_err("the key is revoked");
+    let revoked = Client::builder()
+        .base_url(&base)
+        .api_key("revoked-key")
+        .build()?;
+    let err = revoked
+        .get_json::<Run>("/runs/1")
+        .await
+        .expect_err("the key is revoked");
     show(3, "GET /runs/1  ", &err, ErrorKind::Auth);
 
     // 4. 429 with Retry-After: 1, then success: the wait honours the hint.
     let started = Instant::now();
     let res = client.request(get_request("/busy")).await?;
-    let attempts = res.extensions().get::<Attempts>().expect("the retry layer records attempts");
+    let attempts = res
+        .extensions()
+        .get::<Attempts>()
+        .expect("the retry layer records attempts");
     let (count, waited) = (attempts.count(), attempts.total_wait());
     println!(
         "4. GET /busy     -> ok after {count} attempts: 429 said Retry-After: 1, kneo waited {:.2}s (call took {:.2}s)",
@@ -75,7 +90,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 5. A POST answered 503, 503, 201: retried safely, one key on every attempt.
-    let created: Value = client.post_json("/runs", &json!({"name": "nightly"})).await?;
+    let created: Value = client
+        .post_json("/runs", &json!({"name": "nightly"}))
+        .await?;
     let keys = mock.keys_seen.lock().expect("mock state").clone();
     let same = keys.windows(2).all(|w| w[0] == w[1]);
     println!(
@@ -94,7 +111,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .body(Full::new(Bytes::from_static(br#"{"name":"weekly"}"#)))?;
     let err = client.request(replay).await.expect_err("payload differs");
     show(6, "POST /runs   ", &err, ErrorKind::IdempotencyMismatch);
-    println!("   is_conflict() groups it with Conflict: {}", err.is_conflict());
+    println!(
+        "   is_conflict() groups it with Conflict: {}",
+        err.is_conflict()
+    );
 
     println!("\nEvery failure above is one kneo::Error; match on err.kind().");
     Ok(())
@@ -107,7 +127,11 @@ fn get_request(path: &str) -> http::Request<Full<Bytes>> {
 }
 
 fn show(step: u32, call: &str, err: &Error, expected: ErrorKind) {
-    let verdict = if err.kind() == expected { "" } else { "  (unexpected kind!)" };
+    let verdict = if err.kind() == expected {
+        ""
+    } else {
+        "  (unexpected kind!)"
+    };
     println!("{step}. {call} -> {:?}: {err}{verdict}", err.kind());
 }
 
@@ -150,10 +174,18 @@ fn authorized(headers: &HeaderMap) -> bool {
 
 async fn get_run(Path(id): Path<u64>, headers: HeaderMap) -> Response {
     if !authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "authentication_error", "API key is invalid or revoked");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "API key is invalid or revoked",
+        );
     }
     if id != 1 {
-        return error(StatusCode::NOT_FOUND, "not_found", &format!("run {id} does not exist"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("run {id} does not exist"),
+        );
     }
     Json(json!({"id": 1, "name": "nightly", "status": "done"})).into_response()
 }
@@ -162,8 +194,13 @@ async fn busy(State(mock): State<Arc<Mock>>) -> Response {
     let mut calls = mock.busy_calls.lock().expect("mock state");
     *calls += 1;
     if *calls == 1 {
-        let mut res = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "slow down");
-        res.headers_mut().insert("retry-after", "1".parse().expect("valid"));
+        let mut res = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "slow down",
+        );
+        res.headers_mut()
+            .insert("retry-after", "1".parse().expect("valid"));
         return res;
     }
     Json(json!({"ok": true})).into_response()
@@ -171,7 +208,11 @@ async fn busy(State(mock): State<Arc<Mock>>) -> Response {
 
 async fn create_run(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) else {
-        return error(StatusCode::BAD_REQUEST, "missing_key", "Idempotency-Key is required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing_key",
+            "Idempotency-Key is required",
+        );
     };
     if let Some((payload, response)) = mock.by_key.lock().expect("mock state").get(key) {
         return if *payload == body {
@@ -190,7 +231,11 @@ async fn create_run(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Byt
         seen.len()
     };
     if attempt < 3 {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server_error", "warming up");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "warming up",
+        );
     }
     let created = json!({"id": 2, "name": "nightly", "status": "queued"});
     mock.by_key

@@ -12,7 +12,7 @@ use kneo::ClientLayer;
 
 /// `kneo`: HTTP API calls through the kneo stack.
 #[derive(Debug, Parser)]
-#[command(name = "kneo", version, about, propagate_version = true)]
+#[command(name = "kneo", version, about, arg_required_else_help = false)]
 pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -48,19 +48,19 @@ pub(crate) struct RequestArgs {
     pub(crate) data: Option<String>,
 
     /// Total attempts, the first included (1 = no retry).
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_attempts: u32,
 
     /// The limit on each attempt, in seconds (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = positive_secs)]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "30", value_parser = positive_secs)]
     pub(crate) timeout: Duration,
 
     /// An overall limit on all attempts and waits, in seconds.
-    #[arg(long, value_name = "SECS", value_parser = positive_secs)]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = positive_secs)]
     pub(crate) deadline: Option<Duration>,
 
     /// The longest Retry-After waited for, in seconds; a longer hint ends retrying.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = non_negative_secs)]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "60", value_parser = non_negative_secs)]
     pub(crate) max_retry_after: Duration,
 
     /// Do not stamp an Idempotency-Key (a POST that may have been applied is then not re-sent).
@@ -162,23 +162,31 @@ fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((name, value))
 }
 
-/// Seconds, greater than zero.
+/// Seconds, more than zero, fractions allowed.
 fn positive_secs(s: &str) -> Result<Duration, String> {
-    let d = non_negative_secs(s)?;
-    if d.is_zero() {
-        return Err("must be more than zero seconds".to_owned());
+    match secs(s)? {
+        d if d.is_zero() => Err("must be more than zero seconds".to_owned()),
+        d => Ok(d),
     }
-    Ok(d)
 }
 
 /// Seconds, zero or more, fractions allowed.
 fn non_negative_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
+    secs(s)
+}
+
+/// Seconds, finite and not negative.
+fn secs(s: &str) -> Result<Duration, String> {
+    let secs = s
         .trim()
-        .parse()
-        .map_err(|_| "not a number of seconds".to_owned())?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| "must be a finite, non-negative number of seconds".to_owned())
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| !secs.is_nan())
+        .ok_or_else(|| "not a number of seconds".to_owned())?;
+    if secs < 0.0 {
+        return Err("must not be negative".to_owned());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| "too large a number of seconds".to_owned())
 }
 
 #[cfg(test)]
@@ -188,10 +196,19 @@ mod tests {
     #[test]
     fn urls() {
         assert!(parse_url("http://127.0.0.1:8080/x?y=1").is_ok());
-        for bad in ["not a url", "/relative", "ftp://host/x", "http://", "localhost:80"] {
+        for bad in [
+            "not a url",
+            "/relative",
+            "ftp://host/x",
+            "http://",
+            "localhost:80",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad} accepted");
         }
-        assert_eq!(parse_url("https://example.com").is_ok(), cfg!(feature = "rustls"));
+        assert_eq!(
+            parse_url("https://example.com").is_ok(),
+            cfg!(feature = "rustls")
+        );
     }
 
     #[test]

@@ -89,13 +89,20 @@ async fn request(args: &RequestArgs, body: bytes::Bytes) -> ExitCode {
     };
 
     let status = res.status();
-    let attempts = res.extensions().get::<Attempts>().map_or(1, Attempts::count);
+    let attempts = res
+        .extensions()
+        .get::<Attempts>()
+        .map_or(1, Attempts::count);
     let sent = kneo::client::sent_from_response(&method, &res);
     let request_id = res
         .headers()
         .get(kneo::core::X_REQUEST_ID)
         .filter(|v| is_valid_request_id(v.as_bytes()))
-        .or_else(|| res.extensions().get::<RequestId>().map(RequestId::header_value))
+        .or_else(|| {
+            res.extensions()
+                .get::<RequestId>()
+                .map(RequestId::header_value)
+        })
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let key = res

@@ -1,0 +1,431 @@
+//! Black-box tests: the built `kneo` binary against scripted loopback servers.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kneo_tests::{Reply, ScriptedServer};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The one JSON line on stdout.
+    fn json(&self) -> Value {
+        assert_eq!(
+            self.stdout.matches('\n').count(),
+            1,
+            "stdout is exactly one line: {:?} (stderr {:?})",
+            self.stdout,
+            self.stderr
+        );
+        assert!(self.stdout.ends_with('\n'));
+        serde_json::from_str(&self.stdout).expect("stdout is JSON")
+    }
+
+    /// A success: exit 0 and `ok: true`.
+    fn ok(&self) -> Value {
+        let out = self.json();
+        assert_eq!(self.code, 0, "{out}");
+        assert_eq!(out["ok"], true);
+        out
+    }
+
+    /// A kneo error: exit 1 and `ok: false`.
+    fn failed(&self) -> Value {
+        let out = self.json();
+        assert_eq!(self.code, 1, "{out}");
+        assert_eq!(out["ok"], false);
+        out
+    }
+
+    /// A usage error: exit 2, one line on stderr, nothing on stdout.
+    fn usage(&self) -> &str {
+        assert_eq!(self.code, 2, "stderr: {:?}", self.stderr);
+        assert_eq!(self.stdout, "", "nothing on stdout");
+        assert_eq!(
+            self.stderr.lines().count(),
+            1,
+            "one line: {:?}",
+            self.stderr
+        );
+        assert!(self.stderr.starts_with("error: "), "{:?}", self.stderr);
+        &self.stderr
+    }
+}
+
+async fn kneo(args: &[&str]) -> Run {
+    kneo_with_stdin(args, b"").await
+}
+
+async fn kneo_with_stdin(args: &[&str], stdin: &[u8]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kneo"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kneo");
+    let mut pipe = child.stdin.take().expect("piped stdin");
+    pipe.write_all(stdin).await.expect("write stdin");
+    drop(pipe);
+    let out = child.wait_with_output().await.expect("kneo ran");
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+#[tokio::test]
+async fn get_success() {
+    let server = ScriptedServer::start(vec![Reply::json(200, r#"{"id":7,"tags":["a"]}"#)]).await;
+    let out = kneo(&["request", &server.url("/runs/7")]).await.ok();
+
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].method, "GET");
+    assert_eq!(reqs[0].uri.path(), "/runs/7");
+    assert_eq!(reqs[0].header("idempotency-key"), None, "a GET gets no key");
+    let sent_id = reqs[0].header("x-request-id").expect("id stamped");
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["request_id"], sent_id.as_str(), "no echo: the id sent");
+    assert_eq!(out["idempotency_key"], Value::Null);
+    assert_eq!(out["attempts"], 1);
+    assert_eq!(out["body"], json!({"id": 7, "tags": ["a"]}));
+}
+
+#[tokio::test]
+async fn post_success_with_caller_headers_and_echo() {
+    let server = ScriptedServer::start(vec![
+        Reply::json(201, r#"{"id":8}"#).header("x-request-id", "srv-echo-1")
+    ])
+    .await;
+    let out = kneo(&[
+        "request",
+        &server.url("/runs"),
+        "-d",
+        r#"{"n":1}"#,
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Idempotency-Key: charge-41",
+        "-H",
+        "X-Request-ID: order-7",
+    ])
+    .await
+    .ok();
+
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].method, "POST", "--data defaults to POST");
+    assert_eq!(&reqs[0].body[..], br#"{"n":1}"#);
+    assert_eq!(
+        reqs[0].header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        reqs[0].header("idempotency-key").as_deref(),
+        Some("charge-41")
+    );
+    assert_eq!(reqs[0].header("x-request-id").as_deref(), Some("order-7"));
+    assert_eq!(out["status"], 201);
+    assert_eq!(out["request_id"], "srv-echo-1", "the server's echo wins");
+    assert_eq!(out["idempotency_key"], "charge-41");
+    assert_eq!(out["body"], json!({"id": 8}));
+}
+
+#[tokio::test]
+async fn post_gets_a_stamped_key_and_text_bodies_are_strings() {
+    let server = ScriptedServer::start(vec![Reply::status(200).body("plain ok")]).await;
+    let out = kneo(&["request", &server.url("/x"), "-X", "post"])
+        .await
+        .ok();
+    let reqs = server.requests();
+    assert_eq!(reqs[0].method, "POST");
+    let key = reqs[0].header("idempotency-key").expect("key stamped");
+    assert_eq!(out["idempotency_key"], key.as_str());
+    assert_eq!(out["body"], "plain ok");
+}
+
+#[tokio::test]
+async fn empty_body_is_null_and_method_overrides_data() {
+    let server = ScriptedServer::start(vec![Reply::status(204)]).await;
+    let out = kneo(&["request", &server.url("/x"), "-X", "PUT", "-d", "v"])
+        .await
+        .ok();
+    assert_eq!(server.requests()[0].method, "PUT");
+    assert_eq!(out["status"], 204);
+    assert_eq!(out["body"], Value::Null);
+}
+
+#[tokio::test]
+async fn data_from_file_and_stdin() {
+    let server = ScriptedServer::start(vec![Reply::status(200)]).await;
+    let path = std::env::temp_dir().join(format!("kneo-cli-body-{}", std::process::id()));
+    std::fs::write(&path, b"from a file").expect("write body file");
+    let at_path = format!("@{}", path.display());
+    kneo(&["request", &server.url("/f"), "-d", &at_path])
+        .await
+        .ok();
+    let _ = std::fs::remove_file(&path);
+    kneo_with_stdin(&["request", &server.url("/s"), "-d", "@-"], b"from stdin")
+        .await
+        .ok();
+
+    let reqs = server.requests();
+    assert_eq!(&reqs[0].body[..], b"from a file");
+    assert_eq!(&reqs[1].body[..], b"from stdin");
+}
+
+#[tokio::test]
+async fn each_error_kind() {
+    let cases: [(u16, &str, &[&str], &str, &str); 8] = [
+        (
+            401,
+            r#"{"error":{"message":"key revoked"}}"#,
+            &[],
+            "auth",
+            "authentication_error",
+        ),
+        (403, "", &[], "permission", "permission_denied"),
+        (
+            404,
+            r#"{"error":{"code":"no_such_run","message":"run 9 not found"}}"#,
+            &[],
+            "not_found",
+            "no_such_run",
+        ),
+        (409, "", &[], "conflict", "conflict"),
+        (
+            409,
+            "",
+            &["-d", "x"],
+            "idempotency_mismatch",
+            "idempotency_key_mismatch",
+        ),
+        (429, "", &[], "rate_limited", "rate_limit_exceeded"),
+        (500, "boom", &[], "server", "server_error"),
+        (418, "", &[], "status", "http_error"),
+    ];
+    for (status, body, extra, kind, code) in cases {
+        let server = ScriptedServer::start(vec![Reply::json(status, body)]).await;
+        let url = server.url("/x");
+        let mut args = vec!["request", url.as_str(), "--max-attempts", "1"];
+        args.extend_from_slice(extra);
+        let out = kneo(&args).await.failed();
+        assert_eq!(out["kind"], kind, "{status}: {out}");
+        assert_eq!(out["code"], code, "{status}: {out}");
+        assert_eq!(out["status"], status);
+        assert_eq!(out["attempts"], 1);
+        assert_eq!(out["retry_after"], Value::Null);
+        let sent = server.requests()[0].header("x-request-id");
+        assert_eq!(out["request_id"].as_str(), sent.as_deref());
+        let key = server.requests()[0].header("idempotency-key");
+        assert_eq!(out["idempotency_key"].as_str(), key.as_deref());
+        match body {
+            "" => assert_eq!(out["body"], Value::Null),
+            "boom" => assert_eq!(out["body"], "boom"),
+            json => assert_eq!(
+                out["body"],
+                serde_json::from_str::<Value>(json).expect("json")
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn error_message_and_echoed_id() {
+    let server = ScriptedServer::start(vec![Reply::json(
+        404,
+        r#"{"error":{"message":"run 9 not found"}}"#,
+    )
+    .header("x-request-id", "srv-9")])
+    .await;
+    let out = kneo(&["request", &server.url("/runs/9")]).await.failed();
+    assert_eq!(out["message"], "run 9 not found");
+    assert_eq!(out["request_id"], "srv-9");
+    assert_eq!(out["attempts"], 1, "a 404 is not retried");
+}
+
+#[tokio::test]
+async fn retry_honours_retry_after() {
+    let server = ScriptedServer::start(vec![
+        Reply::status(503).header("retry-after", "1"),
+        Reply::json(200, r#"{"ok":1}"#),
+    ])
+    .await;
+    let started = Instant::now();
+    let run = kneo(&["request", &server.url("/x"), "-v"]).await;
+    let elapsed = started.elapsed();
+    let out = run.ok();
+    assert_eq!(out["attempts"], 2);
+    assert_eq!(server.count(), 2);
+    assert!(elapsed >= Duration::from_secs(1), "waited {elapsed:?}");
+    assert!(run.stderr.contains("retrying"), "-v logs: {:?}", run.stderr);
+    let reqs = server.requests();
+    assert_eq!(
+        reqs[0].header("x-request-id"),
+        reqs[1].header("x-request-id")
+    );
+}
+
+#[tokio::test]
+async fn quiet_without_verbose() {
+    let server = ScriptedServer::start(vec![
+        Reply::status(503).header("retry-after", "0"),
+        Reply::status(200),
+    ])
+    .await;
+    let run = kneo(&["request", &server.url("/x")]).await;
+    assert_eq!(run.ok()["attempts"], 2);
+    assert_eq!(run.stderr, "");
+}
+
+#[tokio::test]
+async fn hint_over_max_retry_after_ends_retrying() {
+    let server = ScriptedServer::start(vec![
+        Reply::status(429).header("retry-after", "120"),
+        Reply::status(200),
+    ])
+    .await;
+    let out = kneo(&["request", &server.url("/x"), "--max-retry-after", "1"])
+        .await
+        .failed();
+    assert_eq!(out["kind"], "rate_limited");
+    assert_eq!(out["attempts"], 1);
+    assert_eq!(out["retry_after"], 120.0);
+    assert_eq!(server.count(), 1);
+}
+
+#[tokio::test]
+async fn no_idempotency_key_stops_a_resend() {
+    let script = || vec![Reply::status(502), Reply::status(200)];
+    let keyed = ScriptedServer::start(script()).await;
+    let out = kneo(&["request", &keyed.url("/x"), "-d", "x"]).await.ok();
+    assert_eq!(out["attempts"], 2, "a keyed POST is re-sent after a 502");
+
+    let bare = ScriptedServer::start(script()).await;
+    let out = kneo(&[
+        "request",
+        &bare.url("/x"),
+        "-d",
+        "x",
+        "--no-idempotency-key",
+    ])
+    .await
+    .failed();
+    assert_eq!(out["kind"], "server");
+    assert_eq!(out["status"], 502);
+    assert_eq!(out["attempts"], 1, "an unkeyed POST may have been applied");
+    assert_eq!(out["idempotency_key"], Value::Null);
+    assert_eq!(bare.requests()[0].header("idempotency-key"), None);
+}
+
+#[tokio::test]
+async fn per_attempt_timeout() {
+    let server =
+        ScriptedServer::start(vec![Reply::status(200).delay(Duration::from_secs(5))]).await;
+    let started = Instant::now();
+    let run = kneo(&[
+        "request",
+        &server.url("/slow"),
+        "--timeout",
+        "0.2",
+        "--max-attempts",
+        "2",
+    ])
+    .await;
+    let elapsed = started.elapsed();
+    let out = run.failed();
+    assert_eq!(out["kind"], "network");
+    assert_eq!(out["code"], "api_timeout");
+    assert_eq!(out["status"], Value::Null);
+    assert_eq!(out["attempts"], 2, "a timed-out GET is retried");
+    assert_eq!(server.count(), 2);
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn deadline_bounds_everything() {
+    let server =
+        ScriptedServer::start(vec![Reply::status(200).delay(Duration::from_secs(5))]).await;
+    let out = kneo(&["request", &server.url("/slow"), "--deadline", "0.3"])
+        .await
+        .failed();
+    assert_eq!(out["kind"], "network");
+    assert_eq!(out["code"], "api_timeout");
+    assert_eq!(out["attempts"], 1);
+}
+
+#[tokio::test]
+async fn connection_refused() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let url = format!("http://127.0.0.1:{port}/x");
+    let out = kneo(&["request", &url, "--max-attempts", "2"])
+        .await
+        .failed();
+    assert_eq!(out["kind"], "network");
+    assert_eq!(out["code"], "api_connection");
+    assert_eq!(out["status"], Value::Null);
+    assert_eq!(out["body"], Value::Null);
+    assert_eq!(out["attempts"], 2, "a refused connect is always retried");
+    assert!(out["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn usage_errors() {
+    let server = ScriptedServer::start(vec![Reply::status(200)]).await;
+    let url = server.url("/x");
+    let missing = std::env::temp_dir().join("kneo-cli-no-such-file");
+    let missing = format!("@{}", missing.display());
+    let cases: &[&[&str]] = &[
+        &[],
+        &["request"],
+        &["frobnicate", &url],
+        &["request", &url, "--bogus"],
+        &["request", &url, "-H", "no colon"],
+        &["request", &url, "-H", "Bad Name: x"],
+        &["request", &url, "-H", "X-Bad: a\u{1}b"],
+        &["request", "not a url"],
+        &["request", "/relative/path"],
+        &["request", "ftp://127.0.0.1/x"],
+        &["request", "http://"],
+        &["request", &url, "-d", &missing],
+        &["request", &url, "--timeout", "0"],
+        &["request", &url, "--timeout", "-1"],
+        &["request", &url, "--timeout", "NaN"],
+        &["request", &url, "--timeout", "soon"],
+        &["request", &url, "--deadline", "0"],
+        &["request", &url, "--max-retry-after", "-5"],
+        &["request", &url, "--max-attempts", "0"],
+        &["request", &url, "-X", "GE T"],
+    ];
+    for args in cases {
+        let run = kneo(args).await;
+        let line = run.usage();
+        assert!(line.len() > "error: ".len() + 5, "{args:?}: {line:?}");
+    }
+    assert_eq!(server.count(), 0, "a usage error sends nothing");
+}
+
+#[tokio::test]
+async fn help_and_version_succeed_on_stdout() {
+    let run = kneo(&["request", "--help"]).await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("--max-retry-after"));
+    let run = kneo(&["--version"]).await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.starts_with("kneo "));
+}
