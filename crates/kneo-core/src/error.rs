@@ -101,6 +101,8 @@ pub struct Sent {
     method: Option<Method>,
     request_id: Option<String>,
     idempotency_key: Option<String>,
+    /// Where the server echoes the request id; `None` for `X-Request-ID`.
+    request_id_header: Option<HeaderName>,
 }
 
 impl Sent {
@@ -110,10 +112,13 @@ impl Sent {
             method: Some(method),
             request_id: None,
             idempotency_key: None,
+            request_id_header: None,
         }
     }
 
-    /// Reads the request id (from `request_id_header`) and the `Idempotency-Key` from request headers.
+    /// Reads the request id (from `request_id_header`) and the `Idempotency-Key`
+    /// from request headers. A server's echo of the id is then looked for in
+    /// `request_id_header` too.
     pub fn from_headers(
         method: &Method,
         headers: &HeaderMap,
@@ -127,6 +132,7 @@ impl Sent {
                 .map(|v| v.as_bytes())
                 .filter(|v| v.len() <= KEY_CAP && v.iter().all(u8::is_ascii_graphic))
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
+            request_id_header: Some(request_id_header.clone()),
         }
     }
 
@@ -326,7 +332,11 @@ impl Error {
         let message = message_from_body(&body, problem.as_ref())
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
 
-        let echoed = token(headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
+        let echo = match &sent.request_id_header {
+            Some(header) => headers.get(header),
+            None => headers.get(X_REQUEST_ID),
+        };
+        let echoed = token(echo.map(|v| v.as_bytes()));
         let should_retry = should_retry_advice(headers);
 
         let mut inner = Inner::new(kind, default_code, message);
@@ -455,7 +465,8 @@ impl Error {
         self.0.problem.as_ref()
     }
 
-    /// The server's echoed `X-Request-ID` when it sent one, else the id the request carried.
+    /// The server's echo of the request id (in `X-Request-ID`, or the header
+    /// the id was sent in) when it sent one, else the id the request carried.
     pub fn request_id(&self) -> Option<&str> {
         self.0.request_id.as_deref()
     }

@@ -426,6 +426,25 @@ fn echoed_request_id_wins_only_when_well_formed() {
 }
 
 #[test]
+fn echo_is_read_from_the_header_the_id_was_sent_in() {
+    let request_id = http::HeaderName::from_static("request-id");
+    let mut sent_headers = http::HeaderMap::new();
+    sent_headers.insert(&request_id, "sent".parse().expect("valid"));
+    let sent = || Sent::from_headers(&Method::GET, &sent_headers, &request_id);
+    let map_with = |name: &'static str| {
+        let (parts, ()) = Response::builder()
+            .status(500)
+            .header(name, "server-7")
+            .body(())
+            .expect("valid")
+            .into_parts();
+        Error::from_response(&parts, b"", false, sent())
+    };
+    assert_eq!(map_with("request-id").request_id(), Some("server-7"));
+    assert_eq!(map_with("x-request-id").request_id(), Some("sent"));
+}
+
+#[test]
 fn problem_details_are_typed_and_http_status_wins() {
     let (parts, ()) = Response::builder()
         .status(403)

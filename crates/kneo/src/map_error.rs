@@ -145,6 +145,7 @@ impl<S> MapError<S> {
 #[derive(Debug, Clone)]
 pub(crate) struct SentHeaders {
     method: Method,
+    request_id_header: HeaderName,
     request_id: Option<HeaderValue>,
     idempotency_key: Option<HeaderValue>,
 }
@@ -153,6 +154,7 @@ impl SentHeaders {
     pub(crate) fn capture<B>(req: &Request<B>, request_id_header: &HeaderName) -> Self {
         SentHeaders {
             method: req.method().clone(),
+            request_id_header: request_id_header.clone(),
             request_id: req.headers().get(request_id_header).cloned(),
             idempotency_key: req.headers().get(IDEMPOTENCY_KEY).cloned(),
         }
@@ -161,12 +163,12 @@ impl SentHeaders {
     pub(crate) fn into_sent(self) -> Sent {
         let mut headers = http::HeaderMap::new();
         if let Some(v) = self.request_id {
-            headers.insert(X_REQUEST_ID, v);
+            headers.insert(self.request_id_header.clone(), v);
         }
         if let Some(v) = self.idempotency_key {
             headers.insert(IDEMPOTENCY_KEY, v);
         }
-        Sent::from_headers(&self.method, &headers, &X_REQUEST_ID)
+        Sent::from_headers(&self.method, &headers, &self.request_id_header)
     }
 }
 
