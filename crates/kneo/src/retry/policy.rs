@@ -186,7 +186,7 @@ impl RetryPolicy {
         }
         if !req.body().is_replayable() {
             return Err(Some(format!(
-                "the request body is larger than the {} byte replay buffer",
+                "the request body cannot be sent again (over the {} byte replay buffer, or it failed)",
                 cfg.replay_cap
             )));
         }
