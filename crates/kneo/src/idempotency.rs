@@ -57,6 +57,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::extension::ResponseFuture;
+use crate::request_id::uuid_v4_header;
 
 /// The idempotency key a request was sent with, in request and response extensions.
 #[derive(Clone, PartialEq, Eq)]
@@ -157,13 +158,6 @@ impl<S> SetIdempotencyKey<S> {
     }
 }
 
-/// A fresh key: a UUID v4, hyphenated.
-fn new_key() -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).expect("invariant: a hyphenated UUID is a valid header value")
-}
-
 impl<S, B, ResB> Service<Request<B>> for SetIdempotencyKey<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
@@ -180,7 +174,7 @@ where
         let key = match req.headers().get(IDEMPOTENCY_KEY) {
             Some(caller) => Some(IdempotencyKey(caller.clone())),
             None if self.methods.contains(req.method()) => {
-                let key = new_key();
+                let key = uuid_v4_header();
                 req.headers_mut().insert(IDEMPOTENCY_KEY, key.clone());
                 Some(IdempotencyKey(key))
             }

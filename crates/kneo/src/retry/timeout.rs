@@ -48,19 +48,21 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let now = Instant::now();
-        let left = req
-            .extensions()
-            .get::<Deadline>()
-            .map(|d| d.0.saturating_duration_since(now));
-        let limit = match (self.timeout, left) {
-            (Some(t), Some(l)) => Some(t.min(l)),
-            (t, l) => t.or(l),
-        };
+        let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
+        // No clock read on the common path: no timeout, no deadline.
+        let limit = (self.timeout.is_some() || deadline.is_some()).then(|| {
+            let now = Instant::now();
+            let left = deadline.map(|at| at.saturating_duration_since(now));
+            let limit = match (self.timeout, left) {
+                (Some(t), Some(l)) => t.min(l),
+                (t, l) => t.or(l).unwrap_or_default(),
+            };
+            (now + limit, limit)
+        });
         TimeoutFuture {
             inner: self.inner.call(req),
-            sleep: limit.map(|l| tokio::time::sleep_until(now + l)),
-            limit: limit.unwrap_or_default(),
+            sleep: limit.map(|(at, _)| tokio::time::sleep_until(at)),
+            limit: limit.map(|(_, l)| l).unwrap_or_default(),
         }
     }
 }
