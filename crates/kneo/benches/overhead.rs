@@ -42,7 +42,7 @@ use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
 use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
-use kneo::request_id::{MakeRequestUuid, RequestIdLayer};
+use kneo::request_id::RequestIdLayer;
 use kneo::retry::{ReplayBody, RetryLayer};
 use kneo::ClientLayer;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -262,7 +262,7 @@ fn main() {
         "tower-http SetRequestIdLayer, GET",
         0,
     );
-    let svc = SetRequestIdLayer::x_request_id(MakeRequestUuid).layer(bare);
+    let svc = SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid).layer(bare);
     measure(c, r, case, svc, get);
 
     let case = ("idempotency_key/POST", "IdempotencyKeyLayer, POST", 1);
