@@ -21,6 +21,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use kneo::retry::Backoff;
+use kneo::ClientLayer;
 use tokio::net::TcpListener;
 
 /// What the server does with one request.
@@ -91,6 +93,12 @@ impl Reply {
         self.early = true;
         self
     }
+}
+
+/// The default stack with a 1 ms backoff base, so tests without a server
+/// hint do not wait.
+pub fn fast() -> ClientLayer {
+    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
 }
 
 /// One request as the server received it.
@@ -176,6 +184,15 @@ impl ScriptedServer {
             requests,
             task,
         }
+    }
+
+    /// A `kneo::Client` with this server as its base URL, over `layer`.
+    pub fn client(&self, layer: ClientLayer) -> kneo::Client {
+        kneo::Client::builder()
+            .base_url(self.url(""))
+            .layer(layer)
+            .build()
+            .expect("client builds")
     }
 
     /// The server's address.

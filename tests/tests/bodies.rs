@@ -2,7 +2,6 @@
 //! sent once and not retried, and error bodies capped however large.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -10,22 +9,10 @@ use http_body::Frame;
 use http_body_util::{Full, StreamBody};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kneo::retry::{Backoff, ReplayBody};
+use kneo::retry::ReplayBody;
 use kneo::{Attempts, ClientLayer, ErrorKind};
-use kneo_tests::{Reply, ScriptedServer};
+use kneo_tests::{fast, Reply, ScriptedServer};
 use tower::{Layer, ServiceExt};
-
-fn fast() -> ClientLayer {
-    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
-}
-
-fn client(server: &ScriptedServer, layer: ClientLayer) -> kneo::Client {
-    kneo::Client::builder()
-        .base_url(server.url(""))
-        .layer(layer)
-        .build()
-        .expect("client builds")
-}
 
 /// `len` bytes cycling through every byte value.
 fn binary(len: usize) -> Bytes {
@@ -47,7 +34,8 @@ async fn request_body_is_replayed_byte_for_byte() {
     let req = Request::post("/upload")
         .body(Full::new(body.clone()))
         .expect("valid request");
-    let res = client(&server, fast())
+    let res = server
+        .client(fast())
         .request(req)
         .await
         .expect("third attempt");
@@ -67,7 +55,7 @@ async fn body_is_replayed_after_an_early_answer() {
     let req = Request::put("/upload")
         .body(Full::new(body.clone()))
         .expect("valid request");
-    let res = client(&server, fast()).request(req).await.expect("retry");
+    let res = server.client(fast()).request(req).await.expect("retry");
     assert_eq!(res.status(), StatusCode::OK);
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2);
@@ -140,7 +128,8 @@ async fn oversize_full_body_is_sent_once_and_not_retried() {
     let req = Request::post("/upload")
         .body(Full::new(body.clone()))
         .expect("valid request");
-    let err = client(&server, fast().replay_cap(1024))
+    let err = server
+        .client(fast().replay_cap(1024))
         .request(req)
         .await
         .expect_err("not retried");
@@ -153,7 +142,8 @@ async fn oversize_full_body_is_sent_once_and_not_retried() {
 async fn huge_error_body_is_capped() {
     let huge = Bytes::from(vec![b'x'; 5 * 1024 * 1024]);
     let server = ScriptedServer::start(vec![Reply::status(500).body(huge)]).await;
-    let err = client(&server, fast())
+    let err = server
+        .client(fast())
         .request(Request::get("/big").body(Full::default()).expect("valid"))
         .await
         .expect_err("500");
@@ -175,7 +165,8 @@ async fn huge_error_bodies_on_retried_attempts_are_capped_each_time() {
         .header("content-type", "application/json")
         .body(json)])
     .await;
-    let err = client(&server, fast().error_body_cap(100))
+    let err = server
+        .client(fast().error_body_cap(100))
         .request(Request::get("/big").body(Full::default()).expect("valid"))
         .await
         .expect_err("503s");
@@ -196,7 +187,8 @@ async fn huge_error_bodies_on_retried_attempts_are_capped_each_time() {
 #[tokio::test]
 async fn small_error_body_is_not_truncated_at_the_cap() {
     let server = ScriptedServer::start(vec![Reply::status(500).body(vec![b'z'; 100])]).await;
-    let err = client(&server, fast().error_body_cap(100))
+    let err = server
+        .client(fast().error_body_cap(100))
         .request(Request::get("/x").body(Full::default()).expect("valid"))
         .await
         .expect_err("500");

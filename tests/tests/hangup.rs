@@ -12,27 +12,16 @@ use http_body::Frame;
 use http_body_util::{Full, StreamBody};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kneo::retry::{Backoff, ReplayBody};
-use kneo::{Attempts, ClientLayer, ErrorKind, Outcome};
-use kneo_tests::{Reply, ScriptedServer};
+use kneo::retry::ReplayBody;
+use kneo::{Attempts, ErrorKind, Outcome};
+use kneo_tests::{fast, Reply, ScriptedServer};
 use tower::{Layer, ServiceExt};
-
-fn fast() -> ClientLayer {
-    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
-}
-
-fn client(server: &ScriptedServer, layer: ClientLayer) -> kneo::Client {
-    kneo::Client::builder()
-        .base_url(server.url(""))
-        .layer(layer)
-        .build()
-        .expect("client builds")
-}
 
 #[tokio::test]
 async fn get_is_retried_after_a_hangup() {
     let server = ScriptedServer::start(vec![Reply::close(), Reply::json(200, r#"{"ok":1}"#)]).await;
-    let res = client(&server, fast())
+    let res = server
+        .client(fast())
         .request(Request::get("/x").body(Full::default()).expect("valid"))
         .await
         .expect("the retry succeeds");
@@ -52,7 +41,8 @@ async fn keyed_post_is_retried_after_a_hangup() {
     let req = Request::post("/charges")
         .body(Full::new(Bytes::from_static(b"{\"amount\":3}")))
         .expect("valid");
-    let res = client(&server, fast())
+    let res = server
+        .client(fast())
         .request(req)
         .await
         .expect("the retry succeeds");
@@ -72,7 +62,8 @@ async fn caller_keyed_post_is_retried_even_when_keys_are_not_stamped() {
         .header("idempotency-key", "caller-key-3")
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("valid");
-    client(&server, fast().idempotency_methods([]))
+    server
+        .client(fast().idempotency_methods([]))
         .request(req)
         .await
         .expect("the retry succeeds");
@@ -85,7 +76,8 @@ async fn unkeyed_post_is_not_resent_after_a_hangup() {
     let req = Request::post("/charges")
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("valid");
-    let err = client(&server, fast().idempotency_methods([]))
+    let err = server
+        .client(fast().idempotency_methods([]))
         .request(req)
         .await
         .expect_err("it may have been applied");
@@ -106,7 +98,8 @@ async fn unkeyed_post_is_not_resent_after_a_hangup() {
 #[tokio::test]
 async fn get_hung_up_on_every_attempt_fails_after_max_attempts() {
     let server = ScriptedServer::start(vec![Reply::close()]).await;
-    let err = client(&server, fast())
+    let err = server
+        .client(fast())
         .request(Request::get("/x").body(Full::default()).expect("valid"))
         .await
         .expect_err("always hung up");
@@ -167,7 +160,8 @@ async fn keyed_post_with_an_oversize_body_is_not_resent_after_a_hangup() {
     let req = Request::post("/charges")
         .body(Full::new(body.clone()))
         .expect("valid");
-    let err = client(&server, fast())
+    let err = server
+        .client(fast())
         .request(req)
         .await
         .expect_err("over the 64 KiB replay cap");
@@ -180,7 +174,7 @@ async fn keyed_post_with_an_oversize_body_is_not_resent_after_a_hangup() {
 #[tokio::test]
 async fn unkeyed_post_on_a_pooled_connection_is_not_resent_after_a_hangup() {
     let server = ScriptedServer::start(vec![Reply::json(200, "{}"), Reply::close()]).await;
-    let client = client(&server, fast().idempotency_methods([]));
+    let client = server.client(fast().idempotency_methods([]));
     client
         .request(Request::get("/warm").body(Full::default()).expect("valid"))
         .await

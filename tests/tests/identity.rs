@@ -3,27 +3,14 @@
 //! fresh ones for every new logical request.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use kneo::idempotency::IdempotencyKey;
 use kneo::request_id::RequestId;
-use kneo::{retry::Backoff, ClientLayer};
-use kneo_tests::{Reply, ScriptedServer};
 
-fn fast() -> ClientLayer {
-    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
-}
-
-fn client(server: &ScriptedServer) -> kneo::Client {
-    kneo::Client::builder()
-        .base_url(server.url(""))
-        .layer(fast())
-        .build()
-        .expect("client builds")
-}
+use kneo_tests::{fast, Reply, ScriptedServer};
 
 fn flaky() -> Vec<Reply> {
     vec![
@@ -41,7 +28,11 @@ async fn caller_id_and_key_arrive_unchanged_on_every_attempt() {
         .header("idempotency-key", "caller-key-17")
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("valid request");
-    let res = client(&server).request(req).await.expect("third attempt");
+    let res = server
+        .client(fast())
+        .request(req)
+        .await
+        .expect("third attempt");
     let reqs = server.requests();
     assert_eq!(reqs.len(), 3);
     for r in &reqs {
@@ -69,7 +60,11 @@ async fn malformed_caller_id_is_replaced_consistently() {
         .header("x-request-id", HeaderValue::from_static("bad id"))
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("valid request");
-    let res = client(&server).request(req).await.expect("third attempt");
+    let res = server
+        .client(fast())
+        .request(req)
+        .await
+        .expect("third attempt");
     let reqs = server.requests();
     assert_eq!(reqs.len(), 3);
     let id = reqs[0].header("x-request-id").expect("an id was sent");
@@ -89,7 +84,11 @@ async fn stamped_id_and_key_are_the_same_on_every_attempt() {
     let req = Request::post("/orders")
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("valid request");
-    let res = client(&server).request(req).await.expect("third attempt");
+    let res = server
+        .client(fast())
+        .request(req)
+        .await
+        .expect("third attempt");
     assert_eq!(res.status(), StatusCode::CREATED);
     let reqs = server.requests();
     assert_eq!(reqs.len(), 3);
@@ -107,7 +106,7 @@ async fn stamped_id_and_key_are_the_same_on_every_attempt() {
 #[tokio::test]
 async fn each_logical_request_gets_its_own_id_and_key() {
     let server = ScriptedServer::start(vec![Reply::status(503), Reply::json(200, "{}")]).await;
-    let client = client(&server);
+    let client = server.client(fast());
     for _ in 0..5 {
         let req = Request::post("/orders")
             .body(Full::new(Bytes::from_static(b"{}")))
@@ -131,7 +130,7 @@ async fn each_logical_request_gets_its_own_id_and_key() {
 #[tokio::test]
 async fn get_gets_an_id_but_no_key() {
     let server = ScriptedServer::start(vec![Reply::json(200, "{}")]).await;
-    let _: serde_json::Value = client(&server).get_json("/x").await.expect("ok");
+    let _: serde_json::Value = server.client(fast()).get_json("/x").await.expect("ok");
     let r = &server.requests()[0];
     assert!(r.header("x-request-id").is_some());
     assert_eq!(r.header("idempotency-key"), None);
@@ -140,7 +139,8 @@ async fn get_gets_an_id_but_no_key() {
 #[tokio::test]
 async fn errors_carry_the_id_and_key_sent() {
     let server = ScriptedServer::start(vec![Reply::status(400)]).await;
-    let err = client(&server)
+    let err = server
+        .client(fast())
         .post_json::<_, serde_json::Value>("/orders", &serde_json::json!({"a": 1}))
         .await
         .expect_err("400");

@@ -7,26 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use kneo::{codes, retry::Backoff, Attempts, ClientLayer, ErrorBody, ErrorKind};
-use kneo_tests::{Recorded, Reply, ScriptedServer};
-
-fn fast() -> ClientLayer {
-    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
-}
-
-fn client(server: &ScriptedServer, layer: ClientLayer) -> kneo::Client {
-    kneo::Client::builder()
-        .base_url(server.url(""))
-        .layer(layer)
-        .build()
-        .expect("client builds")
-}
+use kneo::{codes, Attempts, ErrorBody, ErrorKind};
+use kneo_tests::{fast, Recorded, Reply, ScriptedServer};
 
 /// Sends one `method /thing` (with `key` as the caller's `Idempotency-Key`,
 /// none stamped otherwise) to a server answering `reply`, with no retries.
 async fn fail_once(reply: Reply, method: Method, key: Option<&str>) -> (kneo::Error, Recorded) {
     let server = ScriptedServer::start(vec![reply]).await;
-    let client = client(&server, fast().max_attempts(1).idempotency_methods([]));
+    let client = server.client(fast().max_attempts(1).idempotency_methods([]));
     let mut req = Request::builder().method(method).uri("/thing");
     if let Some(key) = key {
         req = req.header("idempotency-key", key);
@@ -255,7 +243,7 @@ async fn key_in_use_conflict_is_retried_with_the_same_key() {
         Reply::json(201, r#"{"id":1}"#),
     ])
     .await;
-    let client = client(&server, fast());
+    let client = server.client(fast());
     let req = Request::post("/charges")
         .body(Full::new(Bytes::from_static(b"{\"amount\":5}")))
         .expect("valid request");
@@ -278,7 +266,7 @@ async fn key_in_use_conflict_is_retried_with_the_same_key() {
         Reply::json(409, in_use).header("x-request-id", "srv-conflict")
     ])
     .await;
-    let client = self::client(&server, fast());
+    let client = server.client(fast());
     let req = Request::post("/charges")
         .header("idempotency-key", "caller-key-9")
         .body(Full::new(Bytes::from_static(b"{}")))
@@ -296,7 +284,7 @@ async fn key_in_use_conflict_is_retried_with_the_same_key() {
 async fn mismatch_and_plain_4xx_are_never_retried() {
     for (status, key) in [(409, Some("k-1")), (422, None), (400, None), (404, None)] {
         let server = ScriptedServer::start(vec![Reply::status(status)]).await;
-        let client = client(&server, fast());
+        let client = server.client(fast());
         let mut req = Request::post("/x");
         if let Some(key) = key {
             req = req.header("idempotency-key", key);
@@ -311,7 +299,8 @@ async fn mismatch_and_plain_4xx_are_never_retried() {
 #[tokio::test]
 async fn undecodable_success_is_a_decode_error() {
     let server = ScriptedServer::start(vec![Reply::json(200, "not json")]).await;
-    let err = client(&server, fast())
+    let err = server
+        .client(fast())
         .post_json::<_, serde_json::Value>("/x", &serde_json::json!({}))
         .await
         .expect_err("not json");

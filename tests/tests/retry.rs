@@ -9,20 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use kneo::{codes, retry::Backoff, Attempts, ClientLayer, ErrorKind, Outcome};
-use kneo_tests::{Reply, ScriptedServer};
-
-fn fast() -> ClientLayer {
-    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
-}
-
-fn client(server: &ScriptedServer, layer: ClientLayer) -> kneo::Client {
-    kneo::Client::builder()
-        .base_url(server.url(""))
-        .layer(layer)
-        .build()
-        .expect("client builds")
-}
+use kneo::{codes, Attempts, ClientLayer, ErrorKind, Outcome};
+use kneo_tests::{fast, Reply, ScriptedServer};
 
 fn get() -> Request<Full<Bytes>> {
     Request::get("/r")
@@ -44,7 +32,8 @@ async fn always(
     req: Request<Full<Bytes>>,
 ) -> (kneo::Error, usize) {
     let server = ScriptedServer::start(vec![reply]).await;
-    let err = client(&server, layer)
+    let err = server
+        .client(layer)
         .request(req)
         .await
         .expect_err("the server always fails");
@@ -116,7 +105,8 @@ async fn retry_after_seconds_is_waited_at_least() {
     ])
     .await;
     let start = Instant::now();
-    let res = client(&server, fast())
+    let res = server
+        .client(fast())
         .request(get())
         .await
         .expect("second attempt succeeds");
@@ -149,7 +139,8 @@ async fn retry_after_http_date_is_waited_at_least() {
         Reply::json(200, "{}"),
     ])
     .await;
-    let res = client(&server, fast())
+    let res = server
+        .client(fast())
         .request(get())
         .await
         .expect("second attempt succeeds");
@@ -176,7 +167,8 @@ async fn retry_after_ms_is_waited_at_least_and_wins_over_seconds() {
     // If `Retry-After: 30` were used, 30 s > max_retry_after would end retrying.
     let layer = fast().max_retry_after(Duration::from_secs(5));
     let start = Instant::now();
-    let res = client(&server, layer)
+    let res = server
+        .client(layer)
         .request(get())
         .await
         .expect("retry-after-ms is honoured");
@@ -264,7 +256,8 @@ async fn attempt_timeout_is_a_retried_network_timeout_for_get() {
         ScriptedServer::start(vec![Reply::status(200).delay(Duration::from_secs(2))]).await;
     let layer = fast().attempt_timeout(Duration::from_millis(100));
     let start = Instant::now();
-    let err = client(&server, layer)
+    let err = server
+        .client(layer)
         .request(get())
         .await
         .expect_err("every attempt times out");
@@ -306,7 +299,7 @@ async fn attempt_timeout_on_unkeyed_post_is_not_retried() {
 #[tokio::test]
 async fn success_carries_attempts() {
     let server = ScriptedServer::start(vec![Reply::json(200, "{}")]).await;
-    let res = client(&server, fast()).request(get()).await.expect("ok");
+    let res = server.client(fast()).request(get()).await.expect("ok");
     let attempts = res.extensions().get::<Attempts>().expect("attempts");
     assert_eq!(attempts.count(), 1);
     assert!(attempts.history().is_empty());
@@ -317,7 +310,7 @@ async fn success_carries_attempts() {
         Reply::json(200, "{}"),
     ])
     .await;
-    let res = client(&server, fast()).request(get()).await.expect("ok");
+    let res = server.client(fast()).request(get()).await.expect("ok");
     let attempts = res.extensions().get::<Attempts>().expect("attempts");
     assert_eq!(attempts.count(), 3);
     let history = attempts.history();
@@ -344,7 +337,8 @@ async fn error_history_lists_every_attempt_with_status_and_wait() {
         Reply::status(504),
     ])
     .await;
-    let err = client(&server, fast())
+    let err = server
+        .client(fast())
         .request(get())
         .await
         .expect_err("three failures");

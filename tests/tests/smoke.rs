@@ -1,12 +1,7 @@
 //! The main path, end to end: a POST retried through 503s with one key and one id.
 
-use kneo::{retry::Backoff, ClientLayer, ErrorKind};
-use kneo_tests::{Reply, ScriptedServer};
-use std::time::Duration;
-
-fn fast() -> ClientLayer {
-    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
-}
+use kneo::ErrorKind;
+use kneo_tests::{fast, Reply, ScriptedServer};
 
 #[tokio::test]
 async fn post_retried_with_same_key_and_id() {
@@ -16,11 +11,7 @@ async fn post_retried_with_same_key_and_id() {
         Reply::json(201, r#"{"id":7}"#),
     ])
     .await;
-    let client = kneo::Client::builder()
-        .base_url(server.url(""))
-        .layer(fast())
-        .build()
-        .expect("client");
+    let client = server.client(fast());
 
     #[derive(serde::Deserialize)]
     struct Created {
@@ -51,11 +42,7 @@ async fn not_found_is_typed() {
     )
     .header("x-request-id", "srv-1")])
     .await;
-    let client = kneo::Client::builder()
-        .base_url(server.url(""))
-        .layer(fast())
-        .build()
-        .expect("client");
+    let client = server.client(fast());
     let err = client
         .get_json::<serde_json::Value>("/runs/7")
         .await

@@ -25,9 +25,11 @@
 //! (a timed-out request counts as an error), and the process exits when the
 //! last round is done.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +41,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use kneo::retry::ReplayBody;
 use kneo::{BoxError, ClientLayer};
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;
-use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 
 /// What the server answers to every request.
@@ -112,29 +113,6 @@ async fn answer(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
         .body(Full::new(Bytes::from_static(BODY)))
         .expect("invariant: a static response is valid");
     Ok(res)
-}
-
-/// The server: HTTP/1.1 with keep-alive, one task per connection.
-async fn start_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("bound address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(answer);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// hyper-util's pooled client, configured as `kneo::Client` configures it.
@@ -288,7 +266,7 @@ fn line(label: &str, p: &Pass) -> String {
 }
 
 async fn run(s: &Settings) {
-    let addr = start_server().await;
+    let addr = support::serve(answer).await;
     let uri: Uri = format!("http://{addr}/v1/runs/7")
         .parse()
         .expect("invariant: a socket address makes a valid URI");

@@ -22,6 +22,9 @@
 //! seed, default 7; arguments are ignored). Bounded: a fixed number of
 //! requests, each within a 10 s deadline.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,10 +38,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use kneo::retry::{Backoff, ReplayBody, TpsBudget};
 use kneo::ClientLayer;
-use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 
 const OUTAGE_REQUESTS: usize = 2_000;
@@ -83,41 +85,23 @@ impl Upstream {
 
 /// Starts a counting upstream; returns its address.
 async fn start(upstream: Arc<Upstream>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("bound address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+    support::serve(move |_req: Request<Incoming>| {
+        let status = upstream.status();
+        async move {
+            let body: &'static [u8] = if status.is_success() {
+                br#"{"id":7,"status":"succeeded"}"#
+            } else {
+                br#"{"error":{"code":"unavailable","message":"try again later"}}"#
             };
-            let _ = stream.set_nodelay(true);
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let status = upstream.status();
-                    async move {
-                        let body: &'static [u8] = if status.is_success() {
-                            br#"{"id":7,"status":"succeeded"}"#
-                        } else {
-                            br#"{"error":{"code":"unavailable","message":"try again later"}}"#
-                        };
-                        let res = Response::builder()
-                            .status(status)
-                            .header(CONTENT_TYPE, "application/json")
-                            .body(Full::new(Bytes::from_static(body)))
-                            .expect("invariant: a static response is valid");
-                        Ok::<_, Infallible>(res)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            let res = Response::builder()
+                .status(status)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(body)))
+                .expect("invariant: a static response is valid");
+            Ok::<_, Infallible>(res)
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// What one scenario measured.
