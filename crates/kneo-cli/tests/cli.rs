@@ -270,7 +270,14 @@ async fn retry_honours_retry_after() {
     assert_eq!(out["attempts"], 2);
     assert_eq!(server.count(), 2);
     assert!(elapsed >= Duration::from_secs(1), "waited {elapsed:?}");
-    assert!(run.stderr.contains("retrying"), "-v logs: {:?}", run.stderr);
+    // The retry log line, at INFO from `kneo::retry`, with the request id as a field.
+    let log = &run.stderr;
+    assert!(log.contains("kneo::retry"), "-v logs: {log:?}");
+    assert!(
+        log.contains("attempt 1 failed (503 Service Unavailable); retrying in 1.00s"),
+        "-v logs: {log:?}"
+    );
+    assert!(log.contains("request_id="), "-v logs: {log:?}");
     let reqs = server.requests();
     assert_eq!(
         reqs[0].header("x-request-id"),

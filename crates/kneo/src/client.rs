@@ -335,3 +335,42 @@ where
     }
     Ok((Bytes::from(buf), false))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_the_api_key() {
+        let builder = Client::builder()
+            .base_url("http://127.0.0.1:1")
+            .api_key("sk-live-secret");
+        assert!(!format!("{builder:?}").contains("sk-live-secret"));
+        let client = builder.build().expect("valid configuration");
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("sk-live-secret"), "{debug}");
+        assert!(
+            debug.contains("authorization"),
+            "the header is listed, its value hidden: {debug}"
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_a_request_error() {
+        let err = Client::builder()
+            .base_url("not a url")
+            .build()
+            .expect_err("invalid");
+        assert_eq!(err.kind(), crate::ErrorKind::Request);
+        let err = Client::builder()
+            .api_key("line\nbreak")
+            .build()
+            .expect_err("invalid");
+        assert_eq!(err.kind(), crate::ErrorKind::Request);
+        let client = Client::new().expect("defaults are valid");
+        assert_eq!(
+            client.url("/x").expect_err("relative").kind(),
+            crate::ErrorKind::Request
+        );
+    }
+}
