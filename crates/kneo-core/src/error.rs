@@ -195,7 +195,8 @@ fn token(value: Option<&[u8]>) -> Option<String> {
 /// The error kneo's timeouts put at the bottom of a source chain.
 ///
 /// Only kneo builds it; [`Error::is_timeout`] finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out after {:.2}s", .0.as_secs_f64())]
 pub struct TimedOut(Duration);
 
 impl TimedOut {
@@ -204,14 +205,6 @@ impl TimedOut {
         self.0
     }
 }
-
-impl fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "timed out after {:.2}s", self.0.as_secs_f64())
-    }
-}
-
-impl StdError for TimedOut {}
 
 /// The one error every kneo call fails with.
 ///

@@ -143,3 +143,36 @@ impl<S> Layer<S> for ClientLayer {
         self.request_id.layer(inner)
     }
 }
+
+#[cfg(all(test, feature = "client"))]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower_service::Service;
+
+    use crate::retry::ReplayBody;
+
+    fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+
+    fn typed<S>(_: &S)
+    where
+        S: Service<Request<Full<Bytes>>, Error = crate::Error>,
+        S::Future: Send + 'static,
+    {
+    }
+
+    /// Compile-time: the composed stack over hyper-util is `Clone + Send +
+    /// Sync`, fails with `kneo::Error`, and its future can be spawned.
+    #[test]
+    fn composed_service_is_shareable_and_typed() {
+        let transport =
+            Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+        let svc = ClientLayer::new().layer(transport);
+        shareable(&svc);
+        typed(&svc);
+    }
+}
