@@ -87,3 +87,8 @@ pub use client::{Client, ClientBuilder};
 
 /// kneo-core, for what this crate does not re-export.
 pub use kneo_core as core;
+
+/// The README's code blocks, compiled as doctests so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
