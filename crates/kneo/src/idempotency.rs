@@ -56,7 +56,7 @@ use kneo_core::IDEMPOTENCY_KEY;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::extension::ResponseFuture;
+pub use crate::extension::ResponseFuture;
 use crate::request_id::uuid_v4_header;
 
 /// The idempotency key a request was sent with, in request and response extensions.

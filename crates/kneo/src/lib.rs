@@ -74,7 +74,6 @@ mod stack;
 pub mod client;
 
 pub use builder::ServiceBuilderExt;
-pub use extension::ResponseFuture;
 pub use kneo_core::{
     codes, retry_after, Attempt, BoxError, Error, ErrorBody, ErrorKind, Outcome, Problem, Result,
     Sent,

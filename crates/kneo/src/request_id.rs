@@ -67,7 +67,7 @@ use kneo_core::{is_valid_request_id, X_REQUEST_ID};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::extension::ResponseFuture;
+pub use crate::extension::ResponseFuture;
 
 pub use tower_http::request_id::{MakeRequestId, RequestId};
 
