@@ -25,7 +25,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, Uri};
 use http_body::Body;
@@ -39,6 +39,7 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 
 use crate::idempotency::IdempotencyKey;
+use crate::map_error::append_capped;
 use crate::request_id::RequestId;
 use crate::retry::ReplayBody;
 use crate::ClientLayer;
@@ -321,15 +322,9 @@ where
     let mut body = std::pin::pin!(body);
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(mut data) = frame.map_err(Into::into)?.into_data() {
-            while data.has_remaining() {
-                let chunk = data.chunk();
-                let take = chunk.len().min(cap - buf.len());
-                buf.extend_from_slice(&chunk[..take]);
-                if take < chunk.len() {
-                    return Ok((Bytes::from(buf), true));
-                }
-                data.advance(take);
+        if let Ok(data) = frame.map_err(Into::into)?.into_data() {
+            if append_capped(&mut buf, data, cap) {
+                return Ok((Bytes::from(buf), true));
             }
         }
     }

@@ -159,6 +159,21 @@ impl SentHeaders {
     }
 }
 
+/// Appends `data` to `buf`, keeping `buf` within `cap` bytes; `true` when
+/// some of `data` did not fit (the body is longer than the cap).
+pub(crate) fn append_capped(buf: &mut Vec<u8>, mut data: impl Buf, cap: usize) -> bool {
+    while data.has_remaining() {
+        let chunk = data.chunk();
+        let take = chunk.len().min(cap.saturating_sub(buf.len()));
+        buf.extend_from_slice(&chunk[..take]);
+        if take < chunk.len() {
+            return true;
+        }
+        data.advance(take);
+    }
+    false
+}
+
 /// Classifies a transport error: a `kneo::Error` passes through; anything
 /// else becomes a network error, marked as a connect failure when hyper-util
 /// says so (DNS, TCP connect and TLS all fail inside its connector).
@@ -291,22 +306,15 @@ where
                     buf,
                 } => {
                     let cap = *this.cap;
-                    // Read until the end, an error, or one byte past the cap.
+                    // Read until the end, an error, or the cap.
                     let truncated = loop {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             None => break false,
                             // The status already says what failed; keep what arrived.
                             Some(Err(_)) => break true,
                             Some(Ok(frame)) => {
-                                if let Ok(mut data) = frame.into_data() {
-                                    while data.has_remaining() && buf.len() <= cap {
-                                        let chunk = data.chunk();
-                                        let take = chunk.len().min(cap + 1 - buf.len());
-                                        buf.extend_from_slice(&chunk[..take]);
-                                        data.advance(take);
-                                    }
-                                    if buf.len() > cap {
-                                        buf.truncate(cap);
+                                if let Ok(data) = frame.into_data() {
+                                    if append_capped(buf, data, cap) {
                                         break true;
                                     }
                                 }
