@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::Full;
-use kneo::retry::Backoff;
+use kneo::retry::{Backoff, RetryLayer};
 use kneo::{Client, ClientLayer, ErrorKind};
 use serde_json::{json, Value};
 
@@ -90,16 +90,7 @@ async fn get_run(
         .body(Full::<Bytes>::default())
         .map_err(|e| UpstreamError(kneo::Error::invalid_request(e)))?;
     let res = upstream.request(req).await.map_err(UpstreamError)?;
-    let (bytes, _) = kneo::client::read_body(res.into_body(), 1 << 20)
-        .await
-        .map_err(|e| UpstreamError(kneo::Error::network(e, kneo::Sent::default())))?;
-    let value = serde_json::from_slice(&bytes).map_err(|e| {
-        UpstreamError(kneo::Error::decode(
-            e,
-            StatusCode::OK,
-            kneo::Sent::default(),
-        ))
-    })?;
+    let value = upstream.read_json(res).await.map_err(UpstreamError)?;
     Ok(Json(value))
 }
 
@@ -137,7 +128,10 @@ async fn start() -> Result<String, Box<dyn std::error::Error>> {
     let upstream_url = serve(mock_upstream()).await?;
     let upstream = Client::builder()
         .base_url(upstream_url)
-        .layer(ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(10))))
+        .layer(
+            ClientLayer::new()
+                .retry(RetryLayer::new().backoff(Backoff::new().base(Duration::from_millis(10)))),
+        )
         .build()?;
     Ok(serve(gateway(upstream)).await?)
 }

@@ -35,13 +35,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let transport = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
     let svc = ServiceBuilder::new()
         // Once per logical request, outermost first.
-        .kneo_request_id()
-        .kneo_idempotency_key()
+        .kneo_request_id(kneo::request_id::RequestIdLayer::new())
+        .kneo_idempotency_key(kneo::idempotency::IdempotencyKeyLayer::new())
         .concurrency_limit(4)
         .kneo_retry(RetryLayer::new().backoff(Backoff::new().base(Duration::from_millis(20))))
         // Once per attempt: every retry gets its own span.
         .layer(TraceLayer::new_for_http())
-        .kneo_map_error()
+        .kneo_map_error(kneo::map_error::MapErrorLayer::new())
         .service(transport);
 
     let calls = (0..8).map(|i| {

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::Full;
-use kneo::retry::Backoff;
+use kneo::retry::{Backoff, RetryLayer};
 use kneo::{Attempts, Client, ClientLayer, Error, ErrorKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -47,7 +47,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::builder()
         .base_url(&base)
         .api_key(API_KEY)
-        .layer(ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(50))))
+        .layer(
+            ClientLayer::new()
+                .retry(RetryLayer::new().backoff(Backoff::new().base(Duration::from_millis(50)))),
+        )
         .build()?;
 
     // 1. Success: a typed model back.

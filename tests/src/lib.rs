@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use kneo::retry::Backoff;
+use kneo::retry::{Backoff, RetryLayer};
 use kneo::ClientLayer;
 use tokio::net::TcpListener;
 
@@ -98,7 +98,12 @@ impl Reply {
 /// The default stack with a 1 ms backoff base, so tests without a server
 /// hint do not wait.
 pub fn fast() -> ClientLayer {
-    ClientLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
+    ClientLayer::new().retry(fast_retry())
+}
+
+/// The default retry layer with a 1 ms backoff base.
+pub fn fast_retry() -> RetryLayer {
+    RetryLayer::new().backoff(Backoff::new().base(Duration::from_millis(1)))
 }
 
 /// One request as the server received it.

@@ -88,7 +88,9 @@ fn stack_over_legacy_client(
 #[tokio::test]
 async fn oversize_streaming_body_is_sent_once_and_not_retried() {
     let server = ScriptedServer::start(vec![Reply::status(503), Reply::json(200, "{}")]).await;
-    let svc = stack_over_legacy_client(fast().replay_cap(1024));
+    let svc = stack_over_legacy_client(
+        ClientLayer::new().retry(kneo_tests::fast_retry().replay_cap(1024)),
+    );
     let (body, all) = streamed(64 * 1024);
     let req = Request::post(server.url("/upload"))
         .body(body)
@@ -106,7 +108,9 @@ async fn oversize_streaming_body_is_sent_once_and_not_retried() {
 #[tokio::test]
 async fn streaming_body_under_the_cap_is_replayed() {
     let server = ScriptedServer::start(vec![Reply::status(503), Reply::json(200, "{}")]).await;
-    let svc = stack_over_legacy_client(fast().replay_cap(64 * 1024));
+    let svc = stack_over_legacy_client(
+        ClientLayer::new().retry(kneo_tests::fast_retry().replay_cap(64 * 1024)),
+    );
     let (body, all) = streamed(16 * 1024);
     let req = Request::post(server.url("/upload"))
         .body(body)
@@ -129,7 +133,7 @@ async fn oversize_full_body_is_sent_once_and_not_retried() {
         .body(Full::new(body.clone()))
         .expect("valid request");
     let err = server
-        .client(fast().replay_cap(1024))
+        .client(ClientLayer::new().retry(kneo_tests::fast_retry().replay_cap(1024)))
         .request(req)
         .await
         .expect_err("not retried");
@@ -166,7 +170,7 @@ async fn huge_error_bodies_on_retried_attempts_are_capped_each_time() {
         .body(json)])
     .await;
     let err = server
-        .client(fast().error_body_cap(100))
+        .client(fast().map_error(kneo::map_error::MapErrorLayer::new().body_cap(100)))
         .request(Request::get("/big").body(Full::default()).expect("valid"))
         .await
         .expect_err("503s");
@@ -188,7 +192,7 @@ async fn huge_error_bodies_on_retried_attempts_are_capped_each_time() {
 async fn small_error_body_is_not_truncated_at_the_cap() {
     let server = ScriptedServer::start(vec![Reply::status(500).body(vec![b'z'; 100])]).await;
     let err = server
-        .client(fast().error_body_cap(100))
+        .client(fast().map_error(kneo::map_error::MapErrorLayer::new().body_cap(100)))
         .request(Request::get("/x").body(Full::default()).expect("valid"))
         .await
         .expect_err("500");
@@ -204,7 +208,7 @@ async fn oversize_body_is_retried_when_it_never_left() {
     };
     let client = kneo::Client::builder()
         .base_url(format!("http://127.0.0.1:{port}"))
-        .layer(fast().replay_cap(1024))
+        .layer(ClientLayer::new().retry(kneo_tests::fast_retry().replay_cap(1024)))
         .build()
         .expect("client builds");
     let req = Request::post("/upload")

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -12,8 +11,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kneo::idempotency::IdempotencyKey;
 use kneo::request_id::RequestId;
-use kneo::retry::{Backoff, ReplayBody};
-use kneo::{Attempts, ClientLayer};
+use kneo::retry::ReplayBody;
+use kneo::Attempts;
 use kneo_tests::{Reply, ScriptedServer};
 use tower::{Layer, ServiceExt};
 
@@ -47,9 +46,7 @@ async fn a_thousand_concurrent_requests_each_succeed_exactly_once() {
 
     let transport = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build::<_, ReplayBody<Full<Bytes>>>(HttpConnector::new());
-    let service = ClientLayer::new()
-        .backoff(Backoff::new().base(Duration::from_millis(1)))
-        .layer(transport);
+    let service = kneo_tests::fast().layer(transport);
 
     let url = server.url("/items");
     let tasks: Vec<_> = (0..N)

@@ -63,7 +63,7 @@ async fn caller_keyed_post_is_retried_even_when_keys_are_not_stamped() {
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("valid");
     server
-        .client(fast().idempotency_methods([]))
+        .client(fast().idempotency(kneo::idempotency::IdempotencyKeyLayer::new().methods([])))
         .request(req)
         .await
         .expect("the retry succeeds");
@@ -77,7 +77,7 @@ async fn unkeyed_post_is_not_resent_after_a_hangup() {
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("valid");
     let err = server
-        .client(fast().idempotency_methods([]))
+        .client(fast().idempotency(kneo::idempotency::IdempotencyKeyLayer::new().methods([])))
         .request(req)
         .await
         .expect_err("it may have been applied");
@@ -174,7 +174,8 @@ async fn keyed_post_with_an_oversize_body_is_not_resent_after_a_hangup() {
 #[tokio::test]
 async fn unkeyed_post_on_a_pooled_connection_is_not_resent_after_a_hangup() {
     let server = ScriptedServer::start(vec![Reply::json(200, "{}"), Reply::close()]).await;
-    let client = server.client(fast().idempotency_methods([]));
+    let client = server
+        .client(fast().idempotency(kneo::idempotency::IdempotencyKeyLayer::new().methods([])));
     client
         .request(Request::get("/warm").body(Full::default()).expect("valid"))
         .await

@@ -160,7 +160,9 @@ async fn custom_request_id_header_is_used_by_every_layer() {
         Reply::status(404).header("request-id", "srv-echo-7"),
     ])
     .await;
-    let layer = fast().request_id_header(http::HeaderName::from_static("request-id"));
+    let layer = fast().request_id(
+        kneo::request_id::RequestIdLayer::new().header(http::HeaderName::from_static("request-id")),
+    );
     let client = kneo::Client::builder()
         .base_url(server.url(""))
         .layer(layer)

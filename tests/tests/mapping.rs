@@ -14,7 +14,11 @@ use kneo_tests::{fast, Recorded, Reply, ScriptedServer};
 /// none stamped otherwise) to a server answering `reply`, with no retries.
 async fn fail_once(reply: Reply, method: Method, key: Option<&str>) -> (kneo::Error, Recorded) {
     let server = ScriptedServer::start(vec![reply]).await;
-    let client = server.client(fast().max_attempts(1).idempotency_methods([]));
+    let client = server.client(
+        fast()
+            .max_attempts(1)
+            .idempotency(kneo::idempotency::IdempotencyKeyLayer::new().methods([])),
+    );
     let mut req = Request::builder().method(method).uri("/thing");
     if let Some(key) = key {
         req = req.header("idempotency-key", key);

@@ -59,7 +59,7 @@ async fn retryable_statuses_are_retried_up_to_max_attempts() {
 
 #[tokio::test]
 async fn unkeyed_post_is_retried_only_on_statuses_that_say_not_processed() {
-    let no_keys = || fast().idempotency_methods([]);
+    let no_keys = || fast().idempotency(kneo::idempotency::IdempotencyKeyLayer::new().methods([]));
     for status in [429, 503] {
         let (_, count) = always(Reply::status(status), no_keys(), post()).await;
         assert_eq!(
@@ -165,7 +165,8 @@ async fn retry_after_ms_is_waited_at_least_and_wins_over_seconds() {
     ])
     .await;
     // If `Retry-After: 30` were used, 30 s > max_retry_after would end retrying.
-    let layer = fast().max_retry_after(Duration::from_secs(5));
+    let layer =
+        ClientLayer::new().retry(kneo_tests::fast_retry().max_retry_after(Duration::from_secs(5)));
     let start = Instant::now();
     let res = server
         .client(layer)
@@ -194,7 +195,7 @@ async fn hint_over_max_retry_after_ends_retrying_at_once() {
     // A configured cap.
     let (err, count) = always(
         Reply::status(503).header("retry-after-ms", "1500"),
-        fast().max_retry_after(Duration::from_secs(1)),
+        ClientLayer::new().retry(kneo_tests::fast_retry().max_retry_after(Duration::from_secs(1))),
         get(),
     )
     .await;
@@ -210,7 +211,8 @@ async fn garbage_hint_falls_back_to_backoff() {
             Reply::status(503)
                 .header("retry-after", garbage)
                 .header("retry-after-ms", garbage),
-            fast().max_retry_after(Duration::from_secs(1)),
+            ClientLayer::new()
+                .retry(kneo_tests::fast_retry().max_retry_after(Duration::from_secs(1))),
             get(),
         )
         .await;
@@ -287,7 +289,7 @@ async fn attempt_timeout_on_unkeyed_post_is_not_retried() {
         Reply::status(200).delay(Duration::from_secs(2)),
         fast()
             .attempt_timeout(Duration::from_millis(100))
-            .idempotency_methods([]),
+            .idempotency(kneo::idempotency::IdempotencyKeyLayer::new().methods([])),
         post(),
     )
     .await;

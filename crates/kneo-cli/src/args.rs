@@ -8,6 +8,8 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
+use kneo::idempotency::IdempotencyKeyLayer;
+use kneo::retry::RetryLayer;
 use kneo::ClientLayer;
 
 /// `kneo`: HTTP API calls through the kneo stack.
@@ -31,7 +33,8 @@ pub(crate) enum Command {
 /// The options of `kneo request`.
 #[derive(Debug, Args)]
 pub(crate) struct RequestArgs {
-    /// The absolute http(s) URL.
+    /// The absolute http(s) URL. Credentials in it (user:password@) are sent
+    /// as Basic auth, as curl does, and never printed.
     #[arg(value_parser = parse_url)]
     pub(crate) url: Uri,
 
@@ -95,15 +98,16 @@ impl RequestArgs {
 
     /// The stack configuration the options ask for.
     pub(crate) fn layer(&self) -> ClientLayer {
-        let mut layer = ClientLayer::new()
+        let mut retry = RetryLayer::new()
             .max_attempts(self.max_attempts)
             .attempt_timeout(self.timeout)
             .max_retry_after(self.max_retry_after);
         if let Some(deadline) = self.deadline {
-            layer = layer.deadline(deadline);
+            retry = retry.deadline(deadline);
         }
+        let mut layer = ClientLayer::new().retry(retry);
         if self.no_idempotency_key {
-            layer = layer.idempotency_methods([]);
+            layer = layer.idempotency(IdempotencyKeyLayer::new().methods([]));
         }
         layer
     }
@@ -126,8 +130,44 @@ impl RequestArgs {
     }
 }
 
+/// The one line a usage error prints: what is wrong and with which flag,
+/// never the value given (a URL or a header may hold a secret).
+pub(crate) fn usage_message(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    match e.kind() {
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let arg = context(ContextKind::InvalidArg).unwrap_or("an argument");
+            match std::error::Error::source(e) {
+                Some(reason) => format!("invalid value for {arg}: {reason}"),
+                None => format!("invalid value for {arg}"),
+            }
+        }
+        ErrorKind::UnknownArgument => match context(ContextKind::InvalidArg) {
+            // A flag's name, never anything after `=`.
+            Some(flag) if flag.starts_with('-') => {
+                let name = flag.split('=').next().unwrap_or(flag);
+                format!("unexpected argument {name} (see --help)")
+            }
+            _ => "unexpected extra argument (see --help)".to_owned(),
+        },
+        ErrorKind::InvalidSubcommand => "unknown command (see --help)".to_owned(),
+        _ => {
+            let rendered = e.render().to_string();
+            let line = rendered.lines().find(|l| !l.trim().is_empty());
+            line.unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_owned()
+        }
+    }
+}
+
 /// An absolute `http` or `https` URL with a host.
 fn parse_url(s: &str) -> Result<Uri, String> {
+    // No message quotes the URL: it may carry a password or a key.
     let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") => {}
@@ -135,7 +175,7 @@ fn parse_url(s: &str) -> Result<Uri, String> {
         Some("https") => {
             return Err("https needs kneo-cli built with the `rustls` feature".to_owned());
         }
-        Some(other) => return Err(format!("the scheme must be http or https, not {other:?}")),
+        Some(_) => return Err("the scheme must be http or https".to_owned()),
         None => return Err("the URL must be absolute (http://host/...)".to_owned()),
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -150,15 +190,17 @@ fn parse_method(s: &str) -> Result<Method, String> {
         .map_err(|_| "not a valid HTTP method".to_owned())
 }
 
-/// `Name: value`, both checked as HTTP requires.
+/// `Name: value`, both checked as HTTP requires. No message quotes what was
+/// given: a mistyped `Authorization` header holds a token.
 fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = s
         .split_once(':')
         .ok_or_else(|| "a header is 'Name: value' and this has no colon".to_owned())?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
-        .map_err(|_| format!("{:?} is not a valid header name", name.trim()))?;
-    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| "the header name is not a valid HTTP header name".to_owned())?;
+    let mut value = HeaderValue::from_str(value.trim())
         .map_err(|_| format!("the value of {name} is not a valid header value"))?;
+    value.set_sensitive(true);
     Ok((name, value))
 }
 

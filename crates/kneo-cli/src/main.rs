@@ -19,9 +19,6 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kneo::core::{is_valid_request_id, DEFAULT_BODY_CAP};
-use kneo::idempotency::IdempotencyKey;
-use kneo::request_id::RequestId;
 use kneo::{Attempts, Client, Error, ErrorBody};
 
 use args::{Cli, Command, RequestArgs};
@@ -32,12 +29,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         // `--help` and `--version` print to standard output and succeed.
         Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let line = rendered.lines().find(|l| !l.trim().is_empty());
-            let line = line.unwrap_or("invalid arguments");
-            return output::usage(line.trim_start_matches("error: "));
-        }
+        Err(e) => return output::usage(&args::usage_message(&e)),
     };
     let Command::Request(args) = cli.command;
     let body = match args.body() {
@@ -76,13 +68,12 @@ fn init_tracing(verbose: bool) {
 async fn request(args: &RequestArgs, body: bytes::Bytes) -> ExitCode {
     let req = match args.request(body) {
         Ok(req) => req,
-        Err(e) => return output::usage(&e.to_string()),
+        Err(_) => return output::usage("the request could not be built from the arguments"),
     };
     let client = match Client::builder().layer(args.layer()).build() {
         Ok(client) => client,
         Err(e) => return failure(&e, e.attempts()),
     };
-    let method = req.method().clone();
     let res = match client.request(req).await {
         Ok(res) => res,
         Err(e) => return failure(&e, e.attempts()),
@@ -93,34 +84,16 @@ async fn request(args: &RequestArgs, body: bytes::Bytes) -> ExitCode {
         .extensions()
         .get::<Attempts>()
         .map_or(1, Attempts::count);
-    let sent = kneo::client::sent_from_response(&method, &res);
-    let request_id = res
-        .headers()
-        .get(kneo::core::X_REQUEST_ID)
-        .filter(|v| is_valid_request_id(v.as_bytes()))
-        .or_else(|| {
-            res.extensions()
-                .get::<RequestId>()
-                .map(RequestId::header_value)
-        })
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let key = res
-        .extensions()
-        .get::<IdempotencyKey>()
-        .map(|k| k.as_str().to_owned());
-
-    // The attempt timeout covers the response head; the body gets as long.
-    let read = kneo::client::read_body(res.into_body(), DEFAULT_BODY_CAP);
-    let body = match tokio::time::timeout(args.timeout, read).await {
-        Ok(Ok((bytes, truncated))) => ErrorBody::from_bytes(&bytes, truncated),
-        Ok(Err(e)) => return failure(&Error::network(e, sent), attempts),
-        Err(_) => return failure(&Error::timeout(args.timeout, sent), attempts),
+    let sent = client.sent(&res);
+    let request_id = sent.reported_request_id(res.headers());
+    let body = match client.read_bytes(res).await {
+        Ok(bytes) => ErrorBody::from_bytes(&bytes, false),
+        Err(e) => return failure(&e, attempts),
     };
     let line = Success::new(
         status,
         request_id.as_deref(),
-        key.as_deref(),
+        sent.idempotency_key(),
         attempts,
         &body,
     );

@@ -81,10 +81,43 @@ fn body_json(body: &ErrorBody) -> Value {
     }
 }
 
+/// serde_json's compact output, with every Unicode line break that JSON
+/// allows raw inside strings (U+0085, U+2028, U+2029) written as an escape,
+/// so a reader that splits on Unicode line breaks (Python's `splitlines`,
+/// many log viewers) still sees one line. The JSON value is unchanged.
+struct OneLine;
+
+impl serde_json::ser::Formatter for OneLine {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        while let Some(at) = rest.find(['\u{85}', '\u{2028}', '\u{2029}']) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
+}
+
+/// `line` as one line of JSON.
+pub(crate) fn to_line(line: &impl Serialize) -> serde_json::Result<String> {
+    let mut out = Vec::new();
+    line.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, OneLine,
+    ))?;
+    // serde_json writes UTF-8 only.
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Prints `line` as one line of JSON on standard output and returns `code`;
 /// a failure to print is reported on standard error.
 pub(crate) fn print(line: &impl Serialize, code: u8) -> ExitCode {
-    let printed = serde_json::to_string(line)
+    let printed = to_line(line)
         .map_err(std::io::Error::from)
         .and_then(|json| writeln!(std::io::stdout().lock(), "{json}"));
     match printed {
@@ -100,4 +133,26 @@ pub(crate) fn print(line: &impl Serialize, code: u8) -> ExitCode {
 pub(crate) fn usage(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unicode_line_breaks_are_escaped_and_round_trip() {
+        let value = serde_json::json!({"m": "a\u{2028}b\u{2029}c\u{85}d\ne", "k": ["\u{2028}"]});
+        let line = to_line(&value).expect("serializes");
+        assert_eq!(line.lines().count(), 1);
+        assert!(
+            !line.contains(['\u{85}', '\u{2028}', '\u{2029}', '\n']),
+            "{line}"
+        );
+        assert!(
+            line.contains("\\u2028") && line.contains("\\u0085"),
+            "{line}"
+        );
+        let back: Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(back, value);
+    }
 }

@@ -1,36 +1,21 @@
-//! [`Error`], [`ErrorKind`] and the one place a response becomes an error.
+//! [`Error`] and [`ErrorKind`]: the type, its constructors for failures
+//! without a response, its accessors, `Display` and `Debug`. Responses become
+//! errors in [`mapping`](crate::mapping); what was sent lives in [`Sent`].
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
 use http::{Method, StatusCode};
-use serde_json::Value;
 
 use crate::body::ErrorBody;
-use crate::problem::{Problem, PROBLEM_JSON};
-use crate::{codes, retry_after, Attempt};
+use crate::problem::Problem;
+use crate::sent::Sent;
+use crate::{codes, text, Attempt};
 
 /// A boxed error, as tower and hyper use.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// The `X-Request-ID` header.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// The `Idempotency-Key` header.
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-/// A server's machine-readable error code, when it sends it as a header.
-pub const X_ERROR_CODE: HeaderName = HeaderName::from_static("x-error-code");
-/// A server's explicit retry advice (`true` or `false`), which overrides the status rule.
-pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
-
-/// The longest message kept from a body or an error chain, in characters.
-const MESSAGE_CAP: usize = 300;
-/// The longest server code or request id kept.
-const TOKEN_CAP: usize = 128;
-/// The longest idempotency key kept (Stripe allows 255; some allow more).
-const KEY_CAP: usize = 1024;
 
 /// What went wrong, for callers to `match` on.
 ///
@@ -87,111 +72,6 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// What the request sent, as far as error mapping cares.
-///
-/// ```
-/// use http::Method;
-/// use kneo_core::Sent;
-///
-/// let sent = Sent::new(Method::POST).request_id("req-1").idempotency_key("key-1");
-/// assert_eq!(sent.method(), Some(&Method::POST));
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct Sent {
-    method: Option<Method>,
-    request_id: Option<String>,
-    idempotency_key: Option<String>,
-    /// Where the server echoes the request id; `None` for `X-Request-ID`.
-    request_id_header: Option<HeaderName>,
-}
-
-impl Sent {
-    /// A request sent with `method`, carrying no id and no key.
-    pub fn new(method: Method) -> Self {
-        Sent {
-            method: Some(method),
-            request_id: None,
-            idempotency_key: None,
-            request_id_header: None,
-        }
-    }
-
-    /// Reads the request id (from `request_id_header`) and the `Idempotency-Key`
-    /// from request headers. A server's echo of the id is then looked for in
-    /// `request_id_header` too.
-    pub fn from_headers(
-        method: &Method,
-        headers: &HeaderMap,
-        request_id_header: &HeaderName,
-    ) -> Self {
-        Sent {
-            method: Some(method.clone()),
-            request_id: token(headers.get(request_id_header).map(|v| v.as_bytes())),
-            idempotency_key: headers
-                .get(IDEMPOTENCY_KEY)
-                .map(|v| v.as_bytes())
-                .filter(|v| v.len() <= KEY_CAP && v.iter().all(u8::is_ascii_graphic))
-                .map(|v| String::from_utf8_lossy(v).into_owned()),
-            request_id_header: Some(request_id_header.clone()),
-        }
-    }
-
-    /// Sets the request id that was sent.
-    pub fn request_id(mut self, id: impl Into<String>) -> Self {
-        self.request_id = Some(id.into());
-        self
-    }
-
-    /// Sets the idempotency key that was sent.
-    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
-        self.idempotency_key = Some(key.into());
-        self
-    }
-
-    /// The request method (`None` for [`Sent::default`]: not known).
-    pub fn method(&self) -> Option<&Method> {
-        self.method.as_ref()
-    }
-}
-
-/// The server's `x-should-retry: true|false` advice; anything else is no advice.
-pub fn should_retry_advice(headers: &HeaderMap) -> Option<bool> {
-    let value = headers.get(X_SHOULD_RETRY)?.to_str().ok()?.trim();
-    if value.eq_ignore_ascii_case("true") {
-        Some(true)
-    } else if value.eq_ignore_ascii_case("false") {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// `true` for the methods RFC 9110 §9.2.2 calls idempotent.
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// `true` when `value` is acceptable as a request id: 1 to 128 visible ASCII
-/// characters, no spaces or control characters (so nothing can be injected
-/// into a header or a log line through it).
-pub fn is_valid_request_id(value: &[u8]) -> bool {
-    (1..=TOKEN_CAP).contains(&value.len()) && value.iter().all(|b| b.is_ascii_graphic())
-}
-
-/// A header value kept as an id or key: valid tokens only, else `None`.
-fn token(value: Option<&[u8]>) -> Option<String> {
-    let v = value?;
-    if is_valid_request_id(v) {
-        // ASCII graphic bytes are valid UTF-8.
-        Some(String::from_utf8_lossy(v).into_owned())
-    } else {
-        None
-    }
-}
-
 /// The error kneo's timeouts put at the bottom of a source chain.
 ///
 /// Only kneo builds it; [`Error::is_timeout`] finds it.
@@ -213,26 +93,27 @@ impl TimedOut {
 /// [crate docs](crate) for an example.
 pub struct Error(Box<Inner>);
 
-struct Inner {
-    kind: ErrorKind,
-    status: Option<StatusCode>,
-    code: Cow<'static, str>,
-    message: String,
-    body: ErrorBody,
-    body_truncated: bool,
-    problem: Option<Problem>,
-    request_id: Option<String>,
-    idempotency_key: Option<String>,
-    retry_after: Option<Duration>,
-    should_retry: Option<bool>,
-    method: Option<Method>,
-    connect: bool,
-    source: Option<BoxError>,
-    history: Vec<Attempt>,
+pub(crate) struct Inner {
+    pub(crate) kind: ErrorKind,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) code: Cow<'static, str>,
+    pub(crate) message: String,
+    pub(crate) body: ErrorBody,
+    pub(crate) body_truncated: bool,
+    pub(crate) problem: Option<Problem>,
+    /// What the request carried.
+    pub(crate) sent: Sent,
+    /// The request id as reported: the server's echo, else the id sent.
+    pub(crate) request_id: Option<String>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) should_retry: Option<bool>,
+    pub(crate) connect: bool,
+    pub(crate) source: Option<BoxError>,
+    pub(crate) history: Vec<Attempt>,
 }
 
 impl Inner {
-    fn new(kind: ErrorKind, code: &'static str, message: String) -> Self {
+    pub(crate) fn new(kind: ErrorKind, code: &'static str, message: String, sent: Sent) -> Self {
         Inner {
             kind,
             status: None,
@@ -241,11 +122,10 @@ impl Inner {
             body: ErrorBody::Empty,
             body_truncated: false,
             problem: None,
-            request_id: None,
-            idempotency_key: None,
+            request_id: sent.request_id().map(str::to_owned),
+            sent,
             retry_after: None,
             should_retry: None,
-            method: None,
             connect: false,
             source: None,
             history: Vec::new(),
@@ -254,97 +134,7 @@ impl Inner {
 }
 
 impl Error {
-    /// Maps a non-success response to an error. This is the only place a
-    /// status becomes an [`ErrorKind`].
-    ///
-    /// `body` is the response body as read, up to the caller's cap;
-    /// `truncated` says the cap cut it short. `sent` is what the request
-    /// carried: the key decides between Conflict and IdempotencyMismatch.
-    pub fn from_response(
-        parts: &http::response::Parts,
-        body: &[u8],
-        truncated: bool,
-        sent: Sent,
-    ) -> Error {
-        let status = parts.status;
-        let headers = &parts.headers;
-        let body = ErrorBody::from_bytes(body, truncated);
-        let json = body.as_json().and_then(Value::as_object);
-
-        let is_problem = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case(PROBLEM_JSON));
-        let problem = json
-            .filter(|_| is_problem)
-            .map(|o| Problem::from_json(o, status));
-
-        let server_code = token(headers.get(X_ERROR_CODE).map(|v| v.as_bytes())).or_else(|| {
-            let o = json?;
-            let nested = o
-                .get("error")
-                .and_then(|e| e.get("code"))
-                .and_then(Value::as_str);
-            let top = o.get("code").and_then(Value::as_str);
-            token(nested.or(top).map(str::as_bytes))
-        });
-
-        let has_key = sent.idempotency_key.is_some();
-        let names_idempotency = |s: &str| s.to_ascii_lowercase().contains("idempotency");
-        let (kind, default_code) = match status.as_u16() {
-            401 => (ErrorKind::Auth, codes::AUTHENTICATION_ERROR),
-            402 => (ErrorKind::Status, codes::INSUFFICIENT_CREDITS),
-            403 => (ErrorKind::Permission, codes::PERMISSION_DENIED),
-            404 => (ErrorKind::NotFound, codes::NOT_FOUND),
-            409 if !has_key => (ErrorKind::Conflict, codes::CONFLICT),
-            409 if server_code.as_deref() == Some(codes::IDEMPOTENCY_KEY_IN_USE) => {
-                (ErrorKind::Conflict, codes::IDEMPOTENCY_KEY_IN_USE)
-            }
-            409 => (
-                ErrorKind::IdempotencyMismatch,
-                codes::IDEMPOTENCY_KEY_MISMATCH,
-            ),
-            422 if has_key
-                && (server_code.as_deref().is_some_and(names_idempotency)
-                    || problem
-                        .as_ref()
-                        .is_some_and(|p| names_idempotency(&p.r#type))) =>
-            {
-                (
-                    ErrorKind::IdempotencyMismatch,
-                    codes::IDEMPOTENCY_KEY_MISMATCH,
-                )
-            }
-            429 => (ErrorKind::RateLimited, codes::RATE_LIMIT_EXCEEDED),
-            504 => (ErrorKind::Server, codes::API_TIMEOUT),
-            500..=599 => (ErrorKind::Server, codes::SERVER_ERROR),
-            _ => (ErrorKind::Status, codes::HTTP_ERROR),
-        };
-
-        let message = message_from_body(&body, problem.as_ref())
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
-
-        let echo = match &sent.request_id_header {
-            Some(header) => headers.get(header),
-            None => headers.get(X_REQUEST_ID),
-        };
-        let echoed = token(echo.map(|v| v.as_bytes()));
-        let should_retry = should_retry_advice(headers);
-
-        let mut inner = Inner::new(kind, default_code, message);
-        if let Some(code) = server_code {
-            inner.code = Cow::Owned(code);
-        }
-        inner.status = Some(status);
-        inner.body = body;
-        inner.body_truncated = truncated;
-        inner.problem = problem;
-        inner.request_id = echoed.or(sent.request_id);
-        inner.idempotency_key = sent.idempotency_key;
-        inner.retry_after = retry_after::from_headers(headers);
-        inner.should_retry = should_retry;
-        inner.method = sent.method;
+    pub(crate) fn from_inner(inner: Inner) -> Error {
         Error(Box::new(inner))
     }
 
@@ -368,19 +158,15 @@ impl Error {
                 )
             })
         });
-        let timeout = chain(&*source).any(is_timeout_error);
-        let code = if timeout {
+        let code = if chain(&*source).any(is_timeout_error) {
             codes::API_TIMEOUT
         } else {
             codes::API_CONNECTION
         };
-        let mut inner = Inner::new(ErrorKind::Network, code, chain_message(&*source));
+        let mut inner = Inner::new(ErrorKind::Network, code, chain_message(&*source), sent);
         inner.connect = connect;
-        inner.request_id = sent.request_id;
-        inner.idempotency_key = sent.idempotency_key;
-        inner.method = sent.method;
         inner.source = Some(source);
-        Error(Box::new(inner))
+        Error::from_inner(inner)
     }
 
     /// Marks a network error as one where the request never left this host
@@ -398,26 +184,30 @@ impl Error {
     /// A success response whose body did not decode into the expected type.
     pub fn decode(source: impl Into<BoxError>, status: StatusCode, sent: Sent) -> Error {
         let source = source.into();
-        let message = format!("response body did not decode: {}", chain_message(&*source));
-        let mut inner = Inner::new(ErrorKind::Decode, codes::DECODE_ERROR, message);
+        let message = text::one_line(&format!(
+            "response body did not decode: {}",
+            chain_message(&*source)
+        ));
+        let mut inner = Inner::new(ErrorKind::Decode, codes::DECODE_ERROR, message, sent);
         inner.status = Some(status);
-        inner.request_id = sent.request_id;
-        inner.idempotency_key = sent.idempotency_key;
-        inner.method = sent.method;
         inner.source = Some(source);
-        Error(Box::new(inner))
+        Error::from_inner(inner)
     }
 
     /// A request that could not be built (invalid URL, header or body); nothing was sent.
+    ///
+    /// The source's message is shown as is: never build one from a URL or a
+    /// header value that may hold a secret.
     pub fn invalid_request(source: impl Into<BoxError>) -> Error {
         let source = source.into();
         let mut inner = Inner::new(
             ErrorKind::Request,
             codes::INVALID_REQUEST,
             chain_message(&*source),
+            Sent::default(),
         );
         inner.source = Some(source);
-        Error(Box::new(inner))
+        Error::from_inner(inner)
     }
 
     /// What went wrong.
@@ -466,7 +256,7 @@ impl Error {
 
     /// The `Idempotency-Key` the request carried.
     pub fn idempotency_key(&self) -> Option<&str> {
-        self.0.idempotency_key.as_deref()
+        self.0.sent.idempotency_key()
     }
 
     /// The server's hint of how long to wait (`Retry-After`, `retry-after-ms`).
@@ -481,7 +271,7 @@ impl Error {
 
     /// The method of the request that failed, when known.
     pub fn method(&self) -> Option<&Method> {
-        self.0.method.as_ref()
+        self.0.sent.method()
     }
 
     /// How many attempts were made (1 when no retry layer recorded any).
@@ -521,46 +311,37 @@ impl Error {
         self.0.connect
     }
 
-    /// The default retry classification: the server's `x-should-retry` when
-    /// present; else connect failures always; other network failures only for
-    /// idempotent methods or requests carrying an idempotency key; 429, 502,
-    /// 503, 504; and a 409 whose code is `idempotency_key_in_use`.
+    /// Whether kneo's retry policy, under its default configuration, would
+    /// send the request again after this error: the one
+    /// [retry rule](crate::retry_rule) with the default status set
+    /// (429, 502, 503, 504).
     pub fn is_retryable(&self) -> bool {
-        if let Some(advice) = self.0.should_retry {
-            return advice;
-        }
-        match self.0.kind {
-            ErrorKind::Network => self.0.connect || self.is_replay_safe(),
-            ErrorKind::RateLimited => true,
-            ErrorKind::Server => matches!(self.0.status.map(|s| s.as_u16()), Some(502..=504)),
-            ErrorKind::Conflict => self.0.code == codes::IDEMPOTENCY_KEY_IN_USE,
-            _ => false,
-        }
+        use crate::retry_rule::{is_retryable, RetryFacts, DEFAULT_RETRY_STATUSES};
+        is_retryable(&RetryFacts::of_error(self), &DEFAULT_RETRY_STATUSES)
     }
 
     /// `true` when sending the request again cannot apply it twice: its method
     /// is idempotent or it carried an idempotency key.
     pub fn is_replay_safe(&self) -> bool {
-        self.0.idempotency_key.is_some() || self.0.method.as_ref().is_some_and(is_idempotent)
+        self.0.sent.is_replay_safe()
     }
 
-    /// For middleware: fills the request id and idempotency key when the
-    /// error was raised without them (a timeout deep in the stack, say).
-    pub fn fill_sent(&mut self, sent: Sent) {
-        let inner = &mut *self.0;
-        if inner.request_id.is_none() {
-            inner.request_id = sent.request_id;
-        }
-        if inner.idempotency_key.is_none() {
-            inner.idempotency_key = sent.idempotency_key;
-        }
-        if inner.method.is_none() {
-            inner.method = sent.method;
+    /// What the request carried, as the error knows it.
+    pub fn sent(&self) -> &Sent {
+        &self.0.sent
+    }
+
+    /// Fills in what the error does not know of the request (kneo's own
+    /// middleware only: see [`__private`](crate::__private)).
+    pub(crate) fn fill_sent(&mut self, sent: Sent) {
+        self.0.sent.fill_from(sent);
+        if self.0.request_id.is_none() {
+            self.0.request_id = self.0.sent.request_id().map(str::to_owned);
         }
     }
 
-    /// For middleware: records the attempts behind this error.
-    pub fn set_history(&mut self, history: Vec<Attempt>) {
+    /// Records the attempts behind this error (kneo's own middleware only).
+    pub(crate) fn set_history(&mut self, history: Vec<Attempt>) {
         self.0.history = history;
     }
 }
@@ -586,37 +367,7 @@ fn chain_message(e: &(dyn StdError + 'static)) -> String {
         }
         out.push_str(&e.to_string());
     }
-    bounded(out)
-}
-
-fn bounded(mut s: String) -> String {
-    if s.chars().count() > MESSAGE_CAP {
-        s = s.chars().take(MESSAGE_CAP).collect();
-        s.push('…');
-    }
-    s
-}
-
-/// The most specific message the body offers.
-fn message_from_body(body: &ErrorBody, problem: Option<&Problem>) -> Option<String> {
-    let text = match body {
-        ErrorBody::Json(v) => {
-            let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-            s(v.get("error").and_then(|e| e.get("message")))
-                .or_else(|| s(v.get("message")))
-                .or_else(|| problem.and_then(|p| p.detail.clone().or_else(|| p.title.clone())))
-                .or_else(|| s(v.get("detail")))
-                .or_else(|| s(v.get("error")))
-        }
-        ErrorBody::Text(t) => Some(t.trim().to_owned()),
-        _ => None,
-    }?;
-    let one_line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let one_line = one_line.trim();
-    (!one_line.is_empty()).then(|| bounded(one_line.to_owned()))
+    text::one_line(&out)
 }
 
 impl fmt::Display for Error {
@@ -638,14 +389,14 @@ impl fmt::Display for Error {
             (kind, None) => write!(f, "{kind} error: {}", i.message)?,
         }
         write!(f, " (code={}", i.code)?;
-        if let Some(id) = &i.request_id {
+        if let Some(id) = self.request_id() {
             write!(f, ", request_id={id}")?;
         }
         if let Some(d) = i.retry_after {
             write!(f, ", retry_after={:.2}s", d.as_secs_f64())?;
         }
-        if i.history.len() > 1 {
-            write!(f, ", attempts={}", i.history.len())?;
+        if self.attempts() > 1 {
+            write!(f, ", attempts={}", self.attempts())?;
         }
         f.write_str(")")
     }
@@ -661,10 +412,10 @@ impl fmt::Debug for Error {
             .field("code", &i.code)
             .field("message", &i.message)
             .field("body", &i.body)
-            .field("request_id", &i.request_id)
-            .field("idempotency_key", &i.idempotency_key)
+            .field("request_id", &self.request_id())
+            .field("idempotency_key", &self.idempotency_key())
             .field("retry_after", &i.retry_after)
-            .field("attempts", &i.history.len());
+            .field("attempts", &self.attempts());
         if let Some(source) = &i.source {
             d.field("source", source);
         }

@@ -58,16 +58,39 @@ mod attempt;
 mod body;
 pub mod codes;
 mod error;
+pub mod mapping;
 mod problem;
 pub mod retry_after;
+pub mod retry_rule;
+mod sent;
+mod text;
 
 pub use attempt::{Attempt, Outcome};
 pub use body::{ErrorBody, DEFAULT_BODY_CAP};
-pub use error::{
-    is_idempotent, is_valid_request_id, should_retry_advice, BoxError, Error, ErrorKind, Sent,
-    TimedOut, IDEMPOTENCY_KEY, X_ERROR_CODE, X_REQUEST_ID, X_SHOULD_RETRY,
-};
+pub use error::{BoxError, Error, ErrorKind, TimedOut};
+pub use mapping::{is_conditional, is_success, should_retry_advice};
 pub use problem::{Problem, PROBLEM_JSON};
+pub use sent::{
+    is_idempotent, is_valid_request_id, Sent, IDEMPOTENCY_KEY, X_ERROR_CODE, X_REQUEST_ID,
+    X_SHOULD_RETRY,
+};
 
 /// `Result<T, kneo_core::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Not public API: what kneo's own middleware needs to complete an error it
+/// did not build. No semver guarantee; do not call it.
+#[doc(hidden)]
+pub mod __private {
+    use crate::{Attempt, Error, Sent};
+
+    /// Fills in the request id, key and method an error was raised without.
+    pub fn fill_sent(err: &mut Error, sent: Sent) {
+        err.fill_sent(sent);
+    }
+
+    /// Records the attempts behind an error.
+    pub fn set_history(err: &mut Error, history: Vec<Attempt>) {
+        err.set_history(history);
+    }
+}

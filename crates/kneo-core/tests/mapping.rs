@@ -22,9 +22,9 @@ fn map(case: &Case) -> Error {
         b = b.header(*k, *v);
     }
     let (parts, ()) = b.body(()).expect("valid test response").into_parts();
-    let mut sent = Sent::new(Method::POST).request_id("sent-id");
+    let mut sent = Sent::new(Method::POST).with_request_id("sent-id");
     if case.key {
-        sent = sent.idempotency_key("key-1");
+        sent = sent.with_idempotency_key("key-1");
     }
     Error::from_response(&parts, case.body.as_bytes(), false, sent)
 }
@@ -329,7 +329,7 @@ fn every_row_of_the_mapping_table() {
 
 #[test]
 fn network_errors() {
-    let sent = Sent::new(Method::GET).request_id("r1");
+    let sent = Sent::new(Method::GET).with_request_id("r1");
     let refused = Error::network(
         std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         sent.clone(),
@@ -369,7 +369,9 @@ fn network_errors() {
     let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
     assert!(Error::network(reset(), Sent::new(Method::GET)).is_retryable());
     assert!(!Error::network(reset(), Sent::new(Method::POST)).is_retryable());
-    assert!(Error::network(reset(), Sent::new(Method::POST).idempotency_key("k")).is_retryable());
+    assert!(
+        Error::network(reset(), Sent::new(Method::POST).with_idempotency_key("k")).is_retryable()
+    );
 }
 
 #[test]
@@ -418,7 +420,7 @@ fn echoed_request_id_wins_only_when_well_formed() {
             &parts,
             b"",
             false,
-            Sent::new(Method::GET).request_id("sent"),
+            Sent::new(Method::GET).with_request_id("sent"),
         )
     };
     assert_eq!(map_with("server-7").request_id(), Some("server-7"));
@@ -537,4 +539,42 @@ fn error_is_one_pointer_and_thread_safe() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<Error>();
     assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+}
+
+#[test]
+fn unicode_line_breaks_never_reach_a_message() {
+    let (parts, ()) = Response::builder()
+        .status(418)
+        .body(())
+        .expect("valid test response")
+        .into_parts();
+    for body in [
+        "line one\u{2028}line two",
+        "para one\u{2029}para two",
+        "next\u{85}line",
+        "{\"error\":{\"message\":\"json\u{2028}message\"}}",
+    ] {
+        let err = Error::from_response(&parts, body.as_bytes(), false, Sent::new(Method::GET));
+        for text in [
+            err.message().to_owned(),
+            err.to_string(),
+            format!("{err:?}"),
+        ] {
+            assert!(
+                !text.contains(['\u{2028}', '\u{2029}', '\u{85}', '\n', '\r']),
+                "{text:?}"
+            );
+            assert_eq!(text.lines().count(), 1, "{text:?}");
+        }
+    }
+}
+
+#[test]
+fn debug_and_attempts_agree() {
+    let err = Error::network(
+        std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        Sent::new(Method::GET),
+    );
+    assert_eq!(err.attempts(), 1);
+    assert!(format!("{err:?}").contains("attempts: 1"), "{err:?}");
 }

@@ -39,7 +39,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use kneo::retry::{Backoff, ReplayBody, TpsBudget};
+use kneo::retry::{Backoff, ReplayBody, RetryLayer, TpsBudget};
 use kneo::ClientLayer;
 use tower::{Layer, Service, ServiceExt};
 
@@ -201,7 +201,8 @@ fn report(label: &str, o: &Outcome) {
 
 async fn run(seed: u64) {
     let backoff = || Backoff::new().base(Duration::from_millis(1)).seed(seed);
-    let layer = || ClientLayer::new().backoff(backoff());
+    let retry = || RetryLayer::new().backoff(backoff());
+    let layer = || ClientLayer::new().retry(retry());
 
     println!("kneo retry storms (backoff base 1 ms, seed {seed})");
     println!();
@@ -211,7 +212,7 @@ async fn run(seed: u64) {
     let default = scenario(layer(), Mode::Outage, OUTAGE_REQUESTS, OUTAGE_CALLERS).await;
     report("default policy (3 attempts)", &default);
     let budgeted = scenario(
-        layer().budget(budget()),
+        ClientLayer::new().retry(retry().budget(budget())),
         Mode::Outage,
         OUTAGE_REQUESTS,
         OUTAGE_CALLERS,
@@ -236,7 +237,13 @@ async fn run(seed: u64) {
     report("default policy (3 attempts)", &three);
     let four = scenario(layer().max_attempts(4), flaky(seed), FLAKY_REQUESTS, 1).await;
     report("4 attempts (for comparison)", &four);
-    let tight = scenario(layer().budget(budget()), flaky(seed), FLAKY_REQUESTS, 1).await;
+    let tight = scenario(
+        ClientLayer::new().retry(retry().budget(budget())),
+        flaky(seed),
+        FLAKY_REQUESTS,
+        1,
+    )
+    .await;
     report("3 attempts + TpsBudget(10s, 1/s, 0.1)", &tight);
     let expect = |n: i32| (1.0 - FAILURE_RATE.powi(n)) * 100.0;
     let sd = (FAILURE_RATE.powi(3) * (1.0 - FAILURE_RATE.powi(3)) / FLAKY_REQUESTS as f64).sqrt();

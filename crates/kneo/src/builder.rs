@@ -13,9 +13,11 @@ mod sealed {
     impl<L> Sealed<L> for tower::ServiceBuilder<L> {}
 }
 
-/// Adds kneo's layers to a `ServiceBuilder`, so they interleave with anyone
-/// else's. Keep this order, outermost first: request id, idempotency key,
-/// retry, error mapping. Layers above retry run once per logical request;
+/// Adds kneo's layers to a `ServiceBuilder`, each configured, so they
+/// interleave with anyone else's. Keep this order, outermost first: request
+/// id, idempotency key, retry, error mapping. The request-id header is
+/// configured once, on the [`RequestIdLayer`]: the layers below read it from
+/// the request. Layers above retry run once per logical request;
 /// layers below it run once per attempt, and those whose error is not a
 /// `kneo::Error` (tower's `Timeout`, say) go below the error mapping, which
 /// turns their errors into typed ones.
@@ -26,6 +28,9 @@ mod sealed {
 /// use http::{Request, Response};
 /// use http_body_util::Full;
 /// use bytes::Bytes;
+/// use kneo::idempotency::IdempotencyKeyLayer;
+/// use kneo::map_error::MapErrorLayer;
+/// use kneo::request_id::RequestIdLayer;
 /// use kneo::retry::RetryLayer;
 /// use kneo::ServiceBuilderExt;
 /// use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -33,11 +38,11 @@ mod sealed {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let svc = ServiceBuilder::new()
-///     .kneo_request_id()
-///     .kneo_idempotency_key()
+///     .kneo_request_id(RequestIdLayer::new())
+///     .kneo_idempotency_key(IdempotencyKeyLayer::new())
 ///     .concurrency_limit(64) // anyone's layer, once per logical request
 ///     .kneo_retry(RetryLayer::new().max_attempts(2))
-///     .kneo_map_error()
+///     .kneo_map_error(MapErrorLayer::new())
 ///     .timeout(Duration::from_secs(5)) // once per attempt; mapped to a timeout error
 ///     .service(service_fn(|_req: Request<_>| async {
 ///         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
@@ -47,30 +52,42 @@ mod sealed {
 /// # }
 /// ```
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
-    /// Adds a [`RequestIdLayer`] with the defaults.
-    fn kneo_request_id(self) -> ServiceBuilder<Stack<RequestIdLayer, L>>;
-    /// Adds an [`IdempotencyKeyLayer`] with the defaults.
-    fn kneo_idempotency_key(self) -> ServiceBuilder<Stack<IdempotencyKeyLayer, L>>;
+    /// Adds `layer`, a configured [`RequestIdLayer`].
+    fn kneo_request_id<M>(
+        self,
+        layer: RequestIdLayer<M>,
+    ) -> ServiceBuilder<Stack<RequestIdLayer<M>, L>>;
+    /// Adds `layer`, a configured [`IdempotencyKeyLayer`].
+    fn kneo_idempotency_key(
+        self,
+        layer: IdempotencyKeyLayer,
+    ) -> ServiceBuilder<Stack<IdempotencyKeyLayer, L>>;
     /// Adds `layer`, a configured [`RetryLayer`].
     fn kneo_retry(self, layer: RetryLayer) -> ServiceBuilder<Stack<RetryLayer, L>>;
-    /// Adds a [`MapErrorLayer`] with the defaults.
-    fn kneo_map_error(self) -> ServiceBuilder<Stack<MapErrorLayer, L>>;
+    /// Adds `layer`, a configured [`MapErrorLayer`].
+    fn kneo_map_error(self, layer: MapErrorLayer) -> ServiceBuilder<Stack<MapErrorLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
-    fn kneo_request_id(self) -> ServiceBuilder<Stack<RequestIdLayer, L>> {
-        self.layer(RequestIdLayer::new())
+    fn kneo_request_id<M>(
+        self,
+        layer: RequestIdLayer<M>,
+    ) -> ServiceBuilder<Stack<RequestIdLayer<M>, L>> {
+        self.layer(layer)
     }
 
-    fn kneo_idempotency_key(self) -> ServiceBuilder<Stack<IdempotencyKeyLayer, L>> {
-        self.layer(IdempotencyKeyLayer::new())
+    fn kneo_idempotency_key(
+        self,
+        layer: IdempotencyKeyLayer,
+    ) -> ServiceBuilder<Stack<IdempotencyKeyLayer, L>> {
+        self.layer(layer)
     }
 
     fn kneo_retry(self, layer: RetryLayer) -> ServiceBuilder<Stack<RetryLayer, L>> {
         self.layer(layer)
     }
 
-    fn kneo_map_error(self) -> ServiceBuilder<Stack<MapErrorLayer, L>> {
-        self.layer(MapErrorLayer::new())
+    fn kneo_map_error(self, layer: MapErrorLayer) -> ServiceBuilder<Stack<MapErrorLayer, L>> {
+        self.layer(layer)
     }
 }

@@ -27,21 +27,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{Method, Request, Response, Uri};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response, Uri};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kneo_core::{BoxError, Error, Sent};
+use kneo_core::{Error, Sent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower::ServiceExt;
 use tower_layer::Layer;
 
+use crate::body::read_capped;
 use crate::idempotency::IdempotencyKey;
-use crate::map_error::append_capped;
 use crate::request_id::RequestId;
 use crate::retry::ReplayBody;
+use crate::url::{redacted, take_userinfo};
 use crate::ClientLayer;
 
 /// The response body type: hyper's, streaming.
@@ -69,6 +69,9 @@ pub struct Client {
     base_url: Option<Arc<str>>,
     default_headers: Arc<HeaderMap>,
     max_response_bytes: usize,
+    /// The per-attempt timeout, which also bounds reading a success body.
+    body_timeout: Option<Duration>,
+    request_id_header: HeaderName,
 }
 
 /// Builds a [`Client`].
@@ -81,11 +84,12 @@ pub struct ClientBuilder {
     max_response_bytes: usize,
 }
 
-/// Prints header names only where a value is sensitive: never the API key.
+/// Prints header names only where a value is sensitive: never the API key,
+/// never a password or query value from the base URL.
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_deref().map(redacted))
             .field("default_headers", &self.default_headers)
             .finish_non_exhaustive()
     }
@@ -95,7 +99,7 @@ impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
             .field("layer", &self.layer)
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_deref().map(redacted))
             .field("headers", &self.headers)
             .finish_non_exhaustive()
     }
@@ -116,6 +120,10 @@ impl Default for ClientBuilder {
 
 impl ClientBuilder {
     /// Relative paths are resolved against `url` (`https://api.example.com/v1`).
+    ///
+    /// Credentials in the URL (`https://user:password@host`) are taken out
+    /// of it and sent as `Authorization: Basic` on every request, as curl
+    /// does, unless an [API key](Self::api_key) is set; they are never printed.
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
         self.base_url = Some(url.into());
         self
@@ -160,22 +168,29 @@ impl ClientBuilder {
 
     /// Builds the client. Fails with [`ErrorKind::Request`](crate::ErrorKind::Request)
     /// on an invalid base URL or API key.
-    pub fn build(self) -> Result<Client, Error> {
+    pub fn build(mut self) -> Result<Client, Error> {
         if let Some(why) = self.invalid {
             return Err(Error::invalid_request(why));
         }
         let base_url = match self.base_url {
             Some(url) => {
-                let uri: Uri = url.parse().map_err(Error::invalid_request)?;
+                let mut uri: Uri = url.parse().map_err(Error::invalid_request)?;
                 if uri.scheme().is_none() || uri.authority().is_none() {
                     return Err(Error::invalid_request(format!(
-                        "base URL {url:?} needs a scheme and a host"
+                        "base URL {:?} needs a scheme and a host",
+                        redacted(&url)
                     )));
                 }
-                Some(Arc::from(url.trim_end_matches('/')))
+                if let Some((stripped, basic)) = take_userinfo(&uri)? {
+                    uri = stripped;
+                    self.headers.entry(AUTHORIZATION).or_insert(basic);
+                }
+                Some(Arc::from(uri.to_string().trim_end_matches('/')))
             }
             None => None,
         };
+        let body_timeout = self.layer.retry_layer().configured_attempt_timeout();
+        let request_id_header = self.layer.request_id_layer().header_name().clone();
         let mut http = HttpConnector::new();
         http.set_connect_timeout(self.connect_timeout);
         http.set_nodelay(true);
@@ -199,6 +214,8 @@ impl ClientBuilder {
             base_url,
             default_headers: Arc::new(self.headers),
             max_response_bytes: self.max_response_bytes,
+            body_timeout,
+            request_id_header,
         })
     }
 }
@@ -222,7 +239,8 @@ impl Client {
             (Some(base), false) => format!("{base}/{}", path.trim_start_matches('/')),
             (None, false) => {
                 return Err(Error::invalid_request(format!(
-                    "{path:?} is relative and the client has no base URL"
+                    "{:?} is relative and the client has no base URL",
+                    redacted(path)
                 )))
             }
         };
@@ -230,8 +248,11 @@ impl Client {
     }
 
     /// Sends `req` through the stack: default headers added, a relative URI
-    /// resolved against the base URL. Success responses come back with the
-    /// body unread; anything else is an [`Error`].
+    /// resolved against the base URL, credentials in an absolute URL sent as
+    /// Basic auth (unless the request has an `Authorization`). Success
+    /// responses come back with the body unread: read it with
+    /// [`read_bytes`](Self::read_bytes) or [`read_json`](Self::read_json).
+    /// Anything else is an [`Error`].
     pub async fn request(
         &self,
         mut req: Request<Full<Bytes>>,
@@ -243,6 +264,9 @@ impl Client {
                 .map_or("/", |p| p.as_str())
                 .to_owned();
             *req.uri_mut() = self.url(&path)?;
+        } else if let Some((stripped, basic)) = take_userinfo(req.uri())? {
+            *req.uri_mut() = stripped;
+            req.headers_mut().entry(AUTHORIZATION).or_insert(basic);
         }
         for (name, value) in self.default_headers.iter() {
             if !req.headers().contains_key(name) {
@@ -277,58 +301,80 @@ impl Client {
     }
 
     async fn json<T: DeserializeOwned>(&self, req: Request<Full<Bytes>>) -> Result<T, Error> {
-        let method = req.method().clone();
         let res = self.request(req).await?;
+        self.read_json(res).await
+    }
+
+    /// What a success response from [`request`](Self::request) was sent
+    /// with: the request id and idempotency key the stack stamped (the
+    /// method is not known). Its
+    /// [`reported_request_id`](Sent::reported_request_id) is the id kneo
+    /// reports, as errors do: the server's echo, else the id sent.
+    pub fn sent<B>(&self, res: &Response<B>) -> Sent {
+        sent_from_response(res, &self.request_id_header)
+    }
+
+    /// Reads the body of a success response from [`request`](Self::request),
+    /// up to [`max_response_bytes`](ClientBuilder::max_response_bytes) and
+    /// within the per-attempt timeout.
+    ///
+    /// A longer body is a [`Decode`](crate::ErrorKind::Decode) error; a body
+    /// that breaks off or times out is a [`Network`](crate::ErrorKind::Network)
+    /// error. Either carries the request id and key the request was sent with.
+    pub async fn read_bytes(&self, res: Response<Incoming>) -> Result<Bytes, Error> {
         let status = res.status();
-        let sent = sent_from_response(&method, &res);
-        let (bytes, truncated) = read_body(res.into_body(), self.max_response_bytes)
-            .await
-            .map_err(|e| Error::network(e, sent.clone()))?;
-        if truncated {
-            let why = format!(
-                "response body is larger than {} bytes",
-                self.max_response_bytes
-            );
-            return Err(Error::decode(why, status, sent));
+        let sent = self.sent(&res);
+        let read = read_capped(res.into_body(), self.max_response_bytes);
+        let read = match self.body_timeout {
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => return Err(Error::timeout(limit, sent)),
+            },
+            None => read.await,
+        };
+        match read {
+            Ok((bytes, false)) => Ok(bytes),
+            Ok((_, true)) => Err(Error::decode(
+                format!(
+                    "response body is larger than {} bytes",
+                    self.max_response_bytes
+                ),
+                status,
+                sent,
+            )),
+            Err(e) => Err(Error::network(e, sent)),
         }
+    }
+
+    /// Reads the body of a success response as [`read_bytes`](Self::read_bytes)
+    /// does and decodes it as JSON into `T` (a [`Decode`](crate::ErrorKind::Decode)
+    /// error when it does not decode).
+    pub async fn read_json<T: DeserializeOwned>(
+        &self,
+        res: Response<Incoming>,
+    ) -> Result<T, Error> {
+        let status = res.status();
+        let sent = self.sent(&res);
+        let bytes = self.read_bytes(res).await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::decode(e, status, sent))
     }
 }
 
 /// What a successful response says was sent: the id and key the layers
-/// stamped (from the response extensions).
-pub fn sent_from_response<B>(method: &Method, res: &Response<B>) -> Sent {
-    let mut sent = Sent::new(method.clone());
-    if let Some(id) = res
-        .extensions()
+/// stamped (from the response extensions; the method is not kept there).
+fn sent_from_response<B>(res: &Response<B>, request_id_header: &HeaderName) -> Sent {
+    let ext = res.extensions();
+    let mut sent = Sent::default().with_request_id_header(request_id_header.clone());
+    if let Some(id) = ext
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
     {
-        sent = sent.request_id(id);
+        sent = sent.with_request_id(id);
     }
-    if let Some(key) = res.extensions().get::<IdempotencyKey>() {
-        sent = sent.idempotency_key(key.as_str());
+    if let Some(key) = ext.get::<IdempotencyKey>() {
+        sent = sent.with_idempotency_key(key.as_str());
     }
     sent
-}
-
-/// Reads `body` up to `cap` bytes; `true` in the result when it was longer
-/// (the rest is not read).
-pub async fn read_body<B>(body: B, cap: usize) -> Result<(Bytes, bool), BoxError>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.map_err(Into::into)?.into_data() {
-            if append_capped(&mut buf, data, cap) {
-                return Ok((Bytes::from(buf), true));
-            }
-        }
-    }
-    Ok((Bytes::from(buf), false))
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use crate::extension::ResponseFuture;
-use crate::request_id::uuid_v4_header;
+use crate::id::uuid_v4_header;
 
 /// The idempotency key a request was sent with, in request and response extensions.
 #[derive(Clone, PartialEq, Eq)]

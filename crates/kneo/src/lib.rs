@@ -62,13 +62,19 @@ macro_rules! define_inner_service_accessors {
     };
 }
 
+mod body;
 mod builder;
 mod extension;
+mod id;
 pub mod idempotency;
 pub mod map_error;
 pub mod request_id;
 pub mod retry;
+mod sent;
 mod stack;
+mod transport;
+#[cfg(feature = "client")]
+mod url;
 
 #[cfg(feature = "client")]
 pub mod client;

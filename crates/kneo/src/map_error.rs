@@ -38,7 +38,9 @@
 //!
 //! # What it guarantees
 //!
-//! - Success (1xx, 2xx) responses pass through untouched, body still streaming.
+//! - Success responses pass through untouched, body still streaming: 1xx,
+//!   2xx, and a 304 to a conditional request (`If-None-Match`,
+//!   `If-Modified-Since`), as [`kneo_core::is_success`] defines it.
 //! - Any other status becomes an [`Error`] through
 //!   [`Error::from_response`], the one mapping function, with the error body
 //!   read up to the cap (64 KiB by default) and never beyond, however large
@@ -46,45 +48,43 @@
 //! - A transport error becomes an [`ErrorKind::Network`](crate::ErrorKind::Network)
 //!   error with the original as its source; [`Error::is_connect`] says whether
 //!   the request never left this host.
-//! - Every error carries the method, request id and idempotency key sent.
+//! - Every error carries the method, request id and idempotency key sent,
+//!   read from what the [request id](crate::request_id) and
+//!   [idempotency](crate::idempotency) layers stamped (the request-id header
+//!   is configured there, once).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::Buf;
-use http::{response, HeaderName, HeaderValue, Method, Request, Response};
+use http::{response, Request, Response};
 use http_body::Body;
-use kneo_core::{BoxError, Error, Sent, DEFAULT_BODY_CAP, IDEMPOTENCY_KEY, X_REQUEST_ID};
+use kneo_core::{is_success, BoxError, Error, Sent, DEFAULT_BODY_CAP};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+
+use crate::body::append_capped;
+use crate::sent::SentHeaders;
+use crate::transport::transport_error;
 
 /// Maps failures to [`Error`]; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct MapErrorLayer {
     body_cap: usize,
-    request_id_header: HeaderName,
 }
 
 impl MapErrorLayer {
-    /// Error bodies capped at 64 KiB; the request id read from `X-Request-ID`.
+    /// Error bodies capped at 64 KiB.
     pub fn new() -> Self {
         MapErrorLayer {
             body_cap: DEFAULT_BODY_CAP,
-            request_id_header: X_REQUEST_ID,
         }
     }
 
     /// Keeps at most `cap` bytes of an error body.
     pub fn body_cap(mut self, cap: usize) -> Self {
         self.body_cap = cap;
-        self
-    }
-
-    /// Reads the request id from `header` (match the request id layer's).
-    pub fn request_id_header(mut self, header: HeaderName) -> Self {
-        self.request_id_header = header;
         self
     }
 }
@@ -127,93 +127,6 @@ impl<S> MapError<S> {
     define_inner_service_accessors!();
 }
 
-/// What the request carried, captured cheaply (header values are reference
-/// counted) and turned into a [`Sent`] only when an error is built.
-#[derive(Debug, Clone)]
-pub(crate) struct SentHeaders {
-    method: Method,
-    request_id_header: HeaderName,
-    request_id: Option<HeaderValue>,
-    idempotency_key: Option<HeaderValue>,
-}
-
-impl SentHeaders {
-    pub(crate) fn capture<B>(req: &Request<B>, request_id_header: &HeaderName) -> Self {
-        SentHeaders {
-            method: req.method().clone(),
-            request_id_header: request_id_header.clone(),
-            request_id: req.headers().get(request_id_header).cloned(),
-            idempotency_key: req.headers().get(IDEMPOTENCY_KEY).cloned(),
-        }
-    }
-
-    pub(crate) fn into_sent(self) -> Sent {
-        let mut headers = http::HeaderMap::new();
-        if let Some(v) = self.request_id {
-            headers.insert(self.request_id_header.clone(), v);
-        }
-        if let Some(v) = self.idempotency_key {
-            headers.insert(IDEMPOTENCY_KEY, v);
-        }
-        Sent::from_headers(&self.method, &headers, &self.request_id_header)
-    }
-}
-
-/// Appends `data` to `buf`, keeping `buf` within `cap` bytes; `true` when
-/// some of `data` did not fit (the body is longer than the cap).
-pub(crate) fn append_capped(buf: &mut Vec<u8>, mut data: impl Buf, cap: usize) -> bool {
-    while data.has_remaining() {
-        let chunk = data.chunk();
-        let take = chunk.len().min(cap.saturating_sub(buf.len()));
-        buf.extend_from_slice(&chunk[..take]);
-        if take < chunk.len() {
-            return true;
-        }
-        data.advance(take);
-    }
-    false
-}
-
-/// Classifies a transport error: a `kneo::Error` passes through; anything
-/// else becomes a network error, marked as a connect failure when hyper-util
-/// says so (DNS, TCP connect and TLS all fail inside its connector).
-pub(crate) fn transport_error(err: BoxError, sent: impl FnOnce() -> Sent) -> Error {
-    let err = match err.downcast::<Error>() {
-        Ok(mut e) => {
-            e.fill_sent(sent());
-            return *e;
-        }
-        Err(other) => other,
-    };
-    // tower's `Timeout` below this layer: keep it, under an I/O timeout so
-    // `is_timeout()` sees it.
-    let err: BoxError = if err.is::<tower::timeout::error::Elapsed>() {
-        Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, err))
-    } else {
-        err
-    };
-    let connect = is_connect(&*err);
-    let mapped = Error::network(err, sent());
-    if connect {
-        mapped.connect()
-    } else {
-        mapped
-    }
-}
-
-#[cfg(feature = "client")]
-fn is_connect(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| (*e).source()).any(|e| {
-        e.downcast_ref::<hyper_util::client::legacy::Error>()
-            .is_some_and(hyper_util::client::legacy::Error::is_connect)
-    })
-}
-
-#[cfg(not(feature = "client"))]
-fn is_connect(_: &(dyn std::error::Error + 'static)) -> bool {
-    false
-}
-
 impl<S, B, ResB> Service<Request<B>> for MapError<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
@@ -231,7 +144,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let sent = SentHeaders::capture(&req, &self.layer.request_id_header);
+        let sent = SentHeaders::capture(&req);
         ResponseFuture {
             state: State::Calling {
                 future: self.inner.call(req),
@@ -289,8 +202,8 @@ where
                             return Poll::Ready(Err(err));
                         }
                     };
-                    let status = response.status();
-                    if status.is_success() || status.is_informational() {
+                    let conditional = this.sent.as_ref().is_some_and(SentHeaders::is_conditional);
+                    if is_success(response.status(), conditional) {
                         return Poll::Ready(Ok(response));
                     }
                     let (parts, body) = response.into_parts();

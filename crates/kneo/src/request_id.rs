@@ -51,6 +51,9 @@
 //! - The id is in the request's and the response's extensions as
 //!   [`RequestId`], tower-http's type, so tower-http's
 //!   `PropagateRequestIdLayer` and friends interoperate.
+//! - The header is configured here and only here: error mapping and the
+//!   retry policy read the id, and the header a server echoes it in, from
+//!   the request.
 //!
 //! Why not tower-http's `SetRequestIdLayer` itself? It keeps whatever the
 //! caller put in the header; kneo must validate a caller's id first. The id
@@ -62,33 +65,16 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, Request, Response};
 use kneo_core::{is_valid_request_id, X_REQUEST_ID};
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use crate::extension::ResponseFuture;
-
+pub use crate::id::MakeUuidV4;
 pub use tower_http::request_id::{MakeRequestId, RequestId};
 
-/// The default id generator: a random UUID v4, hyphenated.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MakeUuidV4;
-
-impl MakeRequestId for MakeUuidV4 {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        Some(RequestId::new(uuid_v4_header()))
-    }
-}
-
-/// A random UUID v4 as a header value, in one allocation: formatted on the
-/// stack, then owned by `Bytes`, so clones only bump a reference count.
-pub(crate) fn uuid_v4_header() -> HeaderValue {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .expect("invariant: a hyphenated UUID is a valid header value")
-}
+use crate::sent::RequestIdHeader;
 
 /// Sets a request id on every request; see the [module docs](self).
 #[derive(Clone)]
@@ -230,6 +216,11 @@ where
                 req.headers_mut()
                     .insert(self.header.clone(), id.header_value().clone());
                 req.extensions_mut().insert(id.clone());
+                if self.header != X_REQUEST_ID {
+                    // Error mapping and the retry policy read the echo from it.
+                    req.extensions_mut()
+                        .insert(RequestIdHeader(self.header.clone()));
+                }
             }
             None => {
                 req.headers_mut().remove(&self.header);

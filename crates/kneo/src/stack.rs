@@ -2,14 +2,12 @@
 
 use std::time::Duration;
 
-use http::{HeaderName, Method, StatusCode};
-use tower::retry::budget::Budget;
 use tower_layer::Layer;
 
 use crate::idempotency::{IdempotencyKeyLayer, SetIdempotencyKey};
 use crate::map_error::{MapError, MapErrorLayer};
-use crate::request_id::{RequestIdLayer, SetRequestId};
-use crate::retry::{Backoff, Retry, RetryLayer};
+use crate::request_id::{MakeUuidV4, RequestIdLayer, SetRequestId};
+use crate::retry::{Retry, RetryLayer};
 
 /// The whole kneo stack as one [`Layer`], outermost first:
 ///
@@ -20,7 +18,11 @@ use crate::retry::{Backoff, Retry, RetryLayer};
 ///
 /// The service it makes is `Clone + Send + Sync` when the inner one is, with
 /// `Error = kneo::Error`. To put your own layers in between, stack the four
-/// yourself with [`ServiceBuilderExt`](crate::ServiceBuilderExt).
+/// yourself with [`ServiceBuilderExt`](crate::ServiceBuilderExt). Each layer
+/// is configured on its own and handed in whole
+/// (`.retry(RetryLayer::new().max_attempts(5))`); `max_attempts`,
+/// `attempt_timeout` and `deadline` are shortcuts for the three retry
+/// settings most often changed.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -49,12 +51,23 @@ use crate::retry::{Backoff, Retry, RetryLayer};
 /// assert_eq!(err.attempts(), 1, "a mismatch is never retried");
 /// # }
 /// ```
-#[derive(Debug, Clone, Default)]
-pub struct ClientLayer {
-    request_id: RequestIdLayer,
+#[derive(Debug, Clone)]
+pub struct ClientLayer<M = MakeUuidV4> {
+    request_id: RequestIdLayer<M>,
     idempotency: IdempotencyKeyLayer,
     retry: RetryLayer,
     map_error: MapErrorLayer,
+}
+
+impl Default for ClientLayer {
+    fn default() -> Self {
+        ClientLayer {
+            request_id: RequestIdLayer::new(),
+            idempotency: IdempotencyKeyLayer::new(),
+            retry: RetryLayer::new(),
+            map_error: MapErrorLayer::new(),
+        }
+    }
 }
 
 impl ClientLayer {
@@ -62,79 +75,87 @@ impl ClientLayer {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    /// Total attempts, the first included (default 3; 1 = no retry).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.retry = self.retry.max_attempts(attempts);
-        self
+impl<M> ClientLayer<M> {
+    /// Uses `layer` for request ids (its header, its id generator).
+    pub fn request_id<M2>(self, layer: RequestIdLayer<M2>) -> ClientLayer<M2> {
+        let ClientLayer {
+            idempotency,
+            retry,
+            map_error,
+            ..
+        } = self;
+        ClientLayer {
+            request_id: layer,
+            idempotency,
+            retry,
+            map_error,
+        }
     }
 
-    /// The statuses that are retried (default 429, 502, 503, 504).
-    pub fn retry_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.retry = self.retry.retry_statuses(statuses);
-        self
+    /// Uses `layer` for idempotency keys (which methods get one).
+    pub fn idempotency(self, layer: IdempotencyKeyLayer) -> Self {
+        ClientLayer {
+            idempotency: layer,
+            ..self
+        }
     }
 
-    /// The longest `Retry-After` waited for (default 60 s).
-    pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.retry = self.retry.max_retry_after(max);
-        self
+    /// Uses `layer` for retries: attempts, statuses, waits, budget, timeouts,
+    /// replay cap. See [`RetryLayer`] for each setting.
+    pub fn retry(self, layer: RetryLayer) -> Self {
+        ClientLayer {
+            retry: layer,
+            ..self
+        }
     }
 
-    /// The backoff when the server gives no hint.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.retry = self.retry.backoff(backoff);
-        self
+    /// Uses `layer` for error mapping (the error-body cap).
+    pub fn map_error(self, layer: MapErrorLayer) -> Self {
+        ClientLayer {
+            map_error: layer,
+            ..self
+        }
     }
 
-    /// An overall limit on all attempts and waits.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.retry = self.retry.deadline(deadline);
-        self
+    /// Shortcut for [`RetryLayer::max_attempts`] on the current retry layer.
+    pub fn max_attempts(self, attempts: u32) -> Self {
+        ClientLayer {
+            retry: self.retry.max_attempts(attempts),
+            ..self
+        }
     }
 
-    /// A limit on each attempt.
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.retry = self.retry.attempt_timeout(timeout);
-        self
+    /// Shortcut for [`RetryLayer::attempt_timeout`] on the current retry layer.
+    pub fn attempt_timeout(self, timeout: Duration) -> Self {
+        ClientLayer {
+            retry: self.retry.attempt_timeout(timeout),
+            ..self
+        }
     }
 
-    /// A retry budget shared by every service this layer makes.
-    pub fn budget(mut self, budget: impl Budget + Send + Sync + 'static) -> Self {
-        self.retry = self.retry.budget(budget);
-        self
+    /// Shortcut for [`RetryLayer::deadline`] on the current retry layer.
+    pub fn deadline(self, deadline: Duration) -> Self {
+        ClientLayer {
+            retry: self.retry.deadline(deadline),
+            ..self
+        }
     }
 
-    /// How much of a request body is kept for replay (default 64 KiB).
-    pub fn replay_cap(mut self, cap: usize) -> Self {
-        self.retry = self.retry.replay_cap(cap);
-        self
+    /// The retry layer as configured.
+    pub fn retry_layer(&self) -> &RetryLayer {
+        &self.retry
     }
 
-    /// How much of an error body is kept (default 64 KiB).
-    pub fn error_body_cap(mut self, cap: usize) -> Self {
-        self.map_error = self.map_error.body_cap(cap);
-        self
-    }
-
-    /// The methods that get an idempotency key (default POST and PATCH; empty
-    /// for none: a caller's own key is still passed on).
-    pub fn idempotency_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.idempotency = self.idempotency.methods(methods);
-        self
-    }
-
-    /// The request id header (default `X-Request-ID`), for every layer.
-    pub fn request_id_header(mut self, header: HeaderName) -> Self {
-        self.request_id = self.request_id.header(header.clone());
-        self.retry = self.retry.request_id_header(header.clone());
-        self.map_error = self.map_error.request_id_header(header);
-        self
+    /// The request-id layer as configured.
+    pub fn request_id_layer(&self) -> &RequestIdLayer<M> {
+        &self.request_id
     }
 }
 
-impl<S> Layer<S> for ClientLayer {
-    type Service = SetRequestId<SetIdempotencyKey<Retry<MapError<S>>>>;
+impl<S, M: Clone> Layer<S> for ClientLayer<M> {
+    type Service = SetRequestId<SetIdempotencyKey<Retry<MapError<S>>>, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let inner = self.map_error.layer(inner);

@@ -30,6 +30,8 @@ pub struct ReplayBody<B> {
     body: Option<B>,
     /// How many data frames this clone has sent.
     pos: usize,
+    /// How many bytes this clone has sent.
+    sent: u64,
     trailers_sent: bool,
 }
 
@@ -47,7 +49,11 @@ struct Shared<B> {
     /// The original body reached its end; `frames` hold all of it.
     complete: bool,
     trailers: Option<HeaderMap>,
+    /// What the original body said of itself before a byte was read: every
+    /// copy says the same, so every attempt is framed alike (no body, a
+    /// `content-length`, or chunked) whatever an earlier attempt read.
     size_hint: SizeHint,
+    end_stream: bool,
     /// A clone waiting for the body to be parked by the one reading it.
     waiting: Option<Waker>,
 }
@@ -77,6 +83,7 @@ impl<B: Body> ReplayBody<B> {
         // Not spoiled up front even when the length is known to exceed the
         // cap: until a byte is sent (a connect failure, say) it can be sent again.
         let size_hint = body.size_hint();
+        let end_stream = body.is_end_stream();
         ReplayBody {
             shared: Arc::new(Mutex::new(Shared {
                 body: None,
@@ -88,10 +95,12 @@ impl<B: Body> ReplayBody<B> {
                 complete: false,
                 trailers: None,
                 size_hint,
+                end_stream,
                 waiting: None,
             })),
             body: Some(body),
             pos: 0,
+            sent: 0,
             trailers_sent: false,
         }
     }
@@ -110,6 +119,7 @@ impl<B> Clone for ReplayBody<B> {
             shared: self.shared.clone(),
             body: None,
             pos: 0,
+            sent: 0,
             trailers_sent: false,
         }
     }
@@ -165,6 +175,7 @@ where
             }
             let frame = shared.frames[this.pos].clone();
             this.pos += 1;
+            this.sent += frame.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if shared.complete {
@@ -212,6 +223,7 @@ where
                         let bytes = data.copy_to_bytes(data.remaining());
                         shared.read += 1;
                         this.pos += 1;
+                        this.sent += bytes.len() as u64;
                         if !shared.spoiled {
                             if shared.len + bytes.len() > shared.cap {
                                 shared.spoiled = true;
@@ -224,9 +236,14 @@ where
                         Frame::data(bytes)
                     }
                     Err(frame) => match frame.into_trailers() {
+                        // Trailers are the last frame: the body is complete
+                        // now, whether or not anyone polls for its end (hyper
+                        // does not), so a replay sends them too.
                         Ok(trailers) => {
                             shared.trailers = Some(trailers.clone());
+                            shared.complete = true;
                             this.trailers_sent = true;
+                            this.body = None;
                             Frame::trailers(trailers)
                         }
                         // Neither data nor trailers: a frame kind http-body
@@ -241,20 +258,22 @@ where
 
     fn is_end_stream(&self) -> bool {
         let shared = lock(&self.shared);
-        if shared.complete {
-            self.pos >= shared.read && (self.trailers_sent || shared.trailers.is_none())
-        } else {
-            self.pos == shared.read && self.body.as_ref().is_some_and(Body::is_end_stream)
-        }
+        shared.end_stream
+            || (self.pos == shared.read && self.body.as_ref().is_some_and(Body::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
-        let shared = lock(&self.shared);
-        if shared.complete {
-            SizeHint::with_exact(shared.len as u64)
-        } else {
-            shared.size_hint
+        if let Some(body) = &self.body {
+            return body.size_hint();
         }
+        // A copy: what the original said up front, less what this copy sent.
+        let initial = lock(&self.shared).size_hint;
+        let mut hint = SizeHint::new();
+        hint.set_lower(initial.lower().saturating_sub(self.sent));
+        if let Some(upper) = initial.upper() {
+            hint.set_upper(upper.saturating_sub(self.sent));
+        }
+        hint
     }
 }
 
@@ -329,5 +348,61 @@ mod tests {
         let retry = original.clone();
         drop(original); // connect failed: never polled
         assert_eq!(collect(retry).await.expect("ok"), "xy");
+    }
+
+    #[tokio::test]
+    async fn trailers_are_replayed_even_when_the_end_is_never_polled() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().expect("valid"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let mut original = ReplayBody::new(StreamBody::new(futures_util::stream::iter(frames)), 64);
+        let retry = original.clone();
+        // Like hyper: poll until the trailers frame, then stop and drop.
+        let mut got_trailers = None;
+        while let Some(frame) = original.frame().await {
+            if let Ok(t) = frame.expect("ok").into_trailers() {
+                got_trailers = Some(t);
+                break;
+            }
+        }
+        assert_eq!(got_trailers.as_ref(), Some(&trailers));
+        drop(original);
+        let replayed = retry.collect().await.expect("replays");
+        assert_eq!(replayed.trailers(), Some(&trailers));
+        assert_eq!(replayed.to_bytes(), "ab");
+    }
+
+    #[tokio::test]
+    async fn every_copy_is_framed_like_the_original() {
+        // An empty body: no length, no chunks, on every attempt.
+        let empty = ReplayBody::new(Full::<Bytes>::default(), 64);
+        let retry = empty.clone();
+        assert!(empty.is_end_stream());
+        drop(empty);
+        assert!(
+            retry.is_end_stream(),
+            "a retry of an empty body is empty too"
+        );
+        assert_eq!(retry.size_hint().exact(), Some(0));
+
+        // A sized body keeps its exact length; a stream stays unsized.
+        let sized = ReplayBody::new(Full::new(Bytes::from_static(b"hello")), 64);
+        let retry = sized.clone();
+        assert_eq!(collect(sized).await.expect("ok"), "hello");
+        assert!(!retry.is_end_stream());
+        assert_eq!(retry.size_hint().exact(), Some(5));
+        let stream = ReplayBody::new(chunks(&["ab", "cd"]), 64);
+        let retry = stream.clone();
+        let initial = (stream.size_hint().lower(), stream.size_hint().upper());
+        assert_eq!(collect(stream).await.expect("ok"), "abcd");
+        assert_eq!(
+            (retry.size_hint().lower(), retry.size_hint().upper()),
+            initial
+        );
+        assert_eq!(retry.size_hint().exact(), None, "still chunked");
     }
 }

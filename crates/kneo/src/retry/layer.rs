@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderName, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
-use kneo_core::{BoxError, Error, DEFAULT_BODY_CAP, X_REQUEST_ID};
+use kneo_core::retry_rule::DEFAULT_RETRY_STATUSES;
+use kneo_core::{BoxError, Error, DEFAULT_BODY_CAP};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 use tower_layer::Layer;
@@ -34,19 +35,13 @@ impl RetryLayer {
         RetryLayer {
             config: Config {
                 max_attempts: 3,
-                statuses: vec![
-                    StatusCode::TOO_MANY_REQUESTS,
-                    StatusCode::BAD_GATEWAY,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    StatusCode::GATEWAY_TIMEOUT,
-                ],
+                statuses: DEFAULT_RETRY_STATUSES.to_vec(),
                 max_retry_after: Duration::from_secs(60),
                 backoff: Backoff::new(),
                 deadline: None,
                 attempt_timeout: None,
                 replay_cap: DEFAULT_BODY_CAP,
                 budget: None,
-                request_id_header: X_REQUEST_ID,
             },
         }
     }
@@ -102,11 +97,13 @@ impl RetryLayer {
         self.config.budget = Some(Arc::new(budget));
         self
     }
+}
 
-    /// The header the request id is read from, for logs and errors.
-    pub fn request_id_header(mut self, header: HeaderName) -> Self {
-        self.config.request_id_header = header;
-        self
+impl RetryLayer {
+    /// The per-attempt timeout, for the client's body reads.
+    #[cfg(feature = "client")]
+    pub(crate) fn configured_attempt_timeout(&self) -> Option<Duration> {
+        self.config.attempt_timeout
     }
 }
 

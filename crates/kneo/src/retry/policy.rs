@@ -4,11 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Request, Response, StatusCode};
-use kneo_core::{
-    codes, is_idempotent, is_valid_request_id, retry_after, should_retry_advice, Attempt, Error,
-    ErrorKind, Outcome, IDEMPOTENCY_KEY,
-};
+use http::{Request, Response, StatusCode};
+use kneo_core::retry_rule::{is_retryable, RetryFacts};
+use kneo_core::{is_conditional, is_success, retry_after, Attempt, Error, ErrorKind, Outcome};
 use tokio::time::{Instant, Sleep};
 use tower::retry::budget::Budget;
 use tower::retry::Policy;
@@ -16,7 +14,7 @@ use tower::retry::Policy;
 use super::backoff::Backoff;
 use super::body::ReplayBody;
 use super::timeout::Deadline;
-use crate::map_error::SentHeaders;
+use crate::sent::SentHeaders;
 
 /// Configuration shared by every request through one retry layer.
 #[derive(Clone)]
@@ -29,7 +27,6 @@ pub(crate) struct Config {
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) replay_cap: usize,
     pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
-    pub(crate) request_id_header: HeaderName,
 }
 
 impl fmt::Debug for Config {
@@ -118,32 +115,9 @@ impl RetryPolicy {
         }
     }
 
-    /// The default status rule: a status in the retry set, and, for a
-    /// request that may have been applied (not idempotent, no key), only the
-    /// statuses that say it was not processed (429, 503).
-    fn status_rule(&self, status: StatusCode, replay_safe: bool) -> bool {
-        self.config.statuses.contains(&status)
-            && (replay_safe
-                || status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::SERVICE_UNAVAILABLE)
-    }
-
     fn judge_error(&self, e: &Error) -> Verdict {
-        let retryable = match e.kind() {
-            ErrorKind::IdempotencyMismatch | ErrorKind::Decode | ErrorKind::Request => false,
-            ErrorKind::Network => e.is_connect() || e.is_replay_safe(),
-            _ => match e.should_retry() {
-                Some(advice) => advice,
-                None if e.code() == codes::IDEMPOTENCY_KEY_IN_USE => {
-                    e.kind() == ErrorKind::Conflict
-                }
-                None => e
-                    .status()
-                    .is_some_and(|s| self.status_rule(s, e.is_replay_safe())),
-            },
-        };
         Verdict {
-            retryable,
+            retryable: is_retryable(&RetryFacts::of_error(e), &self.config.statuses),
             hint: e.retry_after(),
             outcome: match e.status() {
                 Some(status) => Outcome::Status(status),
@@ -153,21 +127,14 @@ impl RetryPolicy {
         }
     }
 
-    /// For stacks without the error-mapping layer below: judge the raw response.
-    fn judge_response<B, R>(&self, req: &Request<B>, res: &Response<R>) -> Verdict {
+    /// For stacks without the error-mapping layer below: judge the raw
+    /// response by its status and headers.
+    fn judge_response<R>(&self, sent: &SentHeaders, res: &Response<R>) -> Verdict {
         let headers = res.headers();
-        let replay_safe =
-            is_idempotent(req.method()) || req.headers().contains_key(IDEMPOTENCY_KEY);
-        let retryable = should_retry_advice(headers)
-            .unwrap_or_else(|| self.status_rule(res.status(), replay_safe));
-        let request_id = headers
-            .get(&self.config.request_id_header)
-            .or_else(|| req.headers().get(&self.config.request_id_header))
-            .filter(|v| is_valid_request_id(v.as_bytes()))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let facts = RetryFacts::of_response(res.status(), headers, sent.method(), sent.is_keyed());
+        let request_id = sent.clone().into_sent().reported_request_id(headers);
         Verdict {
-            retryable,
+            retryable: is_retryable(&facts, &self.config.statuses),
             hint: retry_after::from_headers(headers),
             outcome: Outcome::Status(res.status()),
             request_id,
@@ -229,10 +196,10 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
         self.attempt += 1;
         let waited = std::mem::take(&mut self.waited);
         let verdict = match result {
-            Ok(res) if res.status().as_u16() < 400 => None,
-            Ok(res) => Some(self.judge_response(req, res)),
+            Ok(res) if is_success(res.status(), is_conditional(req.headers())) => None,
+            Ok(res) => Some(self.judge_response(&SentHeaders::capture(req), res)),
             Err(e) => {
-                e.fill_sent(SentHeaders::capture(req, &self.config.request_id_header).into_sent());
+                kneo_core::__private::fill_sent(e, SentHeaders::capture(req).into_sent());
                 Some(self.judge_error(e))
             }
         };
@@ -289,7 +256,7 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                             history,
                         });
                     }
-                    Err(e) => e.set_history(history),
+                    Err(e) => kneo_core::__private::set_history(e, history),
                 }
                 None
             }

@@ -1,0 +1,59 @@
+//! The one capped body reader: error bodies, and success bodies the client decodes.
+
+use bytes::Buf;
+
+/// Appends `data` to `buf`, keeping `buf` within `cap` bytes; `true` when
+/// some of `data` did not fit (the body is longer than the cap).
+pub(crate) fn append_capped(buf: &mut Vec<u8>, mut data: impl Buf, cap: usize) -> bool {
+    while data.has_remaining() {
+        let chunk = data.chunk();
+        let take = chunk.len().min(cap.saturating_sub(buf.len()));
+        buf.extend_from_slice(&chunk[..take]);
+        if take < chunk.len() {
+            return true;
+        }
+        data.advance(take);
+    }
+    false
+}
+
+/// Reads `body` up to `cap` bytes; `true` in the result when it was longer
+/// (the rest is not read).
+#[cfg(feature = "client")]
+pub(crate) async fn read_capped<B>(
+    body: B,
+    cap: usize,
+) -> Result<(bytes::Bytes, bool), kneo_core::BoxError>
+where
+    B: http_body::Body,
+    B::Error: Into<kneo_core::BoxError>,
+{
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    let mut body = std::pin::pin!(body);
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(Into::into)?.into_data() {
+            if append_capped(&mut buf, data, cap) {
+                return Ok((Bytes::from(buf), true));
+            }
+        }
+    }
+    Ok((Bytes::from(buf), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_stops_at_the_cap() {
+        let mut buf = Vec::new();
+        assert!(!append_capped(&mut buf, &b"abc"[..], 5));
+        assert!(append_capped(&mut buf, &b"def"[..], 5));
+        assert_eq!(buf, b"abcde");
+        assert!(append_capped(&mut buf, &b"x"[..], 5));
+        assert_eq!(buf, b"abcde");
+    }
+}
