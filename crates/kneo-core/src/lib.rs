@@ -59,6 +59,7 @@ mod body;
 pub mod codes;
 mod error;
 mod problem;
+pub mod rate_limit;
 pub mod retry_after;
 
 pub use attempt::{Attempt, Outcome};
@@ -68,6 +69,7 @@ pub use error::{
     TimedOut, IDEMPOTENCY_KEY, X_ERROR_CODE, X_REQUEST_ID, X_SHOULD_RETRY,
 };
 pub use problem::{Problem, PROBLEM_JSON};
+pub use rate_limit::RateLimit;
 
 /// `Result<T, kneo_core::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
