@@ -60,6 +60,7 @@ pub mod codes;
 mod error;
 pub mod mapping;
 mod problem;
+pub mod rate_limit;
 pub mod retry_after;
 pub mod retry_rule;
 mod sent;
@@ -70,6 +71,7 @@ pub use body::{ErrorBody, DEFAULT_BODY_CAP};
 pub use error::{BoxError, Error, ErrorKind, TimedOut};
 pub use mapping::{is_conditional, is_success, should_retry_advice};
 pub use problem::{Problem, PROBLEM_JSON};
+pub use rate_limit::RateLimit;
 pub use sent::{
     is_idempotent, is_valid_request_id, Sent, IDEMPOTENCY_KEY, X_ERROR_CODE, X_REQUEST_ID,
     X_SHOULD_RETRY,

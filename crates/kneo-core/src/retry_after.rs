@@ -81,7 +81,7 @@ pub fn parse_retry_after_ms(value: &[u8]) -> Option<Duration> {
 ///
 /// Hand-written rather than `f64::from_str` because that accepts `inf`, `nan`,
 /// `1e3` and `-0`, and loses precision; here the whole part saturates.
-fn parse_decimal(text: &str, nanos_per_unit: u64) -> Option<Duration> {
+pub(crate) fn parse_decimal(text: &str, nanos_per_unit: u64) -> Option<Duration> {
     let (whole, frac) = match text.split_once('.') {
         Some((w, f)) => (w, Some(f)),
         None => (text, None),
