@@ -117,6 +117,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The whole body (empty when the reply was `early`, or while the script runs).
     pub body: Bytes,
+    /// The body's trailers, when it had any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Recorded {
@@ -244,11 +246,12 @@ async fn handle(
     script: &Script,
 ) -> Result<Response<Full<Bytes>>, Hangup> {
     let (parts, body) = req.into_parts();
-    let mut recorded = Recorded {
+    let recorded = Recorded {
         method: parts.method,
         uri: parts.uri,
         headers: parts.headers,
         body: Bytes::new(),
+        trailers: None,
     };
     // The script decides on the headers alone (once per request), so an
     // `early` reply can skip the body; the body is recorded afterwards.
@@ -259,12 +262,11 @@ async fn handle(
     };
     let reply = script(n, &recorded);
     if !reply.early {
-        recorded.body = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        requests.lock().expect("not poisoned")[n].body = recorded.body;
+        if let Ok(collected) = body.collect().await {
+            let mut all = requests.lock().expect("not poisoned");
+            all[n].trailers = collected.trailers().cloned();
+            all[n].body = collected.to_bytes();
+        }
     }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;

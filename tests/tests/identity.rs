@@ -184,3 +184,49 @@ async fn custom_request_id_header_is_used_by_every_layer() {
     assert_eq!(err.request_id(), Some("srv-echo-7"));
     assert_eq!(err.history()[1].request_id.as_deref(), Some("srv-echo-7"));
 }
+
+#[tokio::test]
+async fn a_stack_built_by_hand_learns_the_custom_header_from_the_request_id_layer() {
+    use kneo::idempotency::IdempotencyKeyLayer;
+    use kneo::map_error::MapErrorLayer;
+    use kneo::request_id::RequestIdLayer;
+    use kneo::ServiceBuilderExt;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let header = http::HeaderName::from_static("request-id");
+    for echo in [None, Some("srv-echo-9")] {
+        let mut reply = Reply::status(404);
+        if let Some(echo) = echo {
+            reply = reply.header("request-id", echo);
+        }
+        let server = ScriptedServer::start(vec![Reply::status(503), reply]).await;
+        let transport =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<kneo::retry::ReplayBody<Full<bytes::Bytes>>>();
+        // The header is named once, on the request-id layer.
+        let svc = ServiceBuilder::new()
+            .kneo_request_id(RequestIdLayer::new().header(header.clone()))
+            .kneo_idempotency_key(IdempotencyKeyLayer::new())
+            .kneo_retry(kneo_tests::fast_retry())
+            .kneo_map_error(MapErrorLayer::new())
+            .service(transport);
+        let err = svc
+            .oneshot(
+                Request::get(server.url("/x"))
+                    .body(Full::default())
+                    .expect("valid"),
+            )
+            .await
+            .expect_err("404");
+        let sent = server.requests()[0]
+            .header("request-id")
+            .expect("sent in the custom header");
+        assert_eq!(
+            err.request_id(),
+            Some(echo.unwrap_or(&sent)),
+            "echo {echo:?}"
+        );
+        assert_eq!(err.history()[0].request_id.as_deref(), Some(sent.as_str()));
+        assert_eq!(err.sent().request_id(), Some(sent.as_str()));
+    }
+}

@@ -436,3 +436,105 @@ async fn help_and_version_succeed_on_stdout() {
     assert_eq!(run.code, 0);
     assert!(run.stdout.starts_with("kneo "));
 }
+
+#[tokio::test]
+async fn not_modified_to_a_conditional_get_succeeds_and_a_redirect_fails() {
+    let server = ScriptedServer::start(vec![Reply::status(304).header("etag", "\"v7\"")]).await;
+    let out = kneo(&[
+        "request",
+        &server.url("/repo"),
+        "-H",
+        "If-None-Match: \"v7\"",
+    ])
+    .await
+    .ok();
+    assert_eq!(out["status"], 304);
+    assert_eq!(out["body"], Value::Null);
+
+    let server = ScriptedServer::start(vec![Reply::status(302).header("location", "/else")]).await;
+    let out = kneo(&["request", &server.url("/repo")]).await.failed();
+    assert_eq!(out["kind"], "status");
+    assert_eq!(out["status"], 302);
+}
+
+#[tokio::test]
+async fn output_is_one_line_for_every_unicode_line_break() {
+    let body = "tea\u{2028}pot\u{2029}short\u{85}and\nstout";
+    let server = ScriptedServer::start(vec![Reply::status(418).body(body)]).await;
+    let run = kneo(&["request", &server.url("/x")]).await;
+    let out = run.failed();
+    // What Python's str.splitlines() splits on, beside \n and \r.
+    for brk in [
+        '\u{2028}', '\u{2029}', '\u{85}', '\u{b}', '\u{c}', '\u{1c}', '\u{1d}', '\u{1e}',
+    ] {
+        assert!(!run.stdout.contains(brk), "{brk:?} in {:?}", run.stdout);
+    }
+    let message = out["message"].as_str().expect("a message");
+    assert!(
+        !message.contains(['\u{2028}', '\u{2029}', '\u{85}', '\n']),
+        "{message:?}"
+    );
+    assert_eq!(
+        out["body"], body,
+        "the body itself round-trips through the escapes"
+    );
+}
+
+#[tokio::test]
+async fn no_secret_in_output_logs_or_usage_errors() {
+    const SECRET: &str = "hunter2-planted";
+    let server = ScriptedServer::start(vec![Reply::status(503), Reply::json(200, "{}")]).await;
+    let url = format!(
+        "http://alice:{SECRET}@{}/x?api_key=sk-q-{SECRET}",
+        server.addr()
+    );
+    let run = kneo(&["request", &url, "-v", "-H", &format!("X-Api-Key: {SECRET}")]).await;
+    let out = run.ok();
+    assert_eq!(out["attempts"], 2);
+    assert!(
+        run.stderr.contains("retrying"),
+        "-v logs the retry: {}",
+        run.stderr
+    );
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains(SECRET), "{text}");
+    }
+    let reqs = server.requests();
+    // base64("alice:hunter2-planted"): userinfo is Basic auth, as curl sends it.
+    assert_eq!(
+        reqs[0].header("authorization").as_deref(),
+        Some("Basic YWxpY2U6aHVudGVyMi1wbGFudGVk")
+    );
+
+    let cases: &[&[&str]] = &[
+        &["request", &format!("ftp://alice:{SECRET}@127.0.0.1/x")],
+        &["request", &format!("http://alice:{SECRET}@/x")],
+        &[
+            "request",
+            &server.url("/x"),
+            "-H",
+            &format!("Authorization Bearer sk-live-{SECRET}"),
+        ],
+        &[
+            "request",
+            &server.url("/x"),
+            "-H",
+            &format!("Authorization Bearer {SECRET}: x"),
+        ],
+        &[
+            "request",
+            &server.url("/x"),
+            "-H",
+            &format!("Authorization: Bearer {SECRET}\u{1}"),
+        ],
+        &["request", &server.url("/x"), &format!("--bogus={SECRET}")],
+        &["request", &server.url("/x"), &format!("extra-{SECRET}")],
+        &[&format!("https://alice:{SECRET}@example.com")],
+    ];
+    for args in cases {
+        let run = kneo(args).await;
+        let line = run.usage();
+        assert!(!line.contains(SECRET), "{args:?}: {line}");
+    }
+    assert_eq!(server.count(), 2, "usage errors send nothing");
+}
