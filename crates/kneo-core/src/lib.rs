@@ -69,7 +69,7 @@ mod text;
 pub use attempt::{Attempt, Outcome};
 pub use body::{ErrorBody, DEFAULT_BODY_CAP};
 pub use error::{BoxError, Error, ErrorKind, TimedOut};
-pub use mapping::{is_conditional, is_success, should_retry_advice};
+pub use mapping::{is_conditional, is_success, is_success_for, should_retry_advice};
 pub use problem::{Problem, PROBLEM_JSON};
 pub use rate_limit::RateLimit;
 pub use sent::{

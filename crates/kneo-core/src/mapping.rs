@@ -39,7 +39,24 @@ pub fn is_success(status: StatusCode, conditional: bool) -> bool {
 /// `true` when request headers make the request conditional in the way a
 /// `304 Not Modified` answers: `If-None-Match` or `If-Modified-Since`.
 pub fn is_conditional(request_headers: &HeaderMap) -> bool {
-    request_headers.contains_key(IF_NONE_MATCH) || request_headers.contains_key(IF_MODIFIED_SINCE)
+    let conditional = |name: &http::HeaderName| name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE;
+    // A scan of a few names is cheaper than two hash lookups; this runs on
+    // every request.
+    if request_headers.keys_len() <= 8 {
+        request_headers.keys().any(conditional)
+    } else {
+        request_headers.contains_key(IF_NONE_MATCH)
+            || request_headers.contains_key(IF_MODIFIED_SINCE)
+    }
+}
+
+/// [`is_success`] for a response to a request with `request_headers`; the
+/// headers are looked at only for a 304.
+pub fn is_success_for(status: StatusCode, request_headers: &HeaderMap) -> bool {
+    is_success(
+        status,
+        status == StatusCode::NOT_MODIFIED && is_conditional(request_headers),
+    )
 }
 
 /// The server's `x-should-retry: true|false` advice; anything else is no advice.

@@ -20,6 +20,7 @@
 //! | `KNEO_BENCH_CONCURRENCY` | `--concurrency N` | 64 callers |
 //! | `KNEO_BENCH_ROUNDS` | `--rounds N` | 5 rounds of (a), (b), (c) |
 //! | `KNEO_BENCH_CLIENTS` | `--clients abc` | `abc`: all three (`b` alone, to profile the stack) |
+//! | `KNEO_BENCH_RUNTIME` | | multi-threaded; `current` for one thread (instruction counts) |
 //!
 //! Bounded: each pass sends exactly M requests, each with a 10 s timeout
 //! (a timed-out request counts as an error), and the process exits when the
@@ -372,9 +373,12 @@ fn median(passes: &[Pass]) -> &Pass {
 
 fn main() {
     let settings = Settings::load();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    // `KNEO_BENCH_RUNTIME=current`: one thread, so instruction counts
+    // (callgrind) do not depend on how work happened to be stolen.
+    let mut builder = match std::env::var("KNEO_BENCH_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = builder.enable_all().build().expect("a tokio runtime");
     runtime.block_on(run(&settings));
 }

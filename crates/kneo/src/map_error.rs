@@ -171,8 +171,10 @@ pin_project! {
     #[derive(Debug)]
     enum State<F, B> {
         Calling { #[pin] future: F },
+        // Only failures get here: the head is boxed so the success path's
+        // future stays small (every layer above moves it).
         ReadingBody {
-            parts: Option<response::Parts>,
+            parts: Option<Box<response::Parts>>,
             #[pin] body: B,
             buf: Vec<u8>,
         },
@@ -208,7 +210,7 @@ where
                     }
                     let (parts, body) = response.into_parts();
                     this.state.set(State::ReadingBody {
-                        parts: Some(parts),
+                        parts: Some(Box::new(parts)),
                         body,
                         buf: Vec::new(),
                     });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use kneo_core::retry_rule::{is_retryable, RetryFacts};
-use kneo_core::{is_conditional, is_success, retry_after, Attempt, Error, ErrorKind, Outcome};
+use kneo_core::{is_success_for, retry_after, Attempt, Error, ErrorKind, Outcome};
 use tokio::time::{Instant, Sleep};
 use tower::retry::budget::Budget;
 use tower::retry::Policy;
@@ -196,7 +196,7 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
         self.attempt += 1;
         let waited = std::mem::take(&mut self.waited);
         let verdict = match result {
-            Ok(res) if is_success(res.status(), is_conditional(req.headers())) => None,
+            Ok(res) if is_success_for(res.status(), req.headers()) => None,
             Ok(res) => Some(self.judge_response(&SentHeaders::capture(req), res)),
             Err(e) => {
                 kneo_core::__private::fill_sent(e, SentHeaders::capture(req).into_sent());

@@ -61,7 +61,7 @@ where
         });
         TimeoutFuture {
             inner: self.inner.call(req),
-            sleep: limit.map(|(at, _)| tokio::time::sleep_until(at)),
+            sleep: limit.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             limit: limit.map(|(_, l)| l).unwrap_or_default(),
         }
     }
@@ -73,8 +73,8 @@ pin_project! {
     pub struct TimeoutFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed: without a timeout (the default) the future stays small.
+        sleep: Option<Pin<Box<Sleep>>>,
         limit: Duration,
     }
 }
@@ -90,9 +90,9 @@ where
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(out);
         }
-        match this.sleep.as_pin_mut() {
+        match this.sleep.as_mut() {
             Some(sleep) => {
-                ready!(sleep.poll(cx));
+                ready!(sleep.as_mut().poll(cx));
                 // The retry policy fills in the request id and key.
                 Poll::Ready(Err(Error::timeout(*this.limit, Sent::default())))
             }
