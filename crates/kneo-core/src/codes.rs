@@ -39,6 +39,9 @@ pub const IDEMPOTENCY_KEY_MISMATCH: &str = "idempotency_key_mismatch";
 pub const IDEMPOTENCY_KEY_IN_USE: &str = "idempotency_key_in_use";
 /// HTTP 429.
 pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit_exceeded";
+/// Refused before sending: the server's rate-limit headers said nothing is
+/// left, and the reset is further away than the caller will wait.
+pub const RATE_LIMITED_LOCALLY: &str = "rate_limited_locally";
 /// HTTP 5xx other than 504.
 pub const SERVER_ERROR: &str = "server_error";
 /// HTTP 402.

@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 
 use crate::body::ErrorBody;
 use crate::problem::Problem;
+use crate::rate_limit::RateLimit;
 use crate::sent::Sent;
 use crate::{codes, text, Attempt};
 
@@ -106,6 +107,7 @@ pub(crate) struct Inner {
     /// The request id as reported: the server's echo, else the id sent.
     pub(crate) request_id: Option<String>,
     pub(crate) retry_after: Option<Duration>,
+    pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) should_retry: Option<bool>,
     pub(crate) connect: bool,
     pub(crate) source: Option<BoxError>,
@@ -125,6 +127,7 @@ impl Inner {
             request_id: sent.request_id().map(str::to_owned),
             sent,
             retry_after: None,
+            rate_limit: None,
             should_retry: None,
             connect: false,
             source: None,
@@ -191,6 +194,27 @@ impl Error {
         let mut inner = Inner::new(ErrorKind::Decode, codes::DECODE_ERROR, message, sent);
         inner.status = Some(status);
         inner.source = Some(source);
+        Error::from_inner(inner)
+    }
+
+    /// A request refused before it was sent: the last response's rate-limit
+    /// headers said nothing is left, and waiting `retry_after` for the reset
+    /// is longer than the caller will wait (or would pass its deadline).
+    /// [`RateLimited`](ErrorKind::RateLimited) with code
+    /// [`RATE_LIMITED_LOCALLY`](codes::RATE_LIMITED_LOCALLY) and no status.
+    pub fn throttled(retry_after: Duration, rate_limit: Option<RateLimit>, sent: Sent) -> Error {
+        let message = format!(
+            "not sent: the server's rate limit is exhausted until {:.2}s from now",
+            retry_after.as_secs_f64()
+        );
+        let mut inner = Inner::new(
+            ErrorKind::RateLimited,
+            codes::RATE_LIMITED_LOCALLY,
+            message,
+            sent,
+        );
+        inner.retry_after = Some(retry_after);
+        inner.rate_limit = rate_limit;
         Error::from_inner(inner)
     }
 
@@ -262,6 +286,12 @@ impl Error {
     /// The server's hint of how long to wait (`Retry-After`, `retry-after-ms`).
     pub fn retry_after(&self) -> Option<Duration> {
         self.0.retry_after
+    }
+
+    /// What the response's rate-limit headers said, when it carried any of
+    /// the families [`rate_limit`](crate::rate_limit) understands.
+    pub fn rate_limit(&self) -> Option<&RateLimit> {
+        self.0.rate_limit.as_ref()
     }
 
     /// The server's `x-should-retry` advice, when it gave one.

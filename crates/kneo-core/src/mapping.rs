@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::body::ErrorBody;
 use crate::error::{Error, ErrorKind, Inner};
 use crate::problem::{Problem, PROBLEM_JSON};
+use crate::rate_limit::{self, RateLimit};
 use crate::sent::{token, Sent, X_ERROR_CODE, X_SHOULD_RETRY};
 use crate::{codes, retry_after, text};
 
@@ -74,17 +75,22 @@ pub fn should_retry_advice(headers: &HeaderMap) -> Option<bool> {
 /// The status → kind table, with kneo's default code for each row.
 ///
 /// `keyed` says the request carried an idempotency key; `server_code` and
-/// `problem_type` are what the response said of itself, when anything.
+/// `problem_type` are what the response said of itself, when anything;
+/// `exhausted`, that its rate-limit headers say nothing is left.
 pub(crate) fn kind_for(
     status: StatusCode,
     keyed: bool,
     server_code: Option<&str>,
     problem_type: Option<&str>,
+    exhausted: bool,
 ) -> (ErrorKind, &'static str) {
     let names_idempotency = |s: &str| s.to_ascii_lowercase().contains("idempotency");
     match status.as_u16() {
         401 => (ErrorKind::Auth, codes::AUTHENTICATION_ERROR),
         402 => (ErrorKind::Status, codes::INSUFFICIENT_CREDITS),
+        // GitHub answers its primary rate limit with a 403 that says so in
+        // its rate-limit headers: that is a rate limit, not a permission.
+        403 if exhausted => (ErrorKind::RateLimited, codes::RATE_LIMIT_EXCEEDED),
         403 => (ErrorKind::Permission, codes::PERMISSION_DENIED),
         404 => (ErrorKind::NotFound, codes::NOT_FOUND),
         409 if !keyed => (ErrorKind::Conflict, codes::CONFLICT),
@@ -176,11 +182,13 @@ impl Error {
             .filter(|_| is_problem(headers))
             .map(|o| Problem::from_json(o, status));
         let server_code = server_code(headers, json);
+        let rate_limit = rate_limit::from_headers(headers);
         let (kind, default_code) = kind_for(
             status,
             sent.idempotency_key().is_some(),
             server_code.as_deref(),
             problem.as_ref().map(|p| p.r#type.as_str()),
+            rate_limit.as_ref().is_some_and(RateLimit::is_exhausted),
         );
         let message = message_from_body(&body, problem.as_ref())
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
@@ -195,7 +203,14 @@ impl Error {
         inner.body_truncated = truncated;
         inner.problem = problem;
         inner.request_id = request_id;
-        inner.retry_after = retry_after::from_headers(headers);
+        // `Retry-After` keeps precedence; an exhausted limit's reset stands in.
+        inner.retry_after = retry_after::from_headers(headers).or_else(|| {
+            rate_limit
+                .as_ref()
+                .filter(|rl| rl.is_exhausted())
+                .and_then(RateLimit::reset_after)
+        });
+        inner.rate_limit = rate_limit;
         inner.should_retry = should_retry_advice(headers);
         Error::from_inner(inner)
     }
@@ -209,6 +224,8 @@ pub(crate) fn kind_from_headers(
     keyed: bool,
 ) -> (ErrorKind, Option<String>) {
     let code = token(headers.get(X_ERROR_CODE).map(|v| v.as_bytes()));
-    let (kind, _) = kind_for(status, keyed, code.as_deref(), None);
+    let exhausted = status == StatusCode::FORBIDDEN
+        && rate_limit::from_headers(headers).is_some_and(|rl| rl.is_exhausted());
+    let (kind, _) = kind_for(status, keyed, code.as_deref(), None, exhausted);
     (kind, code)
 }

@@ -16,7 +16,8 @@
 //! 4. A 409 with code `idempotency_key_in_use` (the original is still running).
 //! 5. A status in the set (429, 502, 503, 504 by default); for a request that
 //!    may have been applied (not replay-safe), only 429 and 503, which say
-//!    the request was not processed.
+//!    the request was not processed. A rate limit answered with another
+//!    status (a GitHub 403 whose headers say nothing is left) counts as a 429.
 //!
 //! ```
 //! use http::{HeaderMap, Method, StatusCode};
@@ -105,6 +106,13 @@ pub fn is_retryable(facts: &RetryFacts, statuses: &[StatusCode]) -> bool {
             Some(advice) => advice,
             None if facts.key_in_use => facts.kind == ErrorKind::Conflict,
             None => facts.status.is_some_and(|status| {
+                // A rate limit answered with another status (GitHub's 403)
+                // is retried as the 429 it stands for.
+                let status = if facts.kind == ErrorKind::RateLimited {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    status
+                };
                 statuses.contains(&status)
                     && (facts.replay_safe
                         || status == StatusCode::TOO_MANY_REQUESTS

@@ -578,3 +578,53 @@ fn debug_and_attempts_agree() {
     assert_eq!(err.attempts(), 1);
     assert!(format!("{err:?}").contains("attempts: 1"), "{err:?}");
 }
+
+#[test]
+fn exhausted_403_is_a_rate_limit_and_the_reset_stands_in_for_retry_after() {
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 120;
+    let github = |remaining: &str, retry_after: Option<&str>| {
+        let mut b = Response::builder()
+            .status(403)
+            .header("x-ratelimit-limit", "5000")
+            .header("x-ratelimit-remaining", remaining)
+            .header("x-ratelimit-used", "5000")
+            .header("x-ratelimit-reset", reset.to_string())
+            .header("x-ratelimit-resource", "core");
+        if let Some(ra) = retry_after {
+            b = b.header("retry-after", ra);
+        }
+        let (parts, ()) = b.body(()).expect("valid").into_parts();
+        Error::from_response(&parts, b"", false, Sent::new(Method::GET))
+    };
+    let err = github("0", None);
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert_eq!(err.code(), codes::RATE_LIMIT_EXCEEDED);
+    let wait = err.retry_after().expect("the reset stands in");
+    assert!(
+        wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+        "{wait:?}"
+    );
+    let rl = err.rate_limit().expect("parsed");
+    assert_eq!(
+        (rl.remaining(), rl.limit(), rl.policy()),
+        (Some(0), Some(5000), Some("core"))
+    );
+    assert!(
+        err.is_retryable(),
+        "retried as the 429 it stands for (if the wait is short enough)"
+    );
+
+    assert_eq!(
+        github("0", Some("7")).retry_after(),
+        Some(Duration::from_secs(7)),
+        "Retry-After wins"
+    );
+    let err = github("12", None);
+    assert_eq!(err.kind(), ErrorKind::Permission, "quota left: a real 403");
+    assert_eq!(err.retry_after(), None);
+    assert!(!err.is_retryable());
+}

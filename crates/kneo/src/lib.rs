@@ -64,6 +64,7 @@ macro_rules! define_inner_service_accessors {
 
 mod body;
 mod builder;
+mod deadline;
 mod extension;
 mod id;
 pub mod idempotency;
@@ -72,6 +73,7 @@ pub mod request_id;
 pub mod retry;
 mod sent;
 mod stack;
+pub mod throttle;
 mod transport;
 #[cfg(feature = "client")]
 mod url;
@@ -81,8 +83,8 @@ pub mod client;
 
 pub use builder::ServiceBuilderExt;
 pub use kneo_core::{
-    codes, retry_after, Attempt, BoxError, Error, ErrorBody, ErrorKind, Outcome, Problem, Result,
-    Sent,
+    codes, rate_limit, retry_after, Attempt, BoxError, Error, ErrorBody, ErrorKind, Outcome,
+    Problem, RateLimit, Result, Sent,
 };
 pub use retry::Attempts;
 pub use stack::ClientLayer;

@@ -8,13 +8,16 @@ use crate::idempotency::{IdempotencyKeyLayer, SetIdempotencyKey};
 use crate::map_error::{MapError, MapErrorLayer};
 use crate::request_id::{MakeUuidV4, RequestIdLayer, SetRequestId};
 use crate::retry::{Retry, RetryLayer};
+use crate::throttle::{Throttle, ThrottleLayer};
 
 /// The whole kneo stack as one [`Layer`], outermost first:
 ///
 /// 1. [`RequestIdLayer`]: one id for every attempt;
 /// 2. [`IdempotencyKeyLayer`]: one key for every attempt;
-/// 3. [`RetryLayer`]: retries, waits, budget, deadline, per-attempt timeout;
-/// 4. [`MapErrorLayer`]: typed [`Error`](crate::Error)s for the retry layer to judge.
+/// 3. [`ThrottleLayer`]: waits for an announced rate-limit reset before
+///    sending (up to the retry layer's `max_retry_after`, within its deadline);
+/// 4. [`RetryLayer`]: retries, waits, budget, deadline, per-attempt timeout;
+/// 5. [`MapErrorLayer`]: typed [`Error`](crate::Error)s for the retry layer to judge.
 ///
 /// The service it makes is `Clone + Send + Sync` when the inner one is, with
 /// `Error = kneo::Error`. To put your own layers in between, stack the four
@@ -55,6 +58,8 @@ use crate::retry::{Retry, RetryLayer};
 pub struct ClientLayer<M = MakeUuidV4> {
     request_id: RequestIdLayer<M>,
     idempotency: IdempotencyKeyLayer,
+    /// `None`: derived from the retry layer's waits when the stack is built.
+    throttle: Option<ThrottleLayer>,
     retry: RetryLayer,
     map_error: MapErrorLayer,
 }
@@ -64,6 +69,7 @@ impl Default for ClientLayer {
         ClientLayer {
             request_id: RequestIdLayer::new(),
             idempotency: IdempotencyKeyLayer::new(),
+            throttle: None,
             retry: RetryLayer::new(),
             map_error: MapErrorLayer::new(),
         }
@@ -82,6 +88,7 @@ impl<M> ClientLayer<M> {
     pub fn request_id<M2>(self, layer: RequestIdLayer<M2>) -> ClientLayer<M2> {
         let ClientLayer {
             idempotency,
+            throttle,
             retry,
             map_error,
             ..
@@ -89,6 +96,7 @@ impl<M> ClientLayer<M> {
         ClientLayer {
             request_id: layer,
             idempotency,
+            throttle,
             retry,
             map_error,
         }
@@ -98,6 +106,15 @@ impl<M> ClientLayer<M> {
     pub fn idempotency(self, layer: IdempotencyKeyLayer) -> Self {
         ClientLayer {
             idempotency: layer,
+            ..self
+        }
+    }
+
+    /// Uses `layer` for the rate-limit throttle, instead of one that waits up
+    /// to the retry layer's `max_retry_after` and within its deadline.
+    pub fn throttle(self, layer: ThrottleLayer) -> Self {
+        ClientLayer {
+            throttle: Some(layer),
             ..self
         }
     }
@@ -155,11 +172,16 @@ impl<M> ClientLayer<M> {
 }
 
 impl<S, M: Clone> Layer<S> for ClientLayer<M> {
-    type Service = SetRequestId<SetIdempotencyKey<Retry<MapError<S>>>, M>;
+    type Service = SetRequestId<SetIdempotencyKey<Throttle<Retry<MapError<S>>>>, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let inner = self.map_error.layer(inner);
         let inner = self.retry.layer(inner);
+        let throttle = self.throttle.clone().unwrap_or_else(|| {
+            let (max_wait, deadline) = self.retry.waits();
+            ThrottleLayer::new().max_wait(max_wait).deadline(deadline)
+        });
+        let inner = throttle.layer(inner);
         let inner = self.idempotency.layer(inner);
         self.request_id.layer(inner)
     }

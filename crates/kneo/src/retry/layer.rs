@@ -8,7 +8,6 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use kneo_core::retry_rule::DEFAULT_RETRY_STATUSES;
 use kneo_core::{BoxError, Error, DEFAULT_BODY_CAP};
-use tokio::time::Instant;
 use tower::retry::budget::Budget;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -16,7 +15,8 @@ use tower_service::Service;
 use super::backoff::Backoff;
 use super::body::ReplayBody;
 use super::policy::{Config, RetryPolicy};
-use super::timeout::{AttemptTimeout, Deadline};
+use super::timeout::AttemptTimeout;
+use crate::deadline::Deadline;
 
 /// Retries failed attempts; see the [module docs](super).
 ///
@@ -100,6 +100,12 @@ impl RetryLayer {
 }
 
 impl RetryLayer {
+    /// The longest server hint waited for, and the deadline: what the
+    /// throttle above must respect too.
+    pub(crate) fn waits(&self) -> (Duration, Option<Duration>) {
+        (self.config.max_retry_after, self.config.deadline)
+    }
+
     /// The per-attempt timeout, for the client's body reads.
     #[cfg(feature = "client")]
     pub(crate) fn configured_attempt_timeout(&self) -> Option<Duration> {
@@ -178,8 +184,7 @@ where
         let cap = self.config.replay_cap;
         let mut req = req.map(|body| ReplayBody::new(body, cap));
         if let Some(deadline) = self.config.deadline {
-            req.extensions_mut()
-                .insert(Deadline(Instant::now() + deadline));
+            Deadline::start(&mut req, deadline);
         }
         self.inner.call(req)
     }

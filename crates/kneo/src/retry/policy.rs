@@ -13,7 +13,7 @@ use tower::retry::Policy;
 
 use super::backoff::Backoff;
 use super::body::ReplayBody;
-use super::timeout::Deadline;
+use crate::deadline::Deadline;
 use crate::sent::SentHeaders;
 
 /// Configuration shared by every request through one retry layer.
@@ -168,8 +168,8 @@ impl RetryPolicy {
             .backoff
             .delay(self.attempt)
             .max(v.hint.unwrap_or_default());
-        if let Some(Deadline(at)) = req.extensions().get::<Deadline>() {
-            if Instant::now() + wait >= *at {
+        if let Some(at) = Deadline::of(req) {
+            if Instant::now() + wait >= at {
                 return Err(Some(format!(
                     "waiting {:.2}s would pass the deadline",
                     wait.as_secs_f64()

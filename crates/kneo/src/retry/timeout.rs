@@ -11,10 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-/// When the whole logical request must be done by; set by
-/// [`Retry`](super::Retry) in request extensions when a deadline is configured.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline(pub(crate) Instant);
+use crate::deadline::Deadline;
 
 /// Fails an attempt that takes longer than the per-attempt timeout or runs
 /// past the deadline. Sits between tower's `Retry` and the inner service.
@@ -48,7 +45,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
+        let deadline = Deadline::of(&req);
         // No clock read on the common path: no timeout, no deadline.
         let limit = (self.timeout.is_some() || deadline.is_some()).then(|| {
             let now = Instant::now();
