@@ -19,7 +19,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kneo::{Attempts, Client, Error, ErrorBody};
+use kneo::{Attempts, Client, Error, ErrorBody, RateLimit};
 
 use args::{Cli, Command, RequestArgs};
 use output::{Failure, Success};
@@ -86,6 +86,7 @@ async fn request(args: &RequestArgs, body: bytes::Bytes) -> ExitCode {
         .map_or(1, Attempts::count);
     let sent = client.sent(&res);
     let request_id = sent.reported_request_id(res.headers());
+    let rate_limit = res.extensions().get::<RateLimit>().cloned();
     let body = match client.read_bytes(res).await {
         Ok(bytes) => ErrorBody::from_bytes(&bytes, false),
         Err(e) => return failure(&e, attempts),
@@ -95,6 +96,7 @@ async fn request(args: &RequestArgs, body: bytes::Bytes) -> ExitCode {
         request_id.as_deref(),
         sent.idempotency_key(),
         attempts,
+        rate_limit.as_ref(),
         &body,
     );
     output::print(&line, 0)

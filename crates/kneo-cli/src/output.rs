@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use http::StatusCode;
-use kneo::{Error, ErrorBody};
+use kneo::{Error, ErrorBody, RateLimit};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -16,7 +16,28 @@ pub(crate) struct Success<'a> {
     request_id: Option<&'a str>,
     idempotency_key: Option<&'a str>,
     attempts: u32,
+    rate_limit: Option<RateLimitJson<'a>>,
     body: Value,
+}
+
+/// The parsed rate-limit headers of the last response, as printed.
+#[derive(Debug, Serialize)]
+pub(crate) struct RateLimitJson<'a> {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset_after: Option<f64>,
+    policy: Option<&'a str>,
+}
+
+impl<'a> RateLimitJson<'a> {
+    fn new(rl: &'a RateLimit) -> Self {
+        RateLimitJson {
+            limit: rl.limit(),
+            remaining: rl.remaining(),
+            reset_after: rl.reset_after().map(|d| d.as_secs_f64()),
+            policy: rl.policy(),
+        }
+    }
 }
 
 impl<'a> Success<'a> {
@@ -26,6 +47,7 @@ impl<'a> Success<'a> {
         request_id: Option<&'a str>,
         idempotency_key: Option<&'a str>,
         attempts: u32,
+        rate_limit: Option<&'a RateLimit>,
         body: &ErrorBody,
     ) -> Self {
         Success {
@@ -34,6 +56,7 @@ impl<'a> Success<'a> {
             request_id,
             idempotency_key,
             attempts,
+            rate_limit: rate_limit.map(RateLimitJson::new),
             body: body_json(body),
         }
     }
@@ -51,6 +74,7 @@ pub(crate) struct Failure<'a> {
     idempotency_key: Option<&'a str>,
     retry_after: Option<f64>,
     attempts: u32,
+    rate_limit: Option<RateLimitJson<'a>>,
     body: Value,
 }
 
@@ -67,6 +91,7 @@ impl<'a> Failure<'a> {
             idempotency_key: err.idempotency_key(),
             retry_after: err.retry_after().map(|d| d.as_secs_f64()),
             attempts,
+            rate_limit: err.rate_limit().map(RateLimitJson::new),
             body: body_json(err.body()),
         }
     }

@@ -538,3 +538,39 @@ async fn no_secret_in_output_logs_or_usage_errors() {
     }
     assert_eq!(server.count(), 2, "usage errors send nothing");
 }
+
+#[tokio::test]
+async fn the_parsed_rate_limit_is_printed_success_or_failure() {
+    let server = ScriptedServer::start(vec![Reply::json(200, "{}")
+        .header("x-ratelimit-limit-requests", "60")
+        .header("x-ratelimit-remaining-requests", "59")
+        .header("x-ratelimit-reset-requests", "1s")
+        .header("x-ratelimit-limit-tokens", "1000")
+        .header("x-ratelimit-remaining-tokens", "10")
+        .header("x-ratelimit-reset-tokens", "6m0s")])
+    .await;
+    let out = kneo(&["request", &server.url("/x")]).await.ok();
+    assert_eq!(
+        out["rate_limit"],
+        json!({"limit": 1000, "remaining": 10, "reset_after": 360.0, "policy": "tokens"}),
+        "the budget nearer exhaustion"
+    );
+
+    let server = ScriptedServer::start(vec![Reply::status(429)
+        .header("retry-after", "120")
+        .header("ratelimit-limit", "100")
+        .header("ratelimit-remaining", "0")
+        .header("ratelimit-reset", "120")])
+    .await;
+    let out = kneo(&["request", &server.url("/x"), "--max-retry-after", "1"])
+        .await
+        .failed();
+    assert_eq!(
+        out["rate_limit"],
+        json!({"limit": 100, "remaining": 0, "reset_after": 120.0, "policy": null})
+    );
+
+    let server = ScriptedServer::start(vec![Reply::json(200, "{}")]).await;
+    let out = kneo(&["request", &server.url("/x")]).await.ok();
+    assert_eq!(out["rate_limit"], Value::Null);
+}
