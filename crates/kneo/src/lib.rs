@@ -74,8 +74,8 @@ pub mod retry;
 mod sent;
 mod stack;
 pub mod throttle;
+mod trace;
 mod transport;
-#[cfg(feature = "client")]
 mod url;
 
 #[cfg(feature = "client")]

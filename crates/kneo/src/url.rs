@@ -1,16 +1,19 @@
 //! URLs without their secrets: userinfo becomes Basic auth, and what is
 //! printed of a URL never carries a password or a query value.
 
-use base64::Engine as _;
-use http::uri::{Authority, Uri};
-use http::HeaderValue;
-use kneo_core::Error;
-use percent_encoding::percent_decode_str;
-
 /// Splits `user:password@` off `uri`, the way curl does: the URL without it,
 /// and the `Authorization: Basic` value it stands for (percent-decoded,
 /// marked sensitive). `None` when the URL has no userinfo.
-pub(crate) fn take_userinfo(uri: &Uri) -> Result<Option<(Uri, HeaderValue)>, Error> {
+#[cfg(feature = "client")]
+pub(crate) fn take_userinfo(
+    uri: &http::Uri,
+) -> Result<Option<(http::Uri, http::HeaderValue)>, kneo_core::Error> {
+    use base64::Engine as _;
+    use http::uri::{Authority, Uri};
+    use http::HeaderValue;
+    use kneo_core::Error;
+    use percent_encoding::percent_decode_str;
+
     let Some(authority) = uri.authority() else {
         return Ok(None);
     };
@@ -75,8 +78,10 @@ pub(crate) fn redacted(url: &str) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "client")]
     #[test]
     fn userinfo_becomes_basic_auth() {
+        use http::Uri;
         let uri: Uri = "http://alice:hunter%202@example.com:8080/v1?x=1"
             .parse()
             .expect("valid");

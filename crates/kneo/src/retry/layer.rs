@@ -1,7 +1,9 @@
 //! [`RetryLayer`] and the [`Retry`] service.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -11,12 +13,16 @@ use kneo_core::{BoxError, Error, DEFAULT_BODY_CAP};
 use tower::retry::budget::Budget;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Span;
 
 use super::backoff::Backoff;
 use super::body::ReplayBody;
+use super::policy::Attempts;
 use super::policy::{Config, RetryPolicy};
 use super::timeout::AttemptTimeout;
 use crate::deadline::Deadline;
+use crate::trace;
+use pin_project_lite::pin_project;
 
 /// Retries failed attempts; see the [module docs](super).
 ///
@@ -159,9 +165,45 @@ impl<S> Retry<S> {
     }
 }
 
-/// Response future of [`Retry`]: tower's, named.
-pub type ResponseFuture<S, B> =
+pin_project! {
+    /// Response future of [`Retry`]: tower's retry future, inside the
+    /// logical request's span.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+    }
+}
+
+/// tower's retry future for a [`Retry`] over `S`.
+type TowerFuture<S, B> =
     tower::retry::future::ResponseFuture<RetryPolicy, AttemptTimeout<S>, Request<ReplayBody<B>>>;
+
+impl<F, ResB> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, Error>>,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = ready!(this.inner.poll(cx));
+        trace::record(this.span, &result);
+        if !this.span.is_disabled() {
+            let attempts = match &result {
+                Ok(res) => res
+                    .extensions()
+                    .get::<Attempts>()
+                    .map_or(1, Attempts::count),
+                Err(e) => e.attempts(),
+            };
+            this.span.record("kneo.attempts", attempts);
+        }
+        Poll::Ready(result)
+    }
+}
 
 impl<S, B, ResB> Service<Request<B>> for Retry<S>
 where
@@ -171,7 +213,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = Error;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<TowerFuture<S, B>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -186,6 +228,9 @@ where
         if let Some(deadline) = self.config.deadline {
             Deadline::start(&mut req, deadline);
         }
-        self.inner.call(req)
+        let span = trace::request_span(&req);
+        // The first attempt is sent from here: inside the span.
+        let inner = span.in_scope(|| self.inner.call(req));
+        ResponseFuture { inner, span }
     }
 }

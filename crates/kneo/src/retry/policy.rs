@@ -15,6 +15,7 @@ use super::backoff::Backoff;
 use super::body::ReplayBody;
 use crate::deadline::Deadline;
 use crate::sent::SentHeaders;
+use crate::trace::AttemptNumber;
 
 /// Configuration shared by every request through one retry layer.
 #[derive(Clone)]
@@ -233,6 +234,8 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                 );
                 self.waited = wait;
                 self.total_wait += wait;
+                // The next attempt's span says which attempt it is.
+                req.extensions_mut().insert(AttemptNumber(self.attempt + 1));
                 Some(tokio::time::sleep(wait))
             }
             Err(reason) => {

@@ -5,13 +5,15 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::Request;
+use http::{Request, Response};
 use kneo_core::{Error, Sent};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::deadline::Deadline;
+use crate::trace;
+use tracing::Span;
 
 /// Fails an attempt that takes longer than the per-attempt timeout or runs
 /// past the deadline. Sits between tower's `Retry` and the inner service.
@@ -32,9 +34,9 @@ impl<S> AttemptTimeout<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for AttemptTimeout<S>
+impl<S, B, ResB> Service<Request<B>> for AttemptTimeout<S>
 where
-    S: Service<Request<B>, Error = Error>,
+    S: Service<Request<B>, Response = Response<ResB>, Error = Error>,
 {
     type Response = S::Response;
     type Error = Error;
@@ -56,8 +58,10 @@ where
             };
             (now + limit, limit)
         });
+        let span = trace::attempt_span(&req);
         TimeoutFuture {
-            inner: self.inner.call(req),
+            inner: span.in_scope(|| self.inner.call(req)),
+            span,
             sleep: limit.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             limit: limit.map(|(_, l)| l).unwrap_or_default(),
         }
@@ -73,27 +77,31 @@ pin_project! {
         // Boxed: without a timeout (the default) the future stays small.
         sleep: Option<Pin<Box<Sleep>>>,
         limit: Duration,
+        span: Span,
     }
 }
 
-impl<F, T> Future for TimeoutFuture<F>
+impl<F, ResB> Future for TimeoutFuture<F>
 where
-    F: Future<Output = Result<T, Error>>,
+    F: Future<Output = Result<Response<ResB>, Error>>,
 {
-    type Output = Result<T, Error>;
+    type Output = Result<Response<ResB>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(out) = this.inner.poll(cx) {
-            return Poll::Ready(out);
-        }
-        match this.sleep.as_mut() {
-            Some(sleep) => {
-                ready!(sleep.as_mut().poll(cx));
-                // The retry policy fills in the request id and key.
-                Poll::Ready(Err(Error::timeout(*this.limit, Sent::default())))
-            }
-            None => Poll::Pending,
-        }
+        let _entered = this.span.enter();
+        let out = match this.inner.poll(cx) {
+            Poll::Ready(out) => out,
+            Poll::Pending => match this.sleep.as_mut() {
+                Some(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    // The retry policy fills in the request id and key.
+                    Err(Error::timeout(*this.limit, Sent::default()))
+                }
+                None => return Poll::Pending,
+            },
+        };
+        trace::record(this.span, &out);
+        Poll::Ready(out)
     }
 }
