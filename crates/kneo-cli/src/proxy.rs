@@ -201,13 +201,14 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let signals = Signals::watch();
     if output::print(&startup, 0) != ExitCode::SUCCESS {
         return ExitCode::FAILURE;
     }
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.recv().await;
         let _ = stop.send(true);
     });
     let server_config = args.server_config();
@@ -244,23 +245,49 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C elsewhere).
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, watched from before the startup line is printed,
+/// so a signal sent as soon as it is read is not the default (fatal) one.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+    watched: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn watch() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Signals {
+                    watched: Some((term, int)),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!(
+                        "kneo proxy: cannot watch SIGTERM or SIGINT ({e}); Ctrl-C still works"
+                    );
+                    Signals { watched: None }
                 }
-                return;
             }
-            Err(e) => eprintln!("kneo proxy: cannot watch SIGTERM ({e}); Ctrl-C still works"),
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the first SIGTERM or SIGINT (Ctrl-C elsewhere).
+    async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.watched {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// One access-log line.

@@ -94,7 +94,7 @@ impl Outcome {
 }
 
 /// One answered request, as an access log sees it; handed to the
-/// [`on_exchange`](Proxy::on_exchange) hook once the response head is ready.
+/// [`ExchangeHook`] given to [`Proxy::new`] once the response head is ready.
 #[derive(Debug)]
 pub struct Exchange<'a> {
     request_id: Option<&'a str>,
@@ -180,14 +180,15 @@ impl Health {
     }
 }
 
-type Hook = dyn Fn(&Exchange<'_>) + Send + Sync;
+/// The hook [`Proxy::new`] takes: called once per answered request.
+pub type ExchangeHook = Box<dyn Fn(&Exchange<'_>) + Send + Sync>;
 
 /// What every clone of a proxy shares.
 pub(crate) struct Shared {
     upstream: Upstream,
     pub(crate) metrics: Metrics,
     pub(crate) health: Arc<Health>,
-    on_exchange: Option<Box<Hook>>,
+    on_exchange: Option<ExchangeHook>,
 }
 
 /// The forwarding service: `Request<B>` in, the upstream's response (or a
@@ -226,7 +227,7 @@ where
     /// request (an access log, say).
     pub fn new(
         config: &ProxyConfig,
-        on_exchange: Option<Box<dyn Fn(&Exchange<'_>) + Send + Sync>>,
+        on_exchange: Option<ExchangeHook>,
     ) -> Result<Proxy<B>, ConfigError> {
         let metrics = Metrics::new();
         let mut retry = RetryLayer::new()

@@ -222,11 +222,15 @@ mod tests {
         }
     }
 
+    /// What a row says, the hop, the headers in, the headers out (exactly).
+    type Row = (&'static str, Hop, Vec<Pair>, Vec<Pair>);
+    type Pair = (&'static str, &'static str);
+
     /// One row: the hop, the headers in, the headers out (exactly).
     #[test]
     fn table() {
         #[rustfmt::skip]
-        let rows: Vec<(&str, Hop, Vec<(&str, &str)>, Vec<(&str, &str)>)> = vec![
+        let rows: Vec<Row> = vec![
             ("a bare request gets host, forwarding and via",
              request(), vec![("host", "caller")],
              vec![("host", "up:9"), ("x-forwarded-host", "caller"), ("x-forwarded-for", "127.0.0.1"),

@@ -70,7 +70,7 @@ mod server;
 pub use admin::Admin;
 pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream, DEFAULT_REPLAY_CAP};
 pub use forward::{
-    ClientAddr, Exchange, Health, Incoming, Outcome, Proxy, ProxyBody, ResponseFuture,
+    ClientAddr, Exchange, ExchangeHook, Health, Incoming, Outcome, Proxy, ProxyBody, ResponseFuture,
 };
 pub use metrics::Metrics;
 pub use problem::TOO_MANY_CONNECTIONS;
