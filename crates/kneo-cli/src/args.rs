@@ -28,6 +28,10 @@ pub(crate) enum Command {
     ///
     /// Exit status: 0 on success, 1 when the outcome is an error, 2 for a usage error.
     Request(RequestArgs),
+    /// Run a gateway sidecar: plain HTTP in, the kneo stack out, upstream answers passed through.
+    ///
+    /// Prints one JSON line once listening, then one JSON access-log line per request.
+    Proxy(crate::proxy::ProxyArgs),
 }
 
 /// The options of `kneo request`.
@@ -205,7 +209,7 @@ fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
 }
 
 /// Seconds, more than zero, fractions allowed.
-fn positive_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn positive_secs(s: &str) -> Result<Duration, String> {
     match secs(s)? {
         d if d.is_zero() => Err("must be more than zero seconds".to_owned()),
         d => Ok(d),
@@ -213,7 +217,7 @@ fn positive_secs(s: &str) -> Result<Duration, String> {
 }
 
 /// Seconds, zero or more, fractions allowed.
-fn non_negative_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn non_negative_secs(s: &str) -> Result<Duration, String> {
     secs(s)
 }
 

@@ -11,9 +11,13 @@
 //! a usage error (one line on standard error, nothing on standard output).
 //! Everything else (retries, waits, timeouts, error mapping) is the library's:
 //! this binary only parses arguments and prints.
+//!
+//! `kneo proxy --upstream URL` runs the gateway sidecar of `kneo-proxy`; see
+//! [`proxy`] for its flags, output and signals.
 
 mod args;
 mod output;
+mod proxy;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -31,7 +35,10 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => return output::usage(&args::usage_message(&e)),
     };
-    let Command::Request(args) = cli.command;
+    let args = match cli.command {
+        Command::Request(args) => args,
+        Command::Proxy(args) => return proxy::main(args),
+    };
     let body = match args.body() {
         Ok(body) => body,
         Err(message) => return output::usage(&message),

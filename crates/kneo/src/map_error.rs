@@ -72,6 +72,7 @@ use crate::transport::transport_error;
 #[derive(Debug, Clone)]
 pub struct MapErrorLayer {
     body_cap: usize,
+    map_responses: bool,
 }
 
 impl MapErrorLayer {
@@ -79,12 +80,23 @@ impl MapErrorLayer {
     pub fn new() -> Self {
         MapErrorLayer {
             body_cap: DEFAULT_BODY_CAP,
+            map_responses: true,
         }
     }
 
     /// Keeps at most `cap` bytes of an error body.
     pub fn body_cap(mut self, cap: usize) -> Self {
         self.body_cap = cap;
+        self
+    }
+
+    /// Whether non-success responses become [`Error`]s (the default,
+    /// `true`). With `false` every response passes through untouched,
+    /// whatever its status, and only transport errors are mapped: for a
+    /// proxy, which must hand the upstream's answer on. See
+    /// [Transport errors only](self#transport-errors-only).
+    pub fn map_responses(mut self, map: bool) -> Self {
+        self.map_responses = map;
         self
     }
 }
@@ -151,6 +163,7 @@ where
             },
             sent: Some(sent),
             cap: self.layer.body_cap,
+            map_responses: self.layer.map_responses,
         }
     }
 }
@@ -163,6 +176,7 @@ pin_project! {
         state: State<F, B>,
         sent: Option<SentHeaders>,
         cap: usize,
+        map_responses: bool,
     }
 }
 
@@ -205,7 +219,7 @@ where
                         }
                     };
                     let conditional = this.sent.as_ref().is_some_and(SentHeaders::is_conditional);
-                    if is_success(response.status(), conditional) {
+                    if !*this.map_responses || is_success(response.status(), conditional) {
                         return Poll::Ready(Ok(response));
                     }
                     let (parts, body) = response.into_parts();

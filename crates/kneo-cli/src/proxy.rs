@@ -1,0 +1,385 @@
+//! `kneo proxy`: the gateway sidecar of `kneo-proxy`, as a process.
+//!
+//! ```text
+//! $ kneo proxy --upstream http://127.0.0.1:9000 --listen 127.0.0.1:8080 --admin 127.0.0.1:9901
+//! {"listening":"127.0.0.1:8080","admin":"127.0.0.1:9901","upstream":"http://127.0.0.1:9000"}
+//! {"request_id":"5f0c…","method":"GET","path":"/runs/7","status":200,"attempts":1,"upstream_ms":1.204,"outcome":"upstream"}
+//! ```
+//!
+//! Standard output: exactly one JSON line once both listeners are bound,
+//! then one JSON access-log line per request (the path without its query,
+//! which may carry keys). Diagnostics go to standard error. Bad flags or an
+//! unusable `--upstream`: one line on standard error and exit 2, before
+//! anything is bound. SIGTERM or SIGINT: stop accepting, `/readyz` answers
+//! 503, in-flight requests finish for up to `--drain-timeout`, exit 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Args;
+use kneo_proxy::{Admin, Exchange, Proxy, ProxyConfig, ServerConfig, Upstream};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::args::{non_negative_secs, positive_secs};
+use crate::output;
+
+/// The options of `kneo proxy`.
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    /// Where every request goes: http://host:port, optionally with a path
+    /// prefix (http://host:port/api joins /runs into /api/runs).
+    #[arg(long, value_name = "URL", value_parser = parse_upstream)]
+    upstream: String,
+
+    /// The address to serve callers on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
+    listen: SocketAddr,
+
+    /// The address of /healthz, /readyz and /metrics [default: none].
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    admin: Option<SocketAddr>,
+
+    /// Total attempts per request, the first included (1 = no retry).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+
+    /// The limit on each attempt up to the upstream's response head, in seconds.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "30", value_parser = positive_secs)]
+    timeout: Duration,
+
+    /// An overall limit on all attempts and waits of one request, in seconds.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = positive_secs)]
+    deadline: Option<Duration>,
+
+    /// The longest Retry-After waited for, in seconds; a longer hint hands
+    /// the upstream's answer to the caller at once.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "60", value_parser = non_negative_secs)]
+    max_retry_after: Duration,
+
+    /// Retries allowed as a percentage of requests (over 10 s, beside a floor
+    /// of 10 retries a second), so a sidecar does not multiply an outage.
+    #[arg(long, value_name = "P", allow_negative_numbers = true, default_value = "20", value_parser = parse_percent)]
+    budget_percent: f32,
+
+    /// Do not stamp an Idempotency-Key on POST and PATCH (one that may have
+    /// been applied is then not re-sent).
+    #[arg(long)]
+    no_idempotency_key: bool,
+
+    /// Caller connections served at once; one more is answered 503.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// How long in-flight requests may run on after SIGTERM or SIGINT, in seconds.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "30", value_parser = non_negative_secs)]
+    drain_timeout: Duration,
+
+    /// How long a caller has to send a request head, in seconds.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "10", value_parser = positive_secs)]
+    header_timeout: Duration,
+
+    /// Log retries (`kneo::retry` at INFO) on standard error.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+impl ProxyArgs {
+    fn proxy_config(&self) -> Result<ProxyConfig, String> {
+        let config = ProxyConfig::new(&self.upstream)
+            .map_err(|e| format!("invalid value for --upstream: {e}"))?
+            .max_attempts(self.max_attempts)
+            .attempt_timeout(self.timeout)
+            .deadline(self.deadline)
+            .max_retry_after(self.max_retry_after)
+            .idempotency_keys(!self.no_idempotency_key)
+            .budget_percent(Some(self.budget_percent))
+            .map_err(|e| format!("invalid value for --budget-percent: {e}"))?;
+        Ok(config)
+    }
+
+    fn server_config(&self) -> ServerConfig {
+        ServerConfig::new()
+            .max_connections(self.max_connections as usize)
+            .drain_timeout(self.drain_timeout)
+            .header_read_timeout(self.header_timeout)
+    }
+}
+
+/// `http(s)://host[:port][/prefix]`, as [`Upstream::parse`] takes it. The
+/// message never quotes the URL.
+fn parse_upstream(s: &str) -> Result<String, String> {
+    Upstream::parse(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+/// `IP:PORT`.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "not an address (IP:PORT, e.g. 127.0.0.1:8080)".to_owned())
+}
+
+/// A percentage from 0 to 1000.
+fn parse_percent(s: &str) -> Result<f32, String> {
+    let p = s
+        .trim()
+        .parse::<f32>()
+        .ok()
+        .filter(|p| p.is_finite())
+        .ok_or_else(|| "not a number".to_owned())?;
+    if !(0.0..=1000.0).contains(&p) {
+        return Err("must be from 0 to 1000".to_owned());
+    }
+    Ok(p)
+}
+
+/// Runs `kneo proxy` to the end: exit 0 after a drain, 1 when a listener
+/// cannot be bound, 2 for a bad flag.
+pub(crate) fn main(args: ProxyArgs) -> ExitCode {
+    let config = match args.proxy_config() {
+        Ok(config) => config,
+        Err(message) => return output::usage(&message),
+    };
+    crate::init_tracing(args.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(&args, &config)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The startup line.
+#[derive(Serialize)]
+struct Listening {
+    listening: String,
+    admin: Option<String>,
+    upstream: String,
+}
+
+async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_listener = match args.admin {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} (--admin): {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).ok();
+    let startup = Listening {
+        listening: local(&listener).unwrap_or_default(),
+        admin: admin_listener.as_ref().and_then(local),
+        upstream: config.upstream().to_string(),
+    };
+
+    let log = AccessLog::start();
+    let hook = {
+        let log = log.clone();
+        Box::new(move |ex: &Exchange<'_>| log.write(ex))
+    };
+    let proxy: Proxy = match Proxy::new(config, Some(hook)) {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signals = Signals::watch();
+    if output::print(&startup, 0) != ExitCode::SUCCESS {
+        return ExitCode::FAILURE;
+    }
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signals.recv().await;
+        let _ = stop.send(true);
+    });
+    let server_config = args.server_config();
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = admin_listener.map(|l| {
+        let admin = Admin::new(&proxy);
+        let config = server_config.clone();
+        tokio::spawn(async move {
+            kneo_proxy::serve_admin(l, admin, &config, async {
+                let _ = admin_stopped.await;
+            })
+            .await;
+        })
+    });
+
+    let drain = args.drain_timeout;
+    let shutdown = async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+        eprintln!(
+            "kneo proxy: shutting down; in-flight requests have {:.1}s to finish",
+            drain.as_secs_f64()
+        );
+    };
+    let drained = kneo_proxy::serve(listener, proxy, &server_config, shutdown).await;
+    if !drained.completed() {
+        eprintln!("kneo proxy: the drain timeout ran out; cutting off what is left");
+    }
+    let _ = admin_stop.send(());
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    log.flush();
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT, watched from before the startup line is printed,
+/// so a signal sent as soon as it is read is not the default (fatal) one.
+struct Signals {
+    #[cfg(unix)]
+    watched: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn watch() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Signals {
+                    watched: Some((term, int)),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!(
+                        "kneo proxy: cannot watch SIGTERM or SIGINT ({e}); Ctrl-C still works"
+                    );
+                    Signals { watched: None }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT (Ctrl-C elsewhere).
+    async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.watched {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One access-log line.
+#[derive(Serialize)]
+struct AccessLine<'a> {
+    request_id: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    attempts: u32,
+    upstream_ms: f64,
+    outcome: &'static str,
+}
+
+enum LogMessage {
+    Line(String),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The access log: lines are made on the request's task and written by
+/// one thread, so a slow standard output never stalls the runtime's workers
+/// (until 8,192 lines are waiting: then requests wait for the log).
+#[derive(Clone)]
+struct AccessLog {
+    tx: mpsc::SyncSender<LogMessage>,
+}
+
+impl AccessLog {
+    fn start() -> AccessLog {
+        let (tx, rx) = mpsc::sync_channel::<LogMessage>(8192);
+        std::thread::spawn(move || {
+            // Locked per write, not for good: the startup line is printed
+            // from the main thread.
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            while let Ok(first) = rx.recv() {
+                let mut next = Some(first);
+                while let Some(message) = next {
+                    match message {
+                        LogMessage::Line(line) => {
+                            let _ = out.write_all(line.as_bytes());
+                        }
+                        LogMessage::Flush(done) => {
+                            let _ = out.flush();
+                            let _ = done.send(());
+                        }
+                    }
+                    next = rx.try_recv().ok();
+                }
+                let _ = out.flush();
+            }
+        });
+        AccessLog { tx }
+    }
+
+    fn write(&self, ex: &Exchange<'_>) {
+        let line = AccessLine {
+            request_id: ex.request_id(),
+            method: ex.method().as_str(),
+            path: ex.path(),
+            status: ex.status().as_u16(),
+            attempts: ex.attempts(),
+            upstream_ms: (ex.upstream_time().as_secs_f64() * 1e6).round() / 1e3,
+            outcome: ex.outcome().as_str(),
+        };
+        if let Ok(mut json) = output::to_line(&line) {
+            json.push('\n');
+            let _ = self.tx.send(LogMessage::Line(json));
+        }
+    }
+
+    /// Waits (a little) until every line so far is written.
+    fn flush(&self) {
+        let (done, wait) = mpsc::channel();
+        if self.tx.send(LogMessage::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_and_addresses() {
+        assert_eq!(parse_percent("20"), Ok(20.0));
+        assert_eq!(parse_percent("0"), Ok(0.0));
+        for bad in ["-1", "1001", "NaN", "inf", "lots"] {
+            assert!(parse_percent(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse_addr("127.0.0.1:0").is_ok());
+        assert!(parse_addr("localhost:80").is_err());
+        assert!(parse_upstream("http://u:secret@h/").is_err());
+    }
+}

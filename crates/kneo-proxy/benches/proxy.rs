@@ -1,0 +1,461 @@
+//! `kneo proxy` against nginx and against no proxy at all, side by side,
+//! on loopback: the same upstream, the same load generator.
+//!
+//! ```text
+//! cargo build --release -p kneo-cli
+//! cargo bench -p kneo-proxy --bench proxy
+//! ```
+//!
+//! The upstream is a hyper server answering `200` with a 64-byte body. The
+//! load generator keeps `BENCH_CONNS` (64) HTTP/1.1 connections busy for
+//! `BENCH_SECS` (10) seconds after a 1 s warm-up, one request at a time per
+//! connection, and reports requests/s, p50 and p99. Everything runs on this
+//! machine's loopback interface and stops by itself.
+//!
+//! - `kneo`: the release `kneo` binary next to this bench (or `KNEO_BIN`),
+//!   `kneo proxy` with its defaults, access log to /dev/null.
+//! - `nginx`: Debian's, started here with its own config in a temp dir:
+//!   `worker_processes 2`, `proxy_pass` to an upstream block with
+//!   `keepalive 64`, access log to /dev/null. Skipped, with a note, when
+//!   `nginx` is not installed.
+//! - The proxy's peak RSS is `VmHWM` from `/proc/PID/status` (nginx: master
+//!   and workers summed).
+//! - With valgrind installed, the instructions per proxied request of
+//!   `kneo proxy` under callgrind: the difference between a run of 1,200
+//!   requests and one of 200 (startup cancels out), over 1,000.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+const BODY: &[u8; 64] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo test --benches` runs this with no `--bench`: build-check only.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("proxy bench: run it with `cargo bench -p kneo-proxy --bench proxy`");
+        return;
+    }
+    let secs = env_or("BENCH_SECS", 10).clamp(1, 120);
+    let conns = env_or("BENCH_CONNS", 64).clamp(1, 512) as usize;
+
+    let upstream = start_upstream();
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    let tmp = std::env::temp_dir().join(format!("kneo-proxy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+
+    println!(
+        "proxy bench: {conns} connections, {secs} s per target after 1 s warm-up, upstream {upstream}"
+    );
+    // BENCH_ONLY=callgrind skips the load runs.
+    let load_runs = std::env::var("BENCH_ONLY").map_or(true, |v| v != "callgrind");
+    let mut rows = Vec::new();
+    if load_runs {
+        let direct = load.block_on(run_load(upstream, conns, secs));
+        rows.push(("direct", direct, None));
+    }
+
+    match kneo_bin() {
+        Some(_) if !load_runs => {}
+        Some(bin) => {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["proxy", "--upstream", &format!("http://{upstream}")])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn kneo proxy");
+            let mut child = Guard(child);
+            let addr = wait_listening(port);
+            let stats = load.block_on(run_load(addr, conns, secs));
+            let rss = vm_hwm(child.0.id());
+            rows.push(("kneo proxy", stats, rss));
+            terminate(&mut child.0);
+        }
+        None => println!(
+            "kneo binary not found: build it with `cargo build --release -p kneo-cli` (or set KNEO_BIN); skipping kneo"
+        ),
+    }
+
+    if !load_runs {
+    } else if which("nginx").is_some() {
+        let port = free_port();
+        let child = start_nginx(&tmp, upstream, port);
+        let mut child = Guard(child);
+        let addr = wait_listening(port);
+        let stats = load.block_on(run_load(addr, conns, secs));
+        let rss = nginx_rss(child.0.id());
+        rows.push(("nginx", stats, rss));
+        terminate(&mut child.0);
+    } else {
+        println!("nginx is not installed (apt-get install -y nginx); skipping nginx");
+    }
+
+    println!();
+    println!("| target | requests/s | p50 | p99 | errors | proxy peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, s, rss) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {} | {} |",
+            s.rps,
+            s.p50_us,
+            s.p99_us,
+            s.errors,
+            rss.map_or("-".to_owned(), |kb| format!(
+                "{:.1} MiB",
+                kb as f64 / 1024.0
+            )),
+        );
+    }
+
+    if let Some(bin) = kneo_bin() {
+        if which("valgrind").is_some() {
+            let few = callgrind(&bin, &tmp, upstream, &load, 200);
+            let many = callgrind(&bin, &tmp, upstream, &load, 1200);
+            match (few, many) {
+                (Some(few), Some(many)) if many > few => println!(
+                    "\ncallgrind: {} instructions per proxied request (kneo proxy, {} vs {} requests)",
+                    (many - few) / 1000,
+                    1200,
+                    200
+                ),
+                _ => println!("\ncallgrind: no usable totals"),
+            }
+        } else {
+            println!("\nvalgrind is not installed; no instruction count");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Kills the child on drop (a panic mid-bench leaves nothing running).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGTERM, then wait for the exit.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `KNEO_BIN`, or the release `kneo` next to this bench's directory.
+fn kneo_bin() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("KNEO_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    // target/release/deps/proxy-HASH -> target/release/kneo
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("kneo");
+    bin.is_file().then_some(bin)
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn wait_listening(port: u16) -> SocketAddr {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    addr
+}
+
+/// The upstream: hyper on its own one-thread runtime, `200` and 64 bytes.
+fn start_upstream() -> SocketAddr {
+    let std_listener = StdListener::bind("127.0.0.1:0").expect("bind upstream");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("upstream runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).expect("tokio listener");
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+struct Stats {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+/// `conns` connections, each sending GETs one after another: 1 s of
+/// warm-up, then `secs` measured.
+async fn run_load(addr: SocketAddr, conns: usize, secs: u64) -> Stats {
+    let warm = Instant::now() + Duration::from_secs(1);
+    let end = warm + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| tokio::spawn(connection_loop(addr, warm, end)))
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await.expect("load task");
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default() as f64
+    };
+    Stats {
+        rps: latencies.len() as f64 / secs as f64,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors,
+    }
+}
+
+/// One connection's requests; latencies in µs of those finished after `warm`.
+async fn connection_loop(addr: SocketAddr, warm: Instant, end: Instant) -> (Vec<u32>, u64) {
+    let mut latencies = Vec::with_capacity(100_000);
+    let mut errors = 0;
+    'connect: while Instant::now() < end {
+        let Ok(stream) = TcpStream::connect(addr).await else {
+            errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
+        else {
+            errors += 1;
+            continue;
+        };
+        tokio::spawn(conn);
+        while Instant::now() < end {
+            let req = Request::get("/bench")
+                .header("host", "bench")
+                .body(Empty::new())
+                .expect("valid");
+            let start = Instant::now();
+            let ok = match sender.send_request(req).await {
+                Ok(res) => res.status().is_success() && res.into_body().collect().await.is_ok(),
+                Err(_) => false,
+            };
+            if !ok {
+                errors += 1;
+                continue 'connect;
+            }
+            if start >= warm {
+                latencies.push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            if sender.ready().await.is_err() {
+                continue 'connect;
+            }
+        }
+    }
+    (latencies, errors)
+}
+
+/// `VmHWM` of `pid`, in KiB.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// nginx's master and workers, summed.
+fn nginx_rss(master: u32) -> Option<u64> {
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default();
+    let mut total = vm_hwm(master)?;
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        total += vm_hwm(child).unwrap_or(0);
+    }
+    Some(total)
+}
+
+fn start_nginx(tmp: &Path, upstream: SocketAddr, port: u16) -> Child {
+    let dir = tmp.join("nginx");
+    std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
+    let d = dir.display();
+    let conf = format!(
+        r#"worker_processes 2;
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log /dev/null;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream up {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("write nginx.conf");
+    let nginx = which("nginx").expect("nginx on PATH");
+    Command::new(nginx)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nginx")
+}
+
+/// Total instructions of `kneo proxy` under callgrind serving `requests`
+/// requests one after another.
+fn callgrind(
+    bin: &Path,
+    tmp: &Path,
+    upstream: SocketAddr,
+    load: &tokio::runtime::Runtime,
+    requests: usize,
+) -> Option<u64> {
+    let out = tmp.join(format!("callgrind.{requests}.out"));
+    let port = free_port();
+    let child = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(bin)
+        .args(["proxy", "--upstream", &format!("http://{upstream}")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut child = Guard(child);
+    let addr = wait_listening(port);
+    let served = load.block_on(async {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                println!("callgrind: connect failed: {e}");
+                return None;
+            }
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        for i in 0..requests {
+            sender.ready().await.ok()?;
+            let req = Request::get("/bench")
+                .header("host", "bench")
+                .body(Empty::new())
+                .ok()?;
+            let res = match sender.send_request(req).await {
+                Ok(res) => res,
+                Err(e) => {
+                    println!("callgrind: request {i} failed: {e}");
+                    return None;
+                }
+            };
+            if let Err(e) = res.into_body().collect().await {
+                println!("callgrind: body failed: {e}");
+                return None;
+            }
+        }
+        Some(())
+    });
+    terminate(&mut child.0);
+    if served.is_none() {
+        println!("callgrind: the {requests}-request run failed");
+        return None;
+    }
+    let text = match std::fs::read_to_string(&out) {
+        Ok(text) => text,
+        Err(e) => {
+            println!("callgrind: cannot read {}: {e}", out.display());
+            return None;
+        }
+    };
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}

@@ -1,0 +1,355 @@
+//! [`ProxyConfig`] (what the forwarding service does) and [`ServerConfig`]
+//! (what the listener allows).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
+
+/// The default request-body replay cap: 64 KiB, kneo's.
+pub const DEFAULT_REPLAY_CAP: usize = kneo::core::DEFAULT_BODY_CAP;
+
+/// Why an upstream URL or a setting was refused. The message never quotes
+/// the URL: it may carry a password or a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub(crate) &'static str);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl StdError for ConfigError {}
+
+/// The upstream every request is forwarded to: a scheme, an authority and
+/// an optional path prefix.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    /// The path prefix without its trailing `/` (empty for none).
+    prefix: String,
+}
+
+impl Upstream {
+    /// Parses `url`: `http://host[:port][/prefix]` (or `https://` with the
+    /// `rustls` feature). Credentials, a query or a fragment are refused:
+    /// the proxy forwards the caller's own query, and a sidecar's upstream
+    /// URL is printed at startup.
+    pub fn parse(url: &str) -> Result<Upstream, ConfigError> {
+        if url.contains('#') {
+            return Err(ConfigError("the upstream URL must not have a fragment"));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| ConfigError("the upstream is not a URL"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") if cfg!(feature = "rustls") => Scheme::HTTPS,
+            Some("https") => {
+                return Err(ConfigError(
+                    "an https upstream needs kneo built with the `rustls` feature",
+                ))
+            }
+            Some(_) => return Err(ConfigError("the upstream scheme must be http or https")),
+            None => {
+                return Err(ConfigError(
+                    "the upstream URL must be absolute (http://host:port)",
+                ))
+            }
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or(ConfigError("the upstream URL has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(ConfigError(
+                "the upstream URL must not carry credentials (send them as headers)",
+            ));
+        }
+        if authority.host().is_empty() {
+            return Err(ConfigError("the upstream URL has no host"));
+        }
+        if uri.query().is_some() {
+            return Err(ConfigError("the upstream URL must not have a query"));
+        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ConfigError("the upstream host is not a valid Host header"))?;
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            scheme,
+            authority,
+            host,
+            prefix,
+        })
+    }
+
+    /// The upstream's authority as a `Host` header value.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// The host and port to connect to (the scheme's default port when none is given).
+    pub fn host_port(&self) -> (&str, u16) {
+        let default = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = self.authority.host();
+        // `[::1]` as the URL writes it, `::1` as a socket address takes it.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        (host, self.authority.port_u16().unwrap_or(default))
+    }
+
+    /// The upstream URI for a caller's `path_and_query` (`/runs?x=1`):
+    /// the prefix joined with the path, the query kept.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let mut pq = String::with_capacity(self.prefix.len() + path_and_query.len() + 1);
+        pq.push_str(&self.prefix);
+        if !path_and_query.starts_with('/') {
+            pq.push('/');
+        }
+        pq.push_str(path_and_query);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+/// What the forwarding service does: where to, how to retry, what to stamp.
+///
+/// ```
+/// use std::time::Duration;
+/// use kneo_proxy::ProxyConfig;
+///
+/// let config = ProxyConfig::new("http://127.0.0.1:9000/api")?
+///     .max_attempts(5)
+///     .attempt_timeout(Duration::from_secs(2))
+///     .budget_percent(Some(10.0))?;
+/// assert_eq!(config.upstream().to_string(), "http://127.0.0.1:9000/api");
+/// assert!(ProxyConfig::new("http://user:secret@host").is_err());
+/// # Ok::<(), kneo_proxy::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub(crate) upstream: Upstream,
+    pub(crate) max_attempts: u32,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) budget_ratio: Option<f32>,
+    pub(crate) idempotency_keys: bool,
+    pub(crate) replay_cap: usize,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl ProxyConfig {
+    /// Forwarding to `upstream` (see [`Upstream::parse`]): 3 attempts, 30 s
+    /// per attempt, no deadline, `Retry-After` up to 60 s, a retry budget of
+    /// 20 % of traffic (with tower's floor of 10 retries a second),
+    /// idempotency keys on POST and PATCH, 64 KiB bodies replayable.
+    pub fn new(upstream: &str) -> Result<ProxyConfig, ConfigError> {
+        Ok(ProxyConfig {
+            upstream: Upstream::parse(upstream)?,
+            max_attempts: 3,
+            attempt_timeout: Some(Duration::from_secs(30)),
+            deadline: None,
+            max_retry_after: Duration::from_secs(60),
+            budget_ratio: Some(0.2),
+            idempotency_keys: true,
+            replay_cap: DEFAULT_REPLAY_CAP,
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// Total attempts, the first included (0 is taken as 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The limit on each attempt, up to the upstream's response head.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// An overall limit on all attempts and the waits between them.
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The longest `Retry-After` waited for; a longer hint hands the
+    /// upstream's answer to the caller at once.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Retries allowed as a percentage of requests over 10 s, beside a floor
+    /// of 10 retries a second (tower's `TpsBudget`); `None` for no budget.
+    /// Refused outside 0 to 1000.
+    pub fn budget_percent(mut self, percent: Option<f32>) -> Result<Self, ConfigError> {
+        if let Some(p) = percent {
+            if !(0.0..=1000.0).contains(&p) {
+                return Err(ConfigError("the budget percentage must be from 0 to 1000"));
+            }
+        }
+        self.budget_ratio = percent.map(|p| p / 100.0);
+        Ok(self)
+    }
+
+    /// Whether POST and PATCH without a key get an `Idempotency-Key` (default `true`).
+    pub fn idempotency_keys(mut self, stamp: bool) -> Self {
+        self.idempotency_keys = stamp;
+        self
+    }
+
+    /// How much of a request body is kept for a retry (default 64 KiB).
+    pub fn replay_cap(mut self, cap: usize) -> Self {
+        self.replay_cap = cap;
+        self
+    }
+
+    /// The TCP connect timeout (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// What the listener allows a caller.
+///
+/// ```
+/// use std::time::Duration;
+/// use kneo_proxy::ServerConfig;
+///
+/// let config = ServerConfig::new().max_connections(64).drain_timeout(Duration::from_secs(5));
+/// assert_eq!(config.max_connections_value(), 64);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// 1,024 connections, 10 s to send a request head, 64 KiB of request
+    /// head, 30 s to drain on shutdown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connections served at once (0 is taken as 1). One more is answered
+    /// `503` with a problem body; beyond twice the limit a connection is
+    /// closed unanswered.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// The configured connection limit.
+    pub fn max_connections_value(&self) -> usize {
+        self.max_connections
+    }
+
+    /// How long a caller has to send a whole request head; a slower one is
+    /// disconnected.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// The largest request head (request line and headers); a larger one is
+    /// answered `431`.
+    pub fn max_header_bytes(mut self, max: usize) -> Self {
+        self.max_header_bytes = max;
+        self
+    }
+
+    /// How long in-flight requests may run on after shutdown begins.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let up = Upstream::parse("http://127.0.0.1:9000/api/v1/").expect("valid");
+        assert_eq!(
+            up.uri_for("/runs/7?x=1&y=2").expect("valid").to_string(),
+            "http://127.0.0.1:9000/api/v1/runs/7?x=1&y=2"
+        );
+        assert_eq!(up.host(), "127.0.0.1:9000");
+        let bare = Upstream::parse("http://up").expect("valid");
+        assert_eq!(bare.uri_for("/").expect("valid").to_string(), "http://up/");
+        assert_eq!(bare.host_port(), ("up", 80));
+        assert_eq!(
+            Upstream::parse("http://[::1]:8/")
+                .expect("valid")
+                .host_port(),
+            ("::1", 8)
+        );
+        for bad in [
+            "not a url",
+            "/relative",
+            "ftp://host/",
+            "http://user:secret@host/",
+            "http://host/?key=secret",
+            "http://host/#frag",
+        ] {
+            let err = Upstream::parse(bad).expect_err(bad);
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn budget_percent_is_bounded() {
+        let config = ProxyConfig::new("http://up").expect("valid");
+        assert!(config.clone().budget_percent(Some(-1.0)).is_err());
+        assert!(config.clone().budget_percent(Some(1000.5)).is_err());
+        assert!(config.clone().budget_percent(Some(f32::NAN)).is_err());
+        let c = config.budget_percent(Some(20.0)).expect("valid");
+        assert_eq!(c.budget_ratio, Some(0.2));
+    }
+}

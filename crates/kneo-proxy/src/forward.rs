@@ -1,0 +1,630 @@
+//! [`Proxy`]: the forwarding service. The kneo client stack (request id,
+//! idempotency key, retry) over hyper-util's pooled client, with header
+//! rewriting on the way in and out, and a problem answer when there is no
+//! upstream answer to pass on.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use kneo::idempotency::IdempotencyKeyLayer;
+use kneo::map_error::MapErrorLayer;
+use kneo::request_id::RequestId;
+use kneo::retry::{ReplayBody, RetryLayer, TpsBudget};
+use kneo::{Attempts, BoxError, ClientLayer};
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::Instant;
+use tower::util::{Oneshot, ServiceExt};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{ConfigError, ProxyConfig, Upstream};
+use crate::headers::{rewrite, Hop};
+use crate::metrics::{CountingBudget, Metrics};
+use crate::problem::ProblemAnswer;
+
+/// The request body the server hands over: hyper's, streaming.
+pub use hyper::body::Incoming;
+
+#[cfg(not(feature = "rustls"))]
+type Connector = HttpConnector;
+#[cfg(feature = "rustls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The transport under the stack.
+type Transport<B> = hyper_util::client::legacy::Client<Connector, ReplayBody<B>>;
+/// The kneo stack over the transport.
+type Stack<B> = <ClientLayer as Layer<Transport<B>>>::Service;
+
+/// The caller's address, in request extensions; [`serve`](crate::serve)
+/// puts it there, and `X-Forwarded-For` gets it appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The upstream's answer, passed on (whatever its status).
+    Upstream,
+    /// A `502` problem: the upstream could not be reached or hung up.
+    Unreachable,
+    /// A `504` problem: the per-attempt timeout or the deadline ran out.
+    Timeout,
+    /// A `503` problem: the proxy is at `max_connections`.
+    Overloaded,
+    /// A `400` problem: the request could not be forwarded.
+    BadRequest,
+}
+
+impl Outcome {
+    /// Every outcome, in declaration order.
+    pub(crate) const ALL: [Outcome; 5] = [
+        Outcome::Upstream,
+        Outcome::Unreachable,
+        Outcome::Timeout,
+        Outcome::Overloaded,
+        Outcome::BadRequest,
+    ];
+
+    /// The outcome as a stable snake_case string (`upstream`, `unreachable`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Upstream => "upstream",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Timeout => "timeout",
+            Outcome::Overloaded => "overloaded",
+            Outcome::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// One answered request, as an access log sees it; handed to the
+/// [`ExchangeHook`] given to [`Proxy::new`] once the response head is ready.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    request_id: Option<&'a str>,
+    method: &'a Method,
+    path: &'a str,
+    status: StatusCode,
+    attempts: u32,
+    upstream_time: Duration,
+    outcome: Outcome,
+}
+
+impl Exchange<'_> {
+    /// The request id sent upstream (or the caller's, for an overload answer).
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id
+    }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        self.method
+    }
+
+    /// The request path, without the query (which may carry keys).
+    pub fn path(&self) -> &str {
+        self.path
+    }
+
+    /// The status the caller got.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Requests sent upstream for this one (0 when none was).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// From the request's arrival to the response head: attempts and waits.
+    pub fn upstream_time(&self) -> Duration {
+        self.upstream_time
+    }
+
+    /// How it was answered.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+}
+
+/// Readiness, as `/readyz` reports it: the upstream has accepted a
+/// connection, and the proxy is not draining.
+#[derive(Debug, Default)]
+pub struct Health {
+    upstream_seen: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// `true` once the upstream has accepted a connection and until draining begins.
+    pub fn is_ready(&self) -> bool {
+        self.upstream_seen() && !self.is_draining()
+    }
+
+    /// `true` once the upstream has accepted a connection.
+    pub fn upstream_seen(&self) -> bool {
+        self.upstream_seen.load(Ordering::Relaxed)
+    }
+
+    /// `true` once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of shutdown: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn mark_upstream_seen(&self) {
+        // A load first: the flag is set once and read on every response.
+        if !self.upstream_seen() {
+            self.upstream_seen.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The hook [`Proxy::new`] takes: called once per answered request.
+pub type ExchangeHook = Box<dyn Fn(&Exchange<'_>) + Send + Sync>;
+
+/// What every clone of a proxy shares.
+pub(crate) struct Shared {
+    upstream: Upstream,
+    pub(crate) metrics: Metrics,
+    pub(crate) health: Arc<Health>,
+    on_exchange: Option<ExchangeHook>,
+}
+
+/// The forwarding service: `Request<B>` in, the upstream's response (or a
+/// problem) out, never an error. See the [crate docs](crate).
+///
+/// Cheap to clone; clones share the connection pool, the retry budget, the
+/// metrics and the health state.
+pub struct Proxy<B = Incoming> {
+    stack: Stack<B>,
+    shared: Arc<Shared>,
+}
+
+impl<B> Clone for Proxy<B> {
+    fn clone(&self) -> Self {
+        Proxy {
+            stack: self.stack.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Proxy<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.shared.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Proxy<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// A proxy as `config` says; `on_exchange` is called once per answered
+    /// request (an access log, say).
+    pub fn new(
+        config: &ProxyConfig,
+        on_exchange: Option<ExchangeHook>,
+    ) -> Result<Proxy<B>, ConfigError> {
+        let metrics = Metrics::new();
+        let mut retry = RetryLayer::new()
+            .max_attempts(config.max_attempts)
+            .max_retry_after(config.max_retry_after)
+            .replay_cap(config.replay_cap);
+        if let Some(timeout) = config.attempt_timeout {
+            retry = retry.attempt_timeout(timeout);
+        }
+        if let Some(deadline) = config.deadline {
+            retry = retry.deadline(deadline);
+        }
+        if let Some(ratio) = config.budget_ratio {
+            retry = retry.budget(CountingBudget {
+                inner: TpsBudget::new(Duration::from_secs(10), 10, ratio),
+                refusals: metrics.budget_refusals.clone(),
+            });
+        }
+        let mut layer = ClientLayer::new()
+            .retry(retry)
+            .map_error(MapErrorLayer::new().map_responses(false));
+        if !config.idempotency_keys {
+            layer = layer.idempotency(IdempotencyKeyLayer::new().methods([]));
+        }
+        let stack = layer.layer(transport(config)?);
+        Ok(Proxy {
+            stack,
+            shared: Arc::new(Shared {
+                upstream: config.upstream.clone(),
+                metrics,
+                health: Arc::new(Health::default()),
+                on_exchange,
+            }),
+        })
+    }
+}
+
+fn transport<B>(config: &ProxyConfig) -> Result<Transport<B>, ConfigError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    #[cfg(feature = "rustls")]
+    let connector = {
+        http.enforce_http(false);
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|_| ConfigError("the platform's root certificates could not be loaded"))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http)
+    };
+    #[cfg(not(feature = "rustls"))]
+    let connector = http;
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector),
+    )
+}
+
+impl<B> Proxy<B> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The metrics every clone records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The readiness state `/readyz` reports.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.shared.health
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &Upstream {
+        &self.shared.upstream
+    }
+
+    /// Tries a TCP connection to the upstream every `every` until one is
+    /// accepted (or a forwarded request got an answer), so `/readyz` turns
+    /// 200 before the first request. Returns once the upstream was seen.
+    pub async fn probe_upstream(&self, every: Duration) {
+        let (host, port) = self.shared.upstream.host_port();
+        while !self.shared.health.upstream_seen() {
+            let attempt = tokio::time::timeout(every, tokio::net::TcpStream::connect((host, port)));
+            match attempt.await {
+                Ok(Ok(_)) => self.shared.health.mark_upstream_seen(),
+                _ => tokio::time::sleep(every).await,
+            }
+        }
+    }
+
+    /// The `503` problem for a request on a connection over
+    /// `max_connections`: recorded and logged like any other answer.
+    pub fn overloaded<T>(&self, req: &Request<T>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let id = req
+            .headers()
+            .get(kneo::core::X_REQUEST_ID)
+            .filter(|v| kneo::core::is_valid_request_id(v.as_bytes()))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let answer = ProblemAnswer::overloaded(Some(id));
+        finish_problem(&self.shared, answer, req.method(), req.uri(), start)
+    }
+}
+
+impl<B> Service<Request<B>> for Proxy<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Oneshot<Stack<B>, Request<B>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Each call drives its own clone of the stack to readiness: a
+        // failure there is that request's problem answer, not the server's.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.forward(req)
+    }
+}
+
+impl<B> Proxy<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Forwards `req` (what [`Service::call`] does, from a shared reference).
+    pub fn forward(&self, req: Request<B>) -> ResponseFuture<Oneshot<Stack<B>, Request<B>>> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let original = req.uri().clone();
+        let (mut parts, body) = req.into_parts();
+        let upstream = &self.shared.upstream;
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = match upstream.uri_for(target) {
+            Ok(uri) if target.starts_with('/') => uri,
+            _ => {
+                let answer = ProblemAnswer::bad_request(None);
+                let res = finish_problem(&self.shared, answer, &method, &original, start);
+                return ResponseFuture {
+                    inner: None,
+                    ready: Some(res),
+                    state: None,
+                };
+            }
+        };
+        // HTTP/2 carries the caller's host in the URI, not in `Host`.
+        if !parts.headers.contains_key(HOST) {
+            if let Some(host) = original
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+        rewrite(
+            &mut parts.headers,
+            &Hop::Request {
+                version: parts.version,
+                peer,
+                upstream_host: upstream.host().clone(),
+            },
+        );
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let req = Request::from_parts(parts, body);
+        let in_flight = InFlight::new(&self.shared.metrics.in_flight);
+        ResponseFuture {
+            inner: Some(self.stack.clone().oneshot(req)),
+            ready: None,
+            state: Some(State {
+                shared: self.shared.clone(),
+                method,
+                uri: original,
+                start,
+                _in_flight: in_flight,
+            }),
+        }
+    }
+}
+
+/// Records a problem answer and makes it a response.
+fn finish_problem(
+    shared: &Shared,
+    answer: ProblemAnswer,
+    method: &Method,
+    uri: &Uri,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let elapsed = start.elapsed();
+    record(
+        shared,
+        answer.outcome,
+        answer.status,
+        answer.attempts,
+        elapsed,
+        answer.request_id.as_deref(),
+        method,
+        uri,
+    );
+    answer.into_response().map(ProxyBody::full)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    shared: &Shared,
+    outcome: Outcome,
+    status: StatusCode,
+    attempts: u32,
+    elapsed: Duration,
+    request_id: Option<&str>,
+    method: &Method,
+    uri: &Uri,
+) {
+    shared.metrics.record(outcome, status, attempts, elapsed);
+    if let Some(hook) = &shared.on_exchange {
+        hook(&Exchange {
+            request_id,
+            method,
+            path: uri.path(),
+            status,
+            attempts,
+            upstream_time: elapsed,
+            outcome,
+        });
+    }
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What the response future needs once the stack has answered.
+struct State {
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    start: Instant,
+    _in_flight: InFlight,
+}
+
+pin_project! {
+    /// Response future of [`Proxy`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        ready: Option<Response<ProxyBody>>,
+        state: Option<State>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// A future that answers `res` at once.
+    pub(crate) fn ready(res: Response<ProxyBody>) -> Self {
+        ResponseFuture {
+            inner: None,
+            ready: Some(res),
+            state: None,
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Incoming>, kneo::Error>>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(res) = this.ready.take() {
+            return Poll::Ready(Ok(res));
+        }
+        let Some(inner) = this.inner.as_pin_mut() else {
+            // Polled after completion: hyper never does; answer something sane.
+            return Poll::Ready(Ok(ProblemAnswer::bad_request(None)
+                .into_response()
+                .map(ProxyBody::full)));
+        };
+        let result = ready!(inner.poll(cx));
+        let state = this
+            .state
+            .take()
+            .expect("invariant: state is taken once, when the stack answers");
+        let elapsed = state.start.elapsed();
+        let res = match result {
+            Ok(res) => {
+                state.shared.health.mark_upstream_seen();
+                let attempts = res
+                    .extensions()
+                    .get::<Attempts>()
+                    .map_or(1, Attempts::count);
+                let (mut parts, body) = res.into_parts();
+                let id = parts.extensions.remove::<RequestId>();
+                rewrite(
+                    &mut parts.headers,
+                    &Hop::Response {
+                        version: parts.version,
+                    },
+                );
+                if let Some(id) = &id {
+                    parts
+                        .headers
+                        .entry(kneo::core::X_REQUEST_ID)
+                        .or_insert_with(|| id.header_value().clone());
+                }
+                parts.version = Version::HTTP_11;
+                record(
+                    &state.shared,
+                    Outcome::Upstream,
+                    parts.status,
+                    attempts,
+                    elapsed,
+                    id.as_ref().and_then(|id| id.header_value().to_str().ok()),
+                    &state.method,
+                    &state.uri,
+                );
+                Response::from_parts(parts, ProxyBody::upstream(body))
+            }
+            Err(err) => {
+                let answer = ProblemAnswer::from_error(&err);
+                finish_problem(
+                    &state.shared,
+                    answer,
+                    &state.method,
+                    &state.uri,
+                    state.start,
+                )
+            }
+        };
+        Poll::Ready(Ok(res))
+    }
+}
+
+/// The response body: the upstream's, streamed, or a problem.
+#[derive(Debug)]
+pub struct ProxyBody(Either<Incoming, Full<Bytes>>);
+
+impl ProxyBody {
+    fn upstream(body: Incoming) -> Self {
+        ProxyBody(Either::Left(body))
+    }
+
+    fn full(body: Full<Bytes>) -> Self {
+        ProxyBody(Either::Right(body))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}

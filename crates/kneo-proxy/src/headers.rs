@@ -1,0 +1,291 @@
+//! The header rules of a forwarding proxy, in one pure function: [`rewrite`].
+//!
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use http::{HeaderMap, HeaderValue, Version};
+//! use kneo_proxy::headers::{rewrite, Hop};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("connection", HeaderValue::from_static("x-session"));
+//! headers.insert("x-session", HeaderValue::from_static("abc"));
+//! headers.insert("host", HeaderValue::from_static("caller.example"));
+//! headers.insert("x-forwarded-for", HeaderValue::from_static("10.1.2.3"));
+//! rewrite(&mut headers, &Hop::Request {
+//!     version: Version::HTTP_11,
+//!     peer: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+//!     upstream_host: HeaderValue::from_static("api.internal:8443"),
+//! });
+//! assert!(!headers.contains_key("connection") && !headers.contains_key("x-session"));
+//! assert_eq!(headers["host"], "api.internal:8443");
+//! assert_eq!(headers["x-forwarded-host"], "caller.example");
+//! assert_eq!(headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+//! assert_eq!(headers["x-forwarded-proto"], "http");
+//! assert_eq!(headers["via"], "1.1 kneo");
+//! ```
+//!
+//! # The rules
+//!
+//! Both directions (RFC 9110 §7.6.1): `Connection`, every header named in
+//! it, and the fixed hop-by-hop set (`Keep-Alive`, `Proxy-Connection`, `TE`,
+//! `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`,
+//! `Proxy-Authenticate`) are removed; hyper frames the next hop itself. A
+//! request's `TE` that lists `trailers` is passed on as `TE: trailers`, as
+//! gRPC needs. `Via` gets this hop's entry appended, an incoming one kept
+//! (§7.6.3).
+//!
+//! Requests only: `Host` becomes the upstream's authority, `X-Forwarded-For`
+//! gets the caller's address appended, `X-Forwarded-Host` is set to the
+//! caller's `Host` and `X-Forwarded-Proto` to `http` (the listener is plain
+//! HTTP). An incoming `Forwarded` (RFC 7239) is passed on untouched.
+//!
+//! Lists are joined into one field line (`10.1.2.3, 127.0.0.1`): servers
+//! that read only the first line still see the whole chain.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRANSFER_ENCODING, UPGRADE, VIA,
+};
+use http::Version;
+
+/// `Keep-Alive` (not in `http`'s constants).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `Proxy-Connection`, the non-standard predecessor of `Connection`.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The fixed hop-by-hop headers, beside those named in `Connection`.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+];
+
+/// Which hop a header map is crossing, and what the rules need to know of it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Hop {
+    /// A caller's request on its way upstream.
+    Request {
+        /// The version the caller spoke (this hop's `Via` entry).
+        version: Version,
+        /// The caller's address, appended to `X-Forwarded-For` (nothing is
+        /// appended when it is unknown).
+        peer: Option<IpAddr>,
+        /// The upstream's authority, the new `Host`.
+        upstream_host: HeaderValue,
+    },
+    /// An upstream's response on its way back to the caller.
+    Response {
+        /// The version the upstream spoke (this hop's `Via` entry).
+        version: Version,
+    },
+}
+
+/// Rewrites `headers` for the next hop; see the [module docs](self) for
+/// the rules. No I/O, no clock: the same input gives the same output.
+pub fn rewrite(headers: &mut HeaderMap, hop: &Hop) {
+    let trailers = matches!(hop, Hop::Request { .. }) && te_lists_trailers(headers);
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    match hop {
+        Hop::Request {
+            version,
+            peer,
+            upstream_host,
+        } => {
+            match headers.remove(HOST) {
+                Some(host) => headers.insert(X_FORWARDED_HOST, host),
+                None => headers.remove(X_FORWARDED_HOST),
+            };
+            headers.insert(HOST, upstream_host.clone());
+            if let Some(peer) = peer {
+                append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+            }
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            append_list(headers, VIA, via(*version));
+        }
+        Hop::Response { version } => append_list(headers, VIA, via(*version)),
+    }
+}
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// `true` when a `TE` header lists `trailers`.
+fn te_lists_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.split(';').next().unwrap_or_default().trim();
+            t.eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// This hop's `Via` entry: the protocol version it received, and `kneo`.
+fn via(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9 kneo",
+        Version::HTTP_10 => "1.0 kneo",
+        Version::HTTP_2 => "2 kneo",
+        Version::HTTP_3 => "3 kneo",
+        _ => "1.1 kneo",
+    }
+}
+
+/// Appends `item` to the comma-separated list in `name`, joining any field
+/// lines there into one. A value that is not visible ASCII is dropped
+/// rather than passed on half-understood.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut joined = String::new();
+    for v in headers.get_all(&name) {
+        if let Ok(v) = v.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                joined.push_str(v);
+                joined.push_str(", ");
+            }
+        }
+    }
+    let value = if joined.is_empty() {
+        HeaderValue::from_str(item)
+    } else {
+        joined.push_str(item);
+        HeaderValue::from_str(&joined)
+    };
+    // `item` is an address or a static token, and the rest was visible
+    // ASCII already: this cannot fail, but a header is never worth a panic.
+    if let Ok(value) = value {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("test name"),
+                HeaderValue::from_str(v).expect("test value"),
+            );
+        }
+        m
+    }
+
+    fn request() -> Hop {
+        Hop::Request {
+            version: Version::HTTP_11,
+            peer: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            upstream_host: HeaderValue::from_static("up:9"),
+        }
+    }
+
+    fn response() -> Hop {
+        Hop::Response {
+            version: Version::HTTP_11,
+        }
+    }
+
+    /// What a row says, the hop, the headers in, the headers out (exactly).
+    type Row = (&'static str, Hop, Vec<Pair>, Vec<Pair>);
+    type Pair = (&'static str, &'static str);
+
+    /// One row: the hop, the headers in, the headers out (exactly).
+    #[test]
+    fn table() {
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            ("a bare request gets host, forwarding and via",
+             request(), vec![("host", "caller")],
+             vec![("host", "up:9"), ("x-forwarded-host", "caller"), ("x-forwarded-for", "127.0.0.1"),
+                  ("x-forwarded-proto", "http"), ("via", "1.1 kneo")]),
+            ("no caller host: no x-forwarded-host, a caller's one dropped",
+             request(), vec![("x-forwarded-host", "forged")],
+             vec![("host", "up:9"), ("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"), ("via", "1.1 kneo")]),
+            ("x-forwarded-for and via are appended to, lines joined",
+             request(), vec![("x-forwarded-for", "10.1.2.3"), ("x-forwarded-for", "10.0.0.9"), ("via", "1.0 fred"), ("x-forwarded-proto", "https")],
+             vec![("host", "up:9"), ("x-forwarded-for", "10.1.2.3, 10.0.0.9, 127.0.0.1"),
+                  ("x-forwarded-proto", "http"), ("via", "1.0 fred, 1.1 kneo")]),
+            ("hop-by-hop and connection-named headers go, end-to-end ones stay",
+             request(), vec![("connection", "keep-alive, X-Secret"), ("connection", "x-other"), ("x-secret", "1"), ("x-other", "2"),
+                             ("keep-alive", "timeout=5"), ("proxy-connection", "keep-alive"), ("transfer-encoding", "chunked"),
+                             ("upgrade", "websocket"), ("proxy-authorization", "Basic Zm9vOmJhcg=="), ("te", "gzip"),
+                             ("x-request-id", "r-1"), ("forwarded", "for=10.1.2.3"), ("authorization", "Bearer t")],
+             vec![("x-request-id", "r-1"), ("forwarded", "for=10.1.2.3"), ("authorization", "Bearer t"), ("host", "up:9"),
+                  ("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"), ("via", "1.1 kneo")]),
+            ("te: trailers survives, alone",
+             request(), vec![("te", "deflate;q=0.5, Trailers")],
+             vec![("te", "trailers"), ("host", "up:9"), ("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"), ("via", "1.1 kneo")]),
+            ("a response loses hop-by-hop headers and gains via",
+             response(), vec![("connection", "x-up-secret"), ("x-up-secret", "1"), ("keep-alive", "timeout=5"),
+                              ("proxy-authenticate", "Basic"), ("transfer-encoding", "chunked"), ("te", "trailers"),
+                              ("content-length", "3"), ("x-kept", "yes"), ("via", "1.1 upstream")],
+             vec![("content-length", "3"), ("x-kept", "yes"), ("via", "1.1 upstream, 1.1 kneo")]),
+            ("a response keeps its own host-like headers",
+             response(), vec![("x-forwarded-for", "1.2.3.4"), ("host", "weird")],
+             vec![("x-forwarded-for", "1.2.3.4"), ("host", "weird"), ("via", "1.1 kneo")]),
+            ("via names the version received",
+             Hop::Response { version: Version::HTTP_2 }, vec![],
+             vec![("via", "2 kneo")]),
+            ("an unknown peer appends nothing",
+             Hop::Request { version: Version::HTTP_10, peer: None, upstream_host: HeaderValue::from_static("up") },
+             vec![("x-forwarded-for", "10.1.2.3")],
+             vec![("x-forwarded-for", "10.1.2.3"), ("host", "up"), ("x-forwarded-proto", "http"), ("via", "1.0 kneo")]),
+        ];
+        for (what, hop, input, expected) in rows {
+            let mut headers = map(&input);
+            rewrite(&mut headers, &hop);
+            let expected = map(&expected);
+            let sorted = |m: &HeaderMap| {
+                let mut v: Vec<(String, String)> = m
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(sorted(&headers), sorted(&expected), "{what}");
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! kneo-proxy: a gateway sidecar. Any HTTP client (Python, Node, a shell
+//! script) sends plain HTTP to it; it forwards upstream through the kneo
+//! stack (request ids, idempotency keys, honest retries with `Retry-After`,
+//! a retry budget) and hands the upstream's answer back unchanged, or a typed
+//! problem when there is none.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use kneo_proxy::{Proxy, ProxyConfig};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Nothing listens on port 1: the proxy answers for the upstream.
+//! let config = ProxyConfig::new("http://127.0.0.1:1").unwrap().max_attempts(1);
+//! let proxy: Proxy<Full<Bytes>> = Proxy::new(&config, None).unwrap();
+//! let req = Request::get("/runs/7").header("x-request-id", "order-7").body(Full::default()).unwrap();
+//! let res = proxy.oneshot(req).await.unwrap();
+//!
+//! assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! assert_eq!(res.headers()["x-request-id"], "order-7");
+//! let body: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+//! assert_eq!(body["code"], "api_connection");
+//! assert_eq!(body["request_id"], "order-7");
+//! assert_eq!(body["attempts"], 1);
+//! # }
+//! ```
+//!
+//! # The pieces
+//!
+//! - [`Proxy`]: the forwarding `Service`. kneo's [`ClientLayer`](kneo::ClientLayer)
+//!   (request id, idempotency key, retry) over hyper-util's pooled client,
+//!   with [`MapErrorLayer::map_responses(false)`](kneo::map_error::MapErrorLayer::map_responses)
+//!   at the bottom so that upstream answers, 4xx and 5xx included, pass
+//!   through after the retry decision, bodies streaming.
+//! - [`headers::rewrite`]: the header rules (hop-by-hop, `X-Forwarded-*`,
+//!   `Via`), one pure function.
+//! - The problem answers (`502`, `504`, `503`), documented on [`Outcome`].
+//! - [`Admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`serve`] and [`serve_admin`]: hyper's HTTP/1 server with a header-read
+//!   timeout, a header size limit, a connection limit and a graceful drain.
+//!
+//! Flags, signals and the access log's format are the binary's (`kneo
+//! proxy`); this crate takes a [`ProxyConfig`], a [`ServerConfig`], a
+//! shutdown future and an [`Exchange`] hook.
+//!
+//! # Problem answers
+//!
+//! | status | when | `type` | `code` |
+//! |---|---|---|---|
+//! | 502 | the upstream could not be reached, or hung up | `urn:kneo:problem:upstream-unreachable` | `api_connection` |
+//! | 504 | the per-attempt timeout or the deadline ran out | `urn:kneo:problem:upstream-timeout` | `api_timeout` |
+//! | 503 | the proxy is at `max_connections` | `urn:kneo:problem:overloaded` | `too_many_connections` |
+//! | 400 | the request target cannot be forwarded | `urn:kneo:problem:bad-request` | `invalid_request` |
+//!
+//! Each has `title`, `status`, `detail`, and the extensions `code`, `kind`,
+//! `request_id` and `attempts`, and carries `X-Request-ID`.
+
+mod admin;
+mod config;
+mod forward;
+pub mod headers;
+mod metrics;
+mod problem;
+mod server;
+
+pub use admin::Admin;
+pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream, DEFAULT_REPLAY_CAP};
+pub use forward::{
+    ClientAddr, Exchange, ExchangeHook, Health, Incoming, Outcome, Proxy, ProxyBody, ResponseFuture,
+};
+pub use metrics::Metrics;
+pub use problem::TOO_MANY_CONNECTIONS;
+pub use server::{serve, serve_admin, Drained};

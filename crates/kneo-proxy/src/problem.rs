@@ -1,0 +1,193 @@
+//! The proxy's own answers, when it has no upstream answer to give: RFC 9457
+//! problem details (`application/problem+json`).
+//!
+//! | status | when | `type` | `code` |
+//! |---|---|---|---|
+//! | 502 | the upstream could not be reached, or hung up | `urn:kneo:problem:upstream-unreachable` | `api_connection` |
+//! | 504 | the per-attempt timeout or the deadline ran out | `urn:kneo:problem:upstream-timeout` | `api_timeout` |
+//! | 503 | the proxy is at `max_connections` | `urn:kneo:problem:overloaded` | `too_many_connections` |
+//! | 400 | the request cannot be forwarded | `urn:kneo:problem:bad-request` | `invalid_request` |
+//!
+//! Extensions: `code`, `kind` (kneo's [`ErrorKind`](kneo::ErrorKind) as a
+//! string, or `overloaded`), `request_id` (the id sent upstream) and
+//! `attempts`. A kneo client behind the proxy reads them back as it reads any
+//! problem: `err.code()` is `api_connection`, say.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use kneo::core::PROBLEM_JSON;
+use kneo::Error;
+use serde_json::json;
+
+use crate::forward::Outcome;
+
+/// `code` of a 503 at `max_connections`.
+pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+
+/// One problem answer, before it is a response.
+#[derive(Debug, Clone)]
+pub(crate) struct ProblemAnswer {
+    pub(crate) outcome: Outcome,
+    pub(crate) status: StatusCode,
+    detail: String,
+    code: String,
+    kind: &'static str,
+    pub(crate) request_id: Option<String>,
+    pub(crate) attempts: u32,
+}
+
+impl ProblemAnswer {
+    /// What to tell the caller when the retry layer gave up with `err`.
+    pub(crate) fn from_error(err: &Error) -> ProblemAnswer {
+        let (outcome, status) = if err.is_timeout() {
+            (Outcome::Timeout, StatusCode::GATEWAY_TIMEOUT)
+        } else {
+            (Outcome::Unreachable, StatusCode::BAD_GATEWAY)
+        };
+        let attempts = err.attempts();
+        let tries = if attempts == 1 {
+            "1 attempt".to_owned()
+        } else {
+            format!("{attempts} attempts")
+        };
+        // kneo's message is the source chain (hyper's and the OS's words),
+        // never a header value; the upstream URL has no userinfo or query.
+        let detail = match outcome {
+            Outcome::Timeout => format!(
+                "the upstream did not answer in time ({tries}): {}",
+                err.message()
+            ),
+            _ => format!(
+                "the upstream could not be reached or hung up ({tries}): {}",
+                err.message()
+            ),
+        };
+        ProblemAnswer {
+            outcome,
+            status,
+            detail,
+            code: err.code().to_owned(),
+            kind: err.kind().as_str(),
+            request_id: err.request_id().map(str::to_owned),
+            attempts,
+        }
+    }
+
+    /// A connection over `max_connections`.
+    pub(crate) fn overloaded(request_id: Option<String>) -> ProblemAnswer {
+        ProblemAnswer {
+            outcome: Outcome::Overloaded,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: "the proxy is serving as many connections as it may; retry shortly".to_owned(),
+            code: TOO_MANY_CONNECTIONS.to_owned(),
+            kind: "overloaded",
+            request_id,
+            attempts: 0,
+        }
+    }
+
+    /// A request that cannot be forwarded (its target cannot be joined to
+    /// the upstream's URL).
+    pub(crate) fn bad_request(request_id: Option<String>) -> ProblemAnswer {
+        ProblemAnswer {
+            outcome: Outcome::BadRequest,
+            status: StatusCode::BAD_REQUEST,
+            detail: "the request target cannot be forwarded to the upstream".to_owned(),
+            code: kneo::codes::INVALID_REQUEST.to_owned(),
+            kind: kneo::ErrorKind::Request.as_str(),
+            request_id,
+            attempts: 0,
+        }
+    }
+
+    fn type_and_title(&self) -> (&'static str, &'static str) {
+        match self.outcome {
+            Outcome::Timeout => ("urn:kneo:problem:upstream-timeout", "Upstream timed out"),
+            Outcome::Overloaded => ("urn:kneo:problem:overloaded", "Too many connections"),
+            Outcome::BadRequest => (
+                "urn:kneo:problem:bad-request",
+                "Request cannot be forwarded",
+            ),
+            _ => (
+                "urn:kneo:problem:upstream-unreachable",
+                "Upstream unreachable",
+            ),
+        }
+    }
+
+    /// The response: the problem as JSON, `X-Request-ID` when there is an id.
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
+        let (r#type, title) = self.type_and_title();
+        let body = json!({
+            "type": r#type,
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+            "kind": self.kind,
+            "request_id": self.request_id,
+            "attempts": self.attempts,
+        });
+        let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+        *res.status_mut() = self.status;
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.outcome == Outcome::Overloaded {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(id) = self
+            .request_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert(kneo::core::X_REQUEST_ID, id);
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+    use http_body_util::BodyExt;
+    use kneo::Sent;
+
+    #[tokio::test]
+    async fn connect_failure_is_a_502_with_kneo_code() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err = Error::network(refused, Sent::new(Method::GET).with_request_id("r-1"));
+        let answer = ProblemAnswer::from_error(&err);
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        let res = answer.into_response();
+        assert_eq!(res.headers()[CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(res.headers()["x-request-id"], "r-1");
+        let bytes = res.into_body().collect().await.expect("full").to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(body["code"], "api_connection");
+        assert_eq!(body["kind"], "network");
+        assert_eq!(body["status"], 502);
+        assert_eq!(body["attempts"], 1);
+        assert_eq!(body["request_id"], "r-1");
+        assert_eq!(body["type"], "urn:kneo:problem:upstream-unreachable");
+    }
+
+    #[test]
+    fn timeout_is_a_504() {
+        let err = Error::timeout(std::time::Duration::from_secs(1), Sent::new(Method::GET));
+        let answer = ProblemAnswer::from_error(&err);
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(answer.code, "api_timeout");
+    }
+
+    #[test]
+    fn overload_says_when_to_come_back() {
+        let res = ProblemAnswer::overloaded(None).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[RETRY_AFTER], "1");
+        assert!(!res.headers().contains_key("x-request-id"));
+    }
+}

@@ -1,0 +1,205 @@
+//! [`serve`] and [`serve_admin`]: hyper's HTTP/1 server around a [`Proxy`]
+//! and its [`Admin`], with the limits of a [`ServerConfig`] and a graceful
+//! drain. Which signal starts the drain is the binary's business: it hands
+//! in a future.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpListener;
+
+use crate::admin::Admin;
+use crate::config::ServerConfig;
+use crate::forward::{ClientAddr, Proxy, ProxyBody, ResponseFuture};
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    cut: bool,
+}
+
+impl Drained {
+    /// `true` when every connection finished within the drain timeout;
+    /// `false` when some were cut off.
+    pub fn completed(&self) -> bool {
+        !self.cut
+    }
+}
+
+/// Serves `proxy` on `listener` until `shutdown` resolves, then drains.
+///
+/// - Each caller connection gets the [`ClientAddr`] of its peer in every
+///   request's extensions (for `X-Forwarded-For`).
+/// - A caller has [`header_read_timeout`](ServerConfig::header_read_timeout)
+///   to send a whole request head of at most
+///   [`max_header_bytes`](ServerConfig::max_header_bytes) (else `431`).
+/// - Past [`max_connections`](ServerConfig::max_connections) open
+///   connections, a new one is still accepted and its request answered with
+///   a `503` problem, then closed; past twice the limit it is closed
+///   unanswered. Both are counted.
+/// - Until the upstream has been seen, it is probed once a second so that
+///   `/readyz` turns 200 without waiting for traffic.
+/// - When `shutdown` resolves: `/readyz` answers 503, the listener is
+///   closed, idle connections are closed, in-flight requests finish (their
+///   connections closing after them) for up to
+///   [`drain_timeout`](ServerConfig::drain_timeout).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(config.max_header_bytes);
+    let mut overload = builder.clone();
+    overload.keep_alive(false);
+
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let max = config.max_connections;
+    let probe = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.probe_upstream(Duration::from_secs(1)).await })
+    };
+    let metrics = proxy.metrics();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!(target: "kneo::proxy", "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let n = open.load(Ordering::Relaxed);
+        let overloaded = n >= max;
+        if overloaded {
+            metrics.overload_connections.inc();
+            if n >= max.saturating_mul(2) {
+                drop(stream);
+                continue;
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        let guard = OpenConnection::new(&open, &metrics.open_connections);
+        let svc = PerConnection {
+            proxy: proxy.clone(),
+            peer,
+            overloaded,
+        };
+        let conn = if overloaded { &overload } else { &builder }
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(target: "kneo::proxy", "connection from {peer} ended: {e}");
+            }
+        });
+    }
+    proxy.health().set_draining();
+    drop(listener);
+    probe.abort();
+    let drained = tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await;
+    Drained {
+        cut: drained.is_err(),
+    }
+}
+
+/// Serves `admin` on `listener` until `shutdown` resolves. Keep it running
+/// while the proxy drains, so `/readyz` can say so.
+pub async fn serve_admin(
+    listener: TcpListener,
+    admin: Admin,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(config.max_header_bytes);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            std::future::ready(Ok::<_, Infallible>(admin.answer(&req)))
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+/// One caller connection's service: the proxy with the peer's address.
+struct PerConnection {
+    proxy: Proxy,
+    peer: SocketAddr,
+    overloaded: bool,
+}
+
+impl hyper::service::Service<Request<Incoming>> for PerConnection {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = <Proxy as tower_service::Service<Request<Incoming>>>::Future;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if self.overloaded {
+            return ResponseFuture::ready(self.proxy.overloaded(&req));
+        }
+        req.extensions_mut().insert(ClientAddr(self.peer));
+        self.proxy.forward(req)
+    }
+}
+
+/// Counts an open caller connection until dropped.
+struct OpenConnection {
+    open: Arc<AtomicUsize>,
+    gauge: Gauge,
+}
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>, gauge: &Gauge) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        gauge.inc();
+        OpenConnection {
+            open: open.clone(),
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
