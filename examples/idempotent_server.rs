@@ -56,7 +56,10 @@ async fn create_payment(
 
 /// The API. The layer is the only idempotency code: the handler knows nothing
 /// about keys.
-async fn app(ledger: Arc<Ledger>, redis: Option<&str>) -> Result<Router, Box<dyn std::error::Error>> {
+async fn app(
+    ledger: Arc<Ledger>,
+    redis: Option<&str>,
+) -> Result<Router, Box<dyn std::error::Error>> {
     let routes = Router::new()
         .route("/payments", post(create_payment))
         .with_state(ledger);
@@ -172,7 +175,10 @@ mod tests {
             client.request(charge("k", 1)),
             client.request(charge("k", 1))
         );
-        let (a, b) = (body_json(a.expect("a")).await, body_json(b.expect("b")).await);
+        let (a, b) = (
+            body_json(a.expect("a")).await,
+            body_json(b.expect("b")).await,
+        );
         assert_eq!(a, b);
         assert_eq!(ledger.charges.load(Ordering::SeqCst), 1);
     }

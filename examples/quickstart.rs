@@ -125,7 +125,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 7. The same key and payload again: the stored response, replayed.
-    let res = client.request(post_with_key(br#"{"name":"nightly"}"#)?).await?;
+    let res = client
+        .request(post_with_key(br#"{"name":"nightly"}"#)?)
+        .await?;
     let replayed = res.headers().contains_key("idempotent-replayed");
     println!(
         "7. POST /runs    -> {} again, Idempotent-Replayed: {replayed}; the handler ran {} times in all",

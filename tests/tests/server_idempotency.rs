@@ -36,9 +36,16 @@ async fn lost_response_is_replayed_not_rerun<St: Store>(store: St) {
         assert_eq!(reply.status, StatusCode::CREATED);
         assert!(reply.replayed(), "{app:?}: the retry was a replay");
         assert_eq!(reply.json()["run"], 1);
-        assert_eq!(reply.headers["x-handler"], "yes", "stored headers are replayed");
+        assert_eq!(
+            reply.headers["x-handler"], "yes",
+            "stored headers are replayed"
+        );
         assert_eq!(reply.headers["content-type"], "application/json");
-        assert_eq!(server.state.count(201), 2, "the lost response and the replay");
+        assert_eq!(
+            server.state.count(201),
+            2,
+            "the lost response and the replay"
+        );
     }
 }
 
@@ -49,9 +56,14 @@ async fn concurrent_requests_with_one_key_run_once<St: Store>(store: St) {
         let server = TestServer::start(app, IdempotencyLayer::new(store.clone())).await;
         let client = server.client("key-1", fast());
         let key = format!("concurrent-{app:?}");
-        let replies = join_all((0..50).map(|_| post(&client, "/pay?sleep_ms=300", &key, "{}"))).await;
+        let replies =
+            join_all((0..50).map(|_| post(&client, "/pay?sleep_ms=300", &key, "{}"))).await;
         assert_eq!(server.runs(), 1, "{app:?}: one handler run for 50 requests");
-        let first = replies[0].as_ref().expect("every request ends well").body.clone();
+        let first = replies[0]
+            .as_ref()
+            .expect("every request ends well")
+            .body
+            .clone();
         for reply in &replies {
             let reply = reply.as_ref().expect("every request ends well");
             assert_eq!(reply.status, StatusCode::CREATED);
@@ -109,9 +121,15 @@ async fn same_key_other_request_is_a_mismatch<St: Store>(store: St) {
         .await
         .expect_err("another query");
     assert_eq!(err.kind(), ErrorKind::IdempotencyMismatch);
-    let err = send(&client, Method::PATCH, "/pay", Some("mm"), r#"{"amount":10}"#)
-        .await
-        .expect_err("another method");
+    let err = send(
+        &client,
+        Method::PATCH,
+        "/pay",
+        Some("mm"),
+        r#"{"amount":10}"#,
+    )
+    .await
+    .expect_err("another method");
     assert_eq!(err.kind(), ErrorKind::IdempotencyMismatch);
     assert_eq!(server.runs(), 1);
 }
@@ -135,10 +153,15 @@ async fn lease_expiry_and_fencing<St: Store>(store: St) {
     assert!(!retry.replayed());
 
     server.state.gate.notify_one();
-    let stale = stale.await.expect("task").expect("the stale caller still gets its response");
+    let stale = stale
+        .await
+        .expect("task")
+        .expect("the stale caller still gets its response");
     assert_eq!(stale.json()["run"], 1);
 
-    let replay = post(&client, "/block", "lease", "{}").await.expect("replay");
+    let replay = post(&client, "/block", "lease", "{}")
+        .await
+        .expect("replay");
     assert!(replay.replayed());
     assert_eq!(
         replay.json()["run"],
@@ -232,9 +255,14 @@ async fn callers_do_not_share_keys<St: Store>(store: St) {
     let bob = server.client("bob", once());
     let a = post(&alice, "/pay", "shared", "{}").await.expect("alice");
     let b = post(&bob, "/pay", "shared", "{}").await.expect("bob");
-    assert_eq!((a.json()["run"].clone(), b.json()["run"].clone()), (1.into(), 2.into()));
+    assert_eq!(
+        (a.json()["run"].clone(), b.json()["run"].clone()),
+        (1.into(), 2.into())
+    );
     assert!(!b.replayed(), "bob did not get alice's response");
-    let a2 = post(&alice, "/pay", "shared", "{}").await.expect("alice again");
+    let a2 = post(&alice, "/pay", "shared", "{}")
+        .await
+        .expect("alice again");
     let b2 = post(&bob, "/pay", "shared", "{}").await.expect("bob again");
     assert!(a2.replayed() && b2.replayed());
     assert_eq!(a2.body, a.body);
@@ -273,7 +301,9 @@ async fn other_methods_and_unkeyed_requests_pass_through<St: Store>(store: St) {
 async fn key_syntax<St: Store>(store: St) {
     let server = TestServer::start(App::Axum, IdempotencyLayer::new(store)).await;
     let client = server.client("key-1", once());
-    let first = post(&client, "/pay", "\"k-8e03\"", "{}").await.expect("quoted");
+    let first = post(&client, "/pay", "\"k-8e03\"", "{}")
+        .await
+        .expect("quoted");
     let again = post(&client, "/pay", "k-8e03", "{}").await.expect("bare");
     assert!(!first.replayed());
     assert!(again.replayed(), "the same key, bare");
@@ -341,13 +371,19 @@ async fn a_response_too_big_to_store<St: Store>(store: St) {
     ] {
         let first = post(&client, path, key, "{}").await.expect("first");
         assert_eq!(first.body.len(), 10_000, "{path}: the whole response");
-        let err = post(&client, path, key, "{}").await.expect_err("not stored");
+        let err = post(&client, path, key, "{}")
+            .await
+            .expect_err("not stored");
         assert_eq!(err.kind(), ErrorKind::Status);
         assert!(!err.is_retryable());
         assert_problem(&err, 410, "idempotency_response_not_stored");
     }
-    let small = post(&client, "/big?bytes=4000", "small", "{}").await.expect("small");
-    let replay = post(&client, "/big?bytes=4000", "small", "{}").await.expect("replay");
+    let small = post(&client, "/big?bytes=4000", "small", "{}")
+        .await
+        .expect("small");
+    let replay = post(&client, "/big?bytes=4000", "small", "{}")
+        .await
+        .expect("replay");
     assert!(replay.replayed());
     assert_eq!(replay.body, small.body);
     assert_eq!(server.runs(), 3);
@@ -435,7 +471,8 @@ async fn redis_commands_per_first_request_and_replay() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let server = TestServer::start(App::Axum, IdempotencyLayer::new(redis_store(&redis).await)).await;
+    let server =
+        TestServer::start(App::Axum, IdempotencyLayer::new(redis_store(&redis).await)).await;
     let client = server.client("key-1", once());
 
     redis.reset_stats();
@@ -448,16 +485,27 @@ async fn redis_commands_per_first_request_and_replay() {
 
     // commandstats also counts the commands a script runs inside EVALSHA
     // (GET, SET): the client sent SET (claim) and EVALSHA (complete).
-    let expected_first = [("config|resetstat", 1), ("evalsha", 1), ("get", 1), ("set", 2)];
+    let expected_first = [
+        ("config|resetstat", 1),
+        ("evalsha", 1),
+        ("get", 1),
+        ("set", 2),
+    ];
     assert_eq!(
         first,
-        expected_first.map(|(k, v)| (k.to_owned(), v)).into_iter().collect(),
+        expected_first
+            .map(|(k, v)| (k.to_owned(), v))
+            .into_iter()
+            .collect(),
         "first request"
     );
     let expected_replay = [("config|resetstat", 1), ("set", 1)];
     assert_eq!(
         replayed,
-        expected_replay.map(|(k, v)| (k.to_owned(), v)).into_iter().collect(),
+        expected_replay
+            .map(|(k, v)| (k.to_owned(), v))
+            .into_iter()
+            .collect(),
         "replay"
     );
 }
@@ -502,7 +550,8 @@ async fn redis_outage_fails_closed_then_recovers() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let server = TestServer::start(App::Axum, IdempotencyLayer::new(redis_store(&redis).await)).await;
+    let server =
+        TestServer::start(App::Axum, IdempotencyLayer::new(redis_store(&redis).await)).await;
     let client = server.client("key-1", fast());
     post(&client, "/pay", "before", "{}").await.expect("up");
 
@@ -555,5 +604,9 @@ async fn fail_open_runs_without_a_claim() {
         let reply = post(&client, "/pay", "open", "{}").await.expect("runs");
         assert!(!reply.replayed());
     }
-    assert_eq!(server.runs(), 2, "nothing is stored while the store is down");
+    assert_eq!(
+        server.runs(),
+        2,
+        "nothing is stored while the store is down"
+    );
 }

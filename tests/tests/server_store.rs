@@ -40,10 +40,17 @@ fn record(body: &str, n: u8) -> Completed {
 }
 
 async fn claim<St: Store>(store: &St, k: &str, body: &str, lease: Duration) -> Acquire {
-    store.claim(&key(k), fp(body), lease).await.expect("store up")
+    store
+        .claim(&key(k), fp(body), lease)
+        .await
+        .expect("store up")
 }
 
-async fn claimed<St: Store>(store: &St, k: &str, lease: Duration) -> kneo_server::idempotency::Claim {
+async fn claimed<St: Store>(
+    store: &St,
+    k: &str,
+    lease: Duration,
+) -> kneo_server::idempotency::Claim {
     match claim(store, k, "a", lease).await {
         Acquire::Claimed(c) => c,
         other => panic!("expected a claim, got {other:?}"),
@@ -74,28 +81,55 @@ async fn claim_is_exclusive<St: Store>(store: St) {
 /// (the store does not compare fingerprints), until its TTL ends.
 async fn completed_record_is_returned_until_its_ttl<St: Store>(store: St) {
     let c = claimed(&store, "done", LONG).await;
-    assert!(store.complete(&key("done"), &c, &record("a", 1), SHORT).await.expect("up"));
-    assert_eq!(claim(&store, "done", "a", LONG).await, Acquire::Completed(record("a", 1)));
+    assert!(store
+        .complete(&key("done"), &c, &record("a", 1), SHORT)
+        .await
+        .expect("up"));
+    assert_eq!(
+        claim(&store, "done", "a", LONG).await,
+        Acquire::Completed(record("a", 1))
+    );
     assert_eq!(
         claim(&store, "done", "other", LONG).await,
         Acquire::Completed(record("a", 1)),
         "fingerprints are the layer's business"
     );
     tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
-    assert!(matches!(claim(&store, "done", "a", LONG).await, Acquire::Claimed(_)), "TTL over");
+    assert!(
+        matches!(claim(&store, "done", "a", LONG).await, Acquire::Claimed(_)),
+        "TTL over"
+    );
 }
 
 /// A released key is free; releasing twice, or after completion, does nothing.
 async fn release_frees_the_key_once<St: Store>(store: St) {
     let c = claimed(&store, "rel", LONG).await;
     assert!(store.release(&key("rel"), &c).await.expect("up"));
-    assert!(!store.release(&key("rel"), &c).await.expect("up"), "already released");
+    assert!(
+        !store.release(&key("rel"), &c).await.expect("up"),
+        "already released"
+    );
     let c2 = claimed(&store, "rel", LONG).await;
     assert_ne!(c2.token(), c.token(), "a new claim, a new token");
-    assert!(!store.complete(&key("rel"), &c, &record("a", 1), LONG).await.expect("up"), "old token");
-    assert!(store.complete(&key("rel"), &c2, &record("a", 2), LONG).await.expect("up"));
-    assert!(!store.release(&key("rel"), &c2).await.expect("up"), "completed, not released");
-    assert_eq!(claim(&store, "rel", "a", LONG).await, Acquire::Completed(record("a", 2)));
+    assert!(
+        !store
+            .complete(&key("rel"), &c, &record("a", 1), LONG)
+            .await
+            .expect("up"),
+        "old token"
+    );
+    assert!(store
+        .complete(&key("rel"), &c2, &record("a", 2), LONG)
+        .await
+        .expect("up"));
+    assert!(
+        !store.release(&key("rel"), &c2).await.expect("up"),
+        "completed, not released"
+    );
+    assert_eq!(
+        claim(&store, "rel", "a", LONG).await,
+        Acquire::Completed(record("a", 2))
+    );
 }
 
 /// After its lease a claim is gone: the key can be claimed again, and the
@@ -105,37 +139,70 @@ async fn stale_claims_are_fenced<St: Store>(store: St) {
     let stale = claimed(&store, "fence", SHORT).await;
     tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
     assert!(
-        !store.complete(&key("fence"), &stale, &record("a", 1), LONG).await.expect("up"),
+        !store
+            .complete(&key("fence"), &stale, &record("a", 1), LONG)
+            .await
+            .expect("up"),
         "lease over, nobody else yet"
     );
     let fresh = claimed(&store, "fence", LONG).await;
     assert_ne!(fresh.token(), stale.token());
-    assert!(!store.complete(&key("fence"), &stale, &record("a", 1), LONG).await.expect("up"));
+    assert!(!store
+        .complete(&key("fence"), &stale, &record("a", 1), LONG)
+        .await
+        .expect("up"));
     assert!(!store.release(&key("fence"), &stale).await.expect("up"));
     assert!(
-        matches!(claim(&store, "fence", "a", LONG).await, Acquire::InFlight(_)),
+        matches!(
+            claim(&store, "fence", "a", LONG).await,
+            Acquire::InFlight(_)
+        ),
         "the fresh claim still holds"
     );
-    assert!(store.complete(&key("fence"), &fresh, &record("a", 2), LONG).await.expect("up"));
-    assert!(!store.complete(&key("fence"), &stale, &record("a", 1), LONG).await.expect("up"));
-    assert_eq!(claim(&store, "fence", "a", LONG).await, Acquire::Completed(record("a", 2)));
+    assert!(store
+        .complete(&key("fence"), &fresh, &record("a", 2), LONG)
+        .await
+        .expect("up"));
+    assert!(!store
+        .complete(&key("fence"), &stale, &record("a", 1), LONG)
+        .await
+        .expect("up"));
+    assert_eq!(
+        claim(&store, "fence", "a", LONG).await,
+        Acquire::Completed(record("a", 2))
+    );
 }
 
 /// Scope and key both name the record.
 async fn scope_and_key_name_the_record<St: Store>(store: St) {
     let alice = RecordKey::new(Scope::of(b"Bearer alice"), "k");
     let bob = RecordKey::new(Scope::of(b"Bearer bob"), "k");
-    assert!(matches!(store.claim(&alice, fp("a"), LONG).await, Ok(Acquire::Claimed(_))));
-    assert!(matches!(store.claim(&bob, fp("a"), LONG).await, Ok(Acquire::Claimed(_))));
-    assert!(matches!(claim(&store, "k2", "a", LONG).await, Acquire::Claimed(_)));
+    assert!(matches!(
+        store.claim(&alice, fp("a"), LONG).await,
+        Ok(Acquire::Claimed(_))
+    ));
+    assert!(matches!(
+        store.claim(&bob, fp("a"), LONG).await,
+        Ok(Acquire::Claimed(_))
+    ));
+    assert!(matches!(
+        claim(&store, "k2", "a", LONG).await,
+        Acquire::Claimed(_)
+    ));
 }
 
 /// A record too big to store is kept as its status only.
 async fn not_stored_outcome_round_trips<St: Store>(store: St) {
     let c = claimed(&store, "big", LONG).await;
     let done = Completed::new(fp("a"), Outcome::NotStored(StatusCode::OK));
-    assert!(store.complete(&key("big"), &c, &done, LONG).await.expect("up"));
-    assert_eq!(claim(&store, "big", "a", LONG).await, Acquire::Completed(done));
+    assert!(store
+        .complete(&key("big"), &c, &done, LONG)
+        .await
+        .expect("up"));
+    assert_eq!(
+        claim(&store, "big", "a", LONG).await,
+        Acquire::Completed(done)
+    );
 }
 
 macro_rules! suite {
@@ -188,15 +255,37 @@ async fn redis_prefix_separates_stores_and_names_keys() {
     let a = redis_store(&redis, "app-a:").await;
     let b = redis_store(&redis, "app-b:").await;
     let c = claimed(&a, "k", LONG).await;
-    assert!(matches!(claim(&b, "k", "a", LONG).await, Acquire::Claimed(_)));
+    assert!(matches!(
+        claim(&b, "k", "a", LONG).await,
+        Acquire::Claimed(_)
+    ));
     let name = a.redis_key(&key("k"));
     assert!(name.starts_with("app-a:") && name.ends_with(":k"), "{name}");
-    assert!(!name.contains("test"), "the scope is a digest, not the credential");
-    assert_eq!(redis.command(&format!("STRLEN {name}")), "42", "version, tag, token, fingerprint");
-    let pttl: i64 = redis.command(&format!("PTTL {name}")).parse().expect("integer");
-    assert!(pttl > 0 && pttl <= 60_000, "the lease is the key's expiry: {pttl}");
-    assert!(a.complete(&key("k"), &c, &record("a", 1), Duration::from_secs(86_400)).await.expect("up"));
-    let pttl: i64 = redis.command(&format!("PTTL {name}")).parse().expect("integer");
+    assert!(
+        !name.contains("test"),
+        "the scope is a digest, not the credential"
+    );
+    assert_eq!(
+        redis.command(&format!("STRLEN {name}")),
+        "42",
+        "version, tag, token, fingerprint"
+    );
+    let pttl: i64 = redis
+        .command(&format!("PTTL {name}"))
+        .parse()
+        .expect("integer");
+    assert!(
+        pttl > 0 && pttl <= 60_000,
+        "the lease is the key's expiry: {pttl}"
+    );
+    assert!(a
+        .complete(&key("k"), &c, &record("a", 1), Duration::from_secs(86_400))
+        .await
+        .expect("up"));
+    let pttl: i64 = redis
+        .command(&format!("PTTL {name}"))
+        .parse()
+        .expect("integer");
     assert!(pttl > 60_000, "the record's TTL replaced the lease: {pttl}");
 }
 
@@ -208,8 +297,14 @@ async fn redis_down_is_a_store_error() {
     };
     let store = redis_store(&redis, "kneo:test:").await;
     redis.stop();
-    let err = store.claim(&key("k"), fp("a"), LONG).await.expect_err("down");
-    assert!(err.to_string().starts_with("idempotency store unavailable"), "{err}");
+    let err = store
+        .claim(&key("k"), fp("a"), LONG)
+        .await
+        .expect_err("down");
+    assert!(
+        err.to_string().starts_with("idempotency store unavailable"),
+        "{err}"
+    );
     assert!(!err.is_full() && !err.is_corrupt());
 }
 
@@ -222,6 +317,9 @@ async fn redis_garbage_value_is_corrupt() {
     let store = redis_store(&redis, "kneo:test:").await;
     let name = store.redis_key(&key("junk"));
     assert_eq!(redis.command(&format!("SET {name} garbage")), "OK");
-    let err = store.claim(&key("junk"), fp("a"), LONG).await.expect_err("corrupt");
+    let err = store
+        .claim(&key("junk"), fp("a"), LONG)
+        .await
+        .expect_err("corrupt");
     assert!(err.is_corrupt(), "{err}");
 }

@@ -88,7 +88,11 @@ fn json(status: u16, value: serde_json::Value) -> Response<HandlerBody> {
         .status(status)
         .header("content-type", "application/json")
         .header("x-handler", "yes")
-        .body(Full::new(Bytes::from(value.to_string())).map_err(|e| match e {}).boxed())
+        .body(
+            Full::new(Bytes::from(value.to_string()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
         .expect("valid response")
 }
 
@@ -101,7 +105,11 @@ fn query(uri: &Uri, name: &str) -> Option<u64> {
 }
 
 /// The handler both apps run.
-async fn handle(state: Arc<State>, uri: Uri, body: Bytes) -> Result<Response<HandlerBody>, BoxError> {
+async fn handle(
+    state: Arc<State>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response<HandlerBody>, BoxError> {
     let n = state.runs.fetch_add(1, Ordering::SeqCst) + 1;
     let path = uri.path();
     if path == "/pay" {

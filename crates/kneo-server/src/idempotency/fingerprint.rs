@@ -32,11 +32,7 @@ impl Fingerprint {
     /// The fingerprint of a request.
     pub fn of(method: &Method, path_and_query: &str, body: &[u8]) -> Self {
         let mut hasher = Sha256::new();
-        for field in [
-            method.as_str().as_bytes(),
-            path_and_query.as_bytes(),
-            body,
-        ] {
+        for field in [method.as_str().as_bytes(), path_and_query.as_bytes(), body] {
             hasher.update((field.len() as u64).to_be_bytes());
             hasher.update(field);
         }

@@ -204,7 +204,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             BodyKind::Inner { body } => body.size_hint(),
-            BodyKind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            BodyKind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             BodyKind::Spill { prefix, rest } => {
                 let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
                 let inner = rest.size_hint();

@@ -64,7 +64,9 @@ pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<String>, KeyError> {
         return Err(KeyError::Malformed);
     }
     // Visible ASCII is UTF-8.
-    String::from_utf8(key).map(Some).map_err(|_| KeyError::Malformed)
+    String::from_utf8(key)
+        .map(Some)
+        .map_err(|_| KeyError::Malformed)
 }
 
 fn trim_ows(mut b: &[u8]) -> &[u8] {
@@ -180,7 +182,8 @@ mod tests {
         let long = "k".repeat(255);
         let too_long = "k".repeat(256);
         let quoted_long = format!("\"{long}\"");
-        let cases: &[(&[&[u8]], Result<Option<&str>, KeyError>)] = &[
+        type Case<'a> = (&'a [&'a [u8]], Result<Option<&'a str>, KeyError>);
+        let cases: &[Case<'_>] = &[
             (&[], Ok(None)),
             (&[b"8e03978e-40d5-43e8"], Ok(Some("8e03978e-40d5-43e8"))),
             (&[b"\"8e03978e-40d5-43e8\""], Ok(Some("8e03978e-40d5-43e8"))),

@@ -405,10 +405,7 @@ mod tests {
                     Bytes::new(),
                 )),
             )),
-            Record::Completed(Completed::new(
-                fp(),
-                Outcome::NotStored(StatusCode::OK),
-            )),
+            Record::Completed(Completed::new(fp(), Outcome::NotStored(StatusCode::OK))),
         ]
     }
 
@@ -467,10 +464,7 @@ mod tests {
         b.extend_from_slice(fp().as_bytes());
         b.extend_from_slice(&200u16.to_be_bytes());
         b.extend_from_slice(&[1, 1, b'A', 1, b'v', 0]);
-        assert_eq!(
-            Record::decode(&b),
-            Err(DecodeError("invalid header name"))
-        );
+        assert_eq!(Record::decode(&b), Err(DecodeError("invalid header name")));
         // A varint with a redundant continuation byte.
         let mut b = vec![VERSION, TAG_STORED];
         b.extend_from_slice(fp().as_bytes());
@@ -486,7 +480,16 @@ mod tests {
 
     #[test]
     fn varint_round_trips_at_the_edges() {
-        for n in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_varint(&mut out, n);
             let mut r = Reader(&out);

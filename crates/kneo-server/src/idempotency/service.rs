@@ -200,7 +200,10 @@ where
     }
     let mut buf = Buffer::Empty;
     loop {
-        let next = body.frame().await.map(|r| r.map_err(Into::<BoxError>::into));
+        let next = body
+            .frame()
+            .await
+            .map(|r| r.map_err(Into::<BoxError>::into));
         match next {
             None => break,
             Some(Ok(frame)) => {

@@ -123,7 +123,10 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, Map> {
         // Nothing panics while the lock is held; a poisoned map is still consistent.
-        self.inner.map.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -290,9 +293,12 @@ mod tests {
             Ok(Acquire::InFlight(_))
         ));
         // Only claims left: refused.
-        let err = store.claim(&key("e"), fp(), LONG).await.unwrap_err();
+        let err = store.claim(&key("e"), fp(), LONG).await.expect_err("full");
         assert!(err.is_full());
-        assert_eq!(err.to_string(), "idempotency store full of in-flight claims");
+        assert_eq!(
+            err.to_string(),
+            "idempotency store full of in-flight claims"
+        );
     }
 
     #[tokio::test]
