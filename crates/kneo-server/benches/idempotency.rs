@@ -242,7 +242,7 @@ fn main() {
             .pool_max_idle_per_host(CONCURRENCY)
             .build_http();
         let bare = serve(routes()).await;
-        let memory = serve(routes().layer(IdempotencyLayer::new(MemoryStore::new().max_entries(1_000_000)))).await;
+        let memory = serve(routes().layer(IdempotencyLayer::new(MemoryStore::new()))).await;
 
         #[cfg(feature = "redis")]
         let redis = match redis_server::RedisServer::start() {

@@ -2,6 +2,7 @@
 //! files a request under.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use kneo_core::IDEMPOTENCY_KEY;
@@ -122,7 +123,8 @@ fn unquote(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RecordKey {
     scope: Scope,
-    key: Box<str>,
+    // Shared: the layer, the store's index and a drop guard all hold it.
+    key: Arc<str>,
 }
 
 impl RecordKey {

@@ -2,6 +2,7 @@
 //! record, and their compact, versioned byte encoding.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -63,11 +64,11 @@ impl Claim {
 }
 
 /// A handler's response as stored: status, headers in the order the handler
-/// set them, and the whole body.
+/// set them, and the whole body. Cloning it is cheap (two reference counts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     status: StatusCode,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
     body: Bytes,
 }
 
@@ -76,7 +77,7 @@ impl StoredResponse {
     pub fn new(status: StatusCode, headers: Vec<(HeaderName, HeaderValue)>, body: Bytes) -> Self {
         StoredResponse {
             status,
-            headers,
+            headers: headers.into(),
             body,
         }
     }
@@ -97,7 +98,7 @@ impl StoredResponse {
     }
 
     /// Status, headers and body, by value.
-    pub fn into_parts(self) -> (StatusCode, Vec<(HeaderName, HeaderValue)>, Bytes) {
+    pub fn into_parts(self) -> (StatusCode, Arc<[(HeaderName, HeaderValue)]>, Bytes) {
         (self.status, self.headers, self.body)
     }
 }
@@ -158,7 +159,7 @@ impl Completed {
                 out.extend_from_slice(self.fingerprint.as_bytes());
                 out.extend_from_slice(&res.status.as_u16().to_be_bytes());
                 put_varint(&mut out, res.headers.len() as u64);
-                for (name, value) in &res.headers {
+                for (name, value) in res.headers.iter() {
                     put_bytes(&mut out, name.as_str().as_bytes());
                     put_bytes(&mut out, value.as_bytes());
                 }

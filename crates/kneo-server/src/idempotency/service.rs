@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use kneo_core::{codes, BoxError};
 use tower_service::Service;
 
@@ -259,14 +259,26 @@ where
     if declared.is_some_and(|len| usize::try_from(len).map_or(true, |len| len > max)) {
         return Err(problems::too_large(max));
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(problems::too_large(max)),
-        Err(error) => {
-            tracing::debug!(%error, "keyed request body could not be read");
-            Err(problems::unreadable())
+    let mut body = std::pin::pin!(body);
+    let mut buf = Buffer::Empty;
+    while let Some(frame) = body.as_mut().frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.push(data);
+                    if buf.len() > max {
+                        return Err(problems::too_large(max));
+                    }
+                }
+            }
+            Err(error) => {
+                let error: BoxError = error.into();
+                tracing::debug!(%error, "keyed request body could not be read");
+                return Err(problems::unreadable());
+            }
         }
     }
+    Ok(buf.freeze())
 }
 
 /// A response body being collected, copied only when it comes in pieces.
@@ -319,8 +331,8 @@ fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
             *res.status_mut() = status;
             let map = res.headers_mut();
             map.reserve(headers.len() + 1);
-            for (name, value) in headers {
-                map.append(name, value);
+            for (name, value) in headers.iter() {
+                map.append(name.clone(), value.clone());
             }
             map.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             res

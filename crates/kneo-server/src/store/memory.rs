@@ -19,10 +19,12 @@ pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 ///
 /// **Bound.** At most [`max_entries`](MemoryStore::max_entries) records (in-flight
 /// claims and completed records) are kept. When a new claim finds the store
-/// full, it first drops every expired entry, then the oldest *completed*
-/// records, one per new claim. An in-flight claim is never evicted; when every
-/// entry is one, the claim fails with [`StoreError::is_full`], which the layer
-/// answers with `503` (and `Retry-After`). Memory use is about `max_entries`
+/// full, it evicts the oldest *completed* record (with one TTL for all, the
+/// first to expire, so expired records go first); when there is none, it
+/// drops the claims whose lease has ended. A live in-flight claim is never
+/// evicted; when every entry is one, the claim fails with
+/// [`StoreError::is_full`], which the layer answers with `503` (and
+/// `Retry-After`). Memory use is about `max_entries`
 /// times the stored response size (at most the layer's `max_response`).
 ///
 /// ```
@@ -142,27 +144,24 @@ impl Map {
     }
 
     /// Makes room for one more entry, or says the store is full of claims.
+    ///
+    /// Completed records share the layer's TTL, so the oldest completed is
+    /// also the first to expire: evicting from the front of `completed` drops
+    /// expired records first, in O(log n). Only a store with no completed
+    /// record left is scanned for expired claims.
     fn make_room(&mut self, max: usize, now: Instant) -> Result<(), StoreError> {
         if self.entries.len() < max {
             return Ok(());
         }
-        let completed = &mut self.completed;
-        self.entries.retain(|_, e| {
-            let live = e.expires > now;
-            if let (false, State::Completed { seq, .. }) = (live, &e.state) {
-                completed.remove(seq);
-            }
-            live
-        });
-        if self.entries.len() < max {
+        if let Some((_, oldest)) = self.completed.pop_first() {
+            self.entries.remove(&oldest);
             return Ok(());
         }
-        match self.completed.pop_first() {
-            Some((_, oldest)) => {
-                self.entries.remove(&oldest);
-                Ok(())
-            }
-            None => Err(StoreError::full()),
+        self.entries.retain(|_, e| e.expires > now);
+        if self.entries.len() < max {
+            Ok(())
+        } else {
+            Err(StoreError::full())
         }
     }
 }
@@ -302,20 +301,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn full_store_drops_expired_entries_before_completed_ones() {
+    async fn a_full_store_of_claims_drops_the_ones_whose_lease_ended() {
         let store = MemoryStore::new().max_entries(2);
-        let a = claimed(&store, "a", LONG).await;
-        assert!(store
-            .complete(&key("a"), &a, &done(), LONG)
-            .await
-            .expect("memory"));
+        let _a = claimed(&store, "a", LONG).await;
         let _b = claimed(&store, "b", Duration::from_millis(1)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         let _c = claimed(&store, "c", LONG).await;
-        // b's lease had ended, so it went; a's record is still there.
+        // b's lease had ended, so it went; a's claim is still there.
         assert!(matches!(
             store.claim(&key("a"), fp(), LONG).await,
-            Ok(Acquire::Completed(_))
+            Ok(Acquire::InFlight(_))
         ));
         assert_eq!(store.len(), 2);
     }
