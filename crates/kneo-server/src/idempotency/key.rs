@@ -42,7 +42,7 @@ impl KeyError {
 /// Reads the `Idempotency-Key`: `Ok(None)` when absent, the key when it is a
 /// structured-field string (`"abc"`) or a bare token (`abc`) of 1 to 255
 /// visible ASCII characters after unquoting.
-pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<String>, KeyError> {
+pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<Arc<str>>, KeyError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -51,9 +51,13 @@ pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<String>, KeyError> {
         return Err(KeyError::Repeated);
     }
     let raw = trim_ows(value.as_bytes());
-    let key = match raw.first() {
-        Some(b'"') => unquote(raw)?,
-        _ => raw.to_vec(),
+    let unquoted;
+    let key: &[u8] = match raw.first() {
+        Some(b'"') => {
+            unquoted = unquote(raw)?;
+            &unquoted
+        }
+        _ => raw,
     };
     if key.is_empty() {
         return Err(KeyError::Empty);
@@ -65,8 +69,8 @@ pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<String>, KeyError> {
         return Err(KeyError::Malformed);
     }
     // Visible ASCII is UTF-8.
-    String::from_utf8(key)
-        .map(Some)
+    std::str::from_utf8(key)
+        .map(|k| Some(Arc::from(k)))
         .map_err(|_| KeyError::Malformed)
 }
 
@@ -136,6 +140,10 @@ impl RecordKey {
         }
     }
 
+    pub(crate) fn from_shared(scope: Scope, key: Arc<str>) -> Self {
+        RecordKey { scope, key }
+    }
+
     /// The scope.
     pub fn scope(&self) -> &Scope {
         &self.scope
@@ -176,7 +184,7 @@ mod tests {
                 HeaderValue::from_bytes(v).expect("test value"),
             );
         }
-        parse(&headers)
+        parse(&headers).map(|k| k.map(|k| k.to_string()))
     }
 
     #[test]

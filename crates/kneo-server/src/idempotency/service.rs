@@ -122,7 +122,7 @@ async fn keyed<S, St, ReqBody, ResBody>(
     store: St,
     config: Arc<Config>,
     req: Request<ReqBody>,
-    key: String,
+    key: Arc<str>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
@@ -139,7 +139,7 @@ where
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let fingerprint = Fingerprint::of(&parts.method, path, &body);
-    let record_key = RecordKey::new(config.scope.scope(&parts), &key);
+    let record_key = RecordKey::from_shared(config.scope.scope(&parts), key.clone());
 
     let claim = match store.claim(&record_key, fingerprint, config.lease).await {
         Ok(Acquire::Claimed(claim)) => claim,

@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: records in this process, bounded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{hash_map, BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -133,16 +133,6 @@ impl MemoryStore {
 }
 
 impl Map {
-    fn remove(&mut self, key: &RecordKey) {
-        if let Some(Entry {
-            state: State::Completed { seq, .. },
-            ..
-        }) = self.entries.remove(key)
-        {
-            self.completed.remove(&seq);
-        }
-    }
-
     /// Makes room for one more entry, or says the store is full of claims.
     ///
     /// Completed records share the layer's TTL, so the oldest completed is
@@ -175,27 +165,34 @@ impl Store for MemoryStore {
     ) -> Result<Acquire, StoreError> {
         let now = Instant::now();
         let mut map = self.lock();
-        match map.entries.get(key) {
-            Some(e) if e.expires > now => {
-                return Ok(match &e.state {
-                    State::InFlight(claim) => Acquire::InFlight(claim.fingerprint()),
+        let map = &mut *map;
+        if map.entries.len() >= self.inner.max_entries && !map.entries.contains_key(key) {
+            map.make_room(self.inner.max_entries, now)?;
+        }
+        let token = FencingToken::new(map.next_token);
+        let claim = Claim::new(token, fingerprint);
+        let fresh = Entry {
+            state: State::InFlight(claim),
+            expires: now + lease,
+        };
+        match map.entries.entry(key.clone()) {
+            hash_map::Entry::Occupied(mut held) if held.get().expires > now => {
+                return Ok(match &held.get_mut().state {
+                    State::InFlight(holder) => Acquire::InFlight(holder.fingerprint()),
                     State::Completed { record, .. } => Acquire::Completed(record.clone()),
                 });
             }
-            Some(_) => map.remove(key),
-            None => {}
+            hash_map::Entry::Occupied(mut expired) => {
+                if let State::Completed { seq, .. } = expired.get().state {
+                    map.completed.remove(&seq);
+                }
+                expired.insert(fresh);
+            }
+            hash_map::Entry::Vacant(free) => {
+                free.insert(fresh);
+            }
         }
-        map.make_room(self.inner.max_entries, now)?;
-        let token = FencingToken::new(map.next_token);
         map.next_token += 1;
-        let claim = Claim::new(token, fingerprint);
-        map.entries.insert(
-            key.clone(),
-            Entry {
-                state: State::InFlight(claim),
-                expires: now + lease,
-            },
-        );
         Ok(Acquire::Claimed(claim))
     }
 
