@@ -42,6 +42,13 @@
 //! Everything the handler puts in the response, headers included, is stored
 //! and replayed.
 //!
+//! The inner service receives a [`RequestBody`]: the original body when the
+//! layer lets the request through, the buffered bytes when it read them to
+//! fingerprint the request (axum routes accept any body). The inner service's
+//! response body must be `Unpin` (axum's `Body`, hyper's and
+//! `http-body-util`'s bodies are), so that a response too big to store can
+//! be streamed on after its first megabyte.
+//!
 //! # What it guarantees
 //!
 //! For requests of the configured methods (POST and PATCH by default) that
