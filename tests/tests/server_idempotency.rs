@@ -296,6 +296,25 @@ async fn other_methods_and_unkeyed_requests_pass_through<St: Store>(store: St) {
     assert_eq!(server.runs(), 8);
 }
 
+/// Behaviour 1: the methods are configurable.
+async fn methods_are_configurable<St: Store>(store: St) {
+    let layer = IdempotencyLayer::new(store).methods([Method::PUT]);
+    let server = TestServer::start(App::Axum, layer).await;
+    let client = server.client("key-1", once());
+    let first = send(&client, Method::PUT, "/pay", Some("put"), "{}")
+        .await
+        .expect("put");
+    let again = send(&client, Method::PUT, "/pay", Some("put"), "{}")
+        .await
+        .expect("put");
+    assert!(!first.replayed() && again.replayed(), "PUT is enforced");
+    for _ in 0..2 {
+        let post = post(&client, "/pay", "post", "{}").await.expect("post");
+        assert!(!post.replayed(), "POST is no longer enforced");
+    }
+    assert_eq!(server.runs(), 3);
+}
+
 /// Behaviour 2: a quoted and a bare key are the same key; repeated, empty,
 /// long or non-ASCII keys are 400 problems.
 async fn key_syntax<St: Store>(store: St) {
@@ -424,6 +443,7 @@ suite!(
     a_failing_service_releases_its_claim,
     callers_do_not_share_keys,
     other_methods_and_unkeyed_requests_pass_through,
+    methods_are_configurable,
     key_syntax,
     required_key,
     body_over_max_body_is_413,
