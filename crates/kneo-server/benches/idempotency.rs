@@ -7,7 +7,7 @@
 //! cargo bench -p kneo-server --features redis --bench idempotency
 //! ```
 //!
-//! Bounded: 3 interleaved rounds of 5 scenarios × 2 s (about 30 s), 127.0.0.1
+//! Bounded: 6 interleaved rounds of 5 scenarios × 1 s (about 30 s), 127.0.0.1
 //! only. Each round runs every scenario once, so drift (other work on the
 //! machine) hits all of them alike; the table shows medians over the rounds,
 //! and "vs bare" is the median of the per-round ratios.
@@ -30,8 +30,8 @@ use kneo_server::{IdempotencyLayer, MemoryStore};
 
 const CONCURRENCY: usize = 32;
 const WARMUP: Duration = Duration::from_millis(200);
-const MEASURE: Duration = Duration::from_millis(1800);
-const ROUNDS: usize = 3;
+const MEASURE: Duration = Duration::from_millis(800);
+const ROUNDS: usize = 6;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -317,7 +317,15 @@ fn main() {
         #[cfg(feature = "redis")]
         if !redis_counts.is_empty() {
             println!("\nRedis commands per request (INFO commandstats; GET and one SET per first request run inside the EVALSHA script):\n");
+            let mut merged: BTreeMap<&str, (BTreeMap<String, u64>, u64)> = BTreeMap::new();
             for (label, calls, total) in &redis_counts {
+                let entry = merged.entry(label).or_default();
+                for (name, n) in calls {
+                    *entry.0.entry(name.clone()).or_default() += n;
+                }
+                entry.1 += total;
+            }
+            for (label, (calls, total)) in &merged {
                 println!(
                     "- {}: {} requests; per request: {}",
                     &label[2..],
