@@ -1,6 +1,8 @@
 //! An axum gateway that calls an upstream API through kneo and turns every
 //! `kneo::Error` into an RFC 9457 `application/problem+json` response that
-//! keeps the request id.
+//! keeps the request id, with kneo-server's `ProblemResponse` (feature
+//! `axum`): a handler returns `Result<_, ProblemResponse>` and uses `?` on
+//! kneo calls.
 //!
 //! ```text
 //! cargo run --example axum_gateway
@@ -12,75 +14,23 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::Full;
 use kneo::retry::{Backoff, RetryLayer};
-use kneo::{Client, ClientLayer, ErrorKind};
+use kneo::{Client, ClientLayer};
+use kneo_server::ProblemResponse;
 use serde_json::{json, Value};
-
-/// The gateway's error: a `kneo::Error` from the upstream, as a problem response.
-struct UpstreamError(kneo::Error);
-
-impl IntoResponse for UpstreamError {
-    fn into_response(self) -> Response {
-        let err = self.0;
-        // What the upstream's failure means for *our* caller.
-        let (status, title) = match err.kind() {
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "Not found"),
-            ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
-            ErrorKind::Conflict | ErrorKind::IdempotencyMismatch => {
-                (StatusCode::CONFLICT, "Conflict")
-            }
-            ErrorKind::Network if err.is_timeout() => {
-                (StatusCode::GATEWAY_TIMEOUT, "Upstream timed out")
-            }
-            // Our credentials, the upstream's outage, a body we cannot read:
-            // none of it is the caller's fault, and none of its details are
-            // theirs to see.
-            _ => (StatusCode::BAD_GATEWAY, "Upstream failed"),
-        };
-        let detail = if status.is_server_error() {
-            "The upstream service failed; quote the request id when reporting this.".to_owned()
-        } else {
-            err.message().to_owned()
-        };
-        let problem = json!({
-            "type": format!("https://kneo.example/problems/{}", err.kind()),
-            "title": title,
-            "status": status.as_u16(),
-            "detail": detail,
-            "code": err.code(),
-            "request_id": err.request_id(),
-        });
-        let mut res = (status, Json(problem)).into_response();
-        let headers = res.headers_mut();
-        headers.insert(
-            "content-type",
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(id) = err
-            .request_id()
-            .and_then(|id| HeaderValue::from_str(id).ok())
-        {
-            headers.insert("x-request-id", id);
-        }
-        if let Some(wait) = err.retry_after() {
-            headers.insert("retry-after", HeaderValue::from(wait.as_secs().max(1)));
-        }
-        res
-    }
-}
 
 /// `GET /runs/{id}`: the upstream's run, passed through.
 async fn get_run(
     State(upstream): State<Client>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, UpstreamError> {
+) -> Result<Json<Value>, ProblemResponse> {
     let mut req = http::Request::get(format!("/runs/{id}"));
     // Keep the caller's request id end to end (kneo keeps it if well formed).
     if let Some(rid) = headers.get("x-request-id") {
@@ -88,9 +38,12 @@ async fn get_run(
     }
     let req = req
         .body(Full::<Bytes>::default())
-        .map_err(|e| UpstreamError(kneo::Error::invalid_request(e)))?;
-    let res = upstream.request(req).await.map_err(UpstreamError)?;
-    let value = upstream.read_json(res).await.map_err(UpstreamError)?;
+        .map_err(kneo::Error::invalid_request)?;
+    // What the upstream's failure means for *our* caller is one function,
+    // `ProblemResponse::from_error`, which `?` calls: 404 and 429 pass on,
+    // the rest is a 502 (or 504) without the upstream's details.
+    let res = upstream.request(req).await?;
+    let value = upstream.read_json(res).await?;
     Ok(Json(value))
 }
 

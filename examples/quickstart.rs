@@ -5,10 +5,11 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! Nothing to install: the mock API runs in this process. The retry log
-//! (`kneo::retry` at INFO) goes to stderr.
+//! Nothing to install: the mock API runs in this process, and enforces
+//! `Idempotency-Key` with kneo-server's `IdempotencyLayer`, so the tour shows
+//! both halves working together. The retry log (`kneo::retry` at INFO) goes
+//! to stderr.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use kneo::retry::{Backoff, RetryLayer};
 use kneo::{Attempts, Client, ClientLayer, Error, ErrorKind};
+use kneo_server::{IdempotencyLayer, MemoryStore};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -106,17 +108,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if same { "same" } else { "DIFFERENT" }
     );
 
-    // 6. The same key reused with a different payload -> IdempotencyMismatch.
+    // 6. The same key reused with a different payload -> IdempotencyMismatch
+    //    (the server's IdempotencyLayer answers 422 without running the handler).
     let key = keys.first().cloned().unwrap_or_default();
-    let replay = http::Request::post("/runs")
-        .header("idempotency-key", key)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"name":"weekly"}"#)))?;
-    let err = client.request(replay).await.expect_err("payload differs");
+    let post_with_key = |body: &'static [u8]| {
+        http::Request::post("/runs")
+            .header("idempotency-key", key.as_str())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body)))
+    };
+    let err = client
+        .request(post_with_key(br#"{"name":"weekly"}"#)?)
+        .await
+        .expect_err("payload differs");
     show(6, "POST /runs   ", &err, ErrorKind::IdempotencyMismatch);
     println!(
         "   is_conflict() groups it with Conflict: {}",
         err.is_conflict()
+    );
+
+    // 7. The same key and payload again: the stored response, replayed.
+    let res = client
+        .request(post_with_key(br#"{"name":"nightly"}"#)?)
+        .await?;
+    let replayed = res.headers().contains_key("idempotent-replayed");
+    println!(
+        "7. POST /runs    -> {} again, Idempotent-Replayed: {replayed}; the handler ran {} times in all",
+        res.status(),
+        mock.keys_seen.lock().expect("mock state").len()
     );
 
     println!("\nEvery failure above is one kneo::Error; match on err.kind().");
@@ -143,10 +162,8 @@ fn show(step: u32, call: &str, err: &Error, expected: ErrorKind) {
 struct Mock {
     /// `/busy` calls so far.
     busy_calls: Mutex<u32>,
-    /// The Idempotency-Key of every POST /runs attempt.
+    /// The Idempotency-Key of every POST /runs the handler ran.
     keys_seen: Mutex<Vec<String>>,
-    /// Payload and response per idempotency key, as a real API keeps them.
-    by_key: Mutex<HashMap<String, (Bytes, Value)>>,
 }
 
 async fn start_mock_api() -> std::io::Result<(String, Arc<Mock>)> {
@@ -155,7 +172,10 @@ async fn start_mock_api() -> std::io::Result<(String, Arc<Mock>)> {
         .route("/runs/{id}", get(get_run))
         .route("/busy", get(busy))
         .route("/runs", post(create_run))
-        .with_state(mock.clone());
+        .with_state(mock.clone())
+        // Keyed POSTs run once; replays, 409 while in flight, 422 on a reused
+        // key. GETs pass through.
+        .layer(IdempotencyLayer::new(MemoryStore::new()).require());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}/v1", listener.local_addr()?);
     // Echo the caller's X-Request-ID, as real APIs do.
@@ -209,25 +229,13 @@ async fn busy(State(mock): State<Arc<Mock>>) -> Response {
     Json(json!({"ok": true})).into_response()
 }
 
-async fn create_run(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "missing_key",
-            "Idempotency-Key is required",
-        );
-    };
-    if let Some((payload, response)) = mock.by_key.lock().expect("mock state").get(key) {
-        return if *payload == body {
-            (StatusCode::CREATED, Json(response.clone())).into_response()
-        } else {
-            error(
-                StatusCode::CONFLICT,
-                "idempotency_key_mismatch",
-                "this Idempotency-Key was used with a different payload",
-            )
-        };
-    }
+async fn create_run(State(mock): State<Arc<Mock>>, headers: HeaderMap) -> Response {
+    // The layer in front guarantees a key, and that a retry after success never
+    // gets here; a 503 releases the key, so kneo's retries run again.
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let attempt = {
         let mut seen = mock.keys_seen.lock().expect("mock state");
         seen.push(key.to_owned());
@@ -241,9 +249,5 @@ async fn create_run(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Byt
         );
     }
     let created = json!({"id": 2, "name": "nightly", "status": "queued"});
-    mock.by_key
-        .lock()
-        .expect("mock state")
-        .insert(key.to_owned(), (body, created.clone()));
     (StatusCode::CREATED, Json(created)).into_response()
 }

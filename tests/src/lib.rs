@@ -11,6 +11,8 @@
 //! # }
 //! ```
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -52,3 +52,14 @@ pub const HTTP_ERROR: &str = "http_error";
 pub const DECODE_ERROR: &str = "decode_error";
 /// The request could not be built; nothing was sent.
 pub const INVALID_REQUEST: &str = "invalid_request";
+/// A keyed request reached a server that requires an `Idempotency-Key`, without one (HTTP 400).
+pub const IDEMPOTENCY_KEY_MISSING: &str = "idempotency_key_missing";
+/// The `Idempotency-Key` header was empty, malformed, too long or sent twice (HTTP 400).
+pub const IDEMPOTENCY_KEY_INVALID: &str = "idempotency_key_invalid";
+/// The server's idempotency store could not be reached, so the request was not run (HTTP 503, retryable).
+pub const IDEMPOTENCY_STORE_UNAVAILABLE: &str = "idempotency_store_unavailable";
+/// The request for this idempotency key was processed, but its response was
+/// too large to keep, so it cannot be replayed (HTTP 410; not retryable).
+pub const IDEMPOTENCY_RESPONSE_NOT_STORED: &str = "idempotency_response_not_stored";
+/// The request body is larger than the server accepts (HTTP 413).
+pub const REQUEST_BODY_TOO_LARGE: &str = "request_body_too_large";

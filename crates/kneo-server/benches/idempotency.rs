@@ -1,0 +1,355 @@
+//! Keyed POSTs through `IdempotencyLayer` against the same handler without
+//! it, on loopback, side by side: bare, `MemoryStore`, `RedisStore` (a real
+//! `redis-server` started here, when it is on `PATH`), first requests and
+//! replays; and the Redis commands per request from `INFO commandstats`.
+//!
+//! ```text
+//! cargo bench -p kneo-server --features redis --bench idempotency
+//! ```
+//!
+//! Bounded: 6 interleaved rounds of 5 scenarios × 1 s (about 30 s), 127.0.0.1
+//! only. Each round runs every scenario once, so drift (other work on the
+//! machine) hits all of them alike; the table shows medians over the rounds,
+//! and "vs bare" is the median of the per-round ratios.
+//! A load loop rather than criterion: the quantity is a server's throughput
+//! under concurrent load, not one call's latency.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use kneo_server::{IdempotencyLayer, MemoryStore};
+
+const CONCURRENCY: usize = 32;
+const WARMUP: Duration = Duration::from_millis(200);
+const MEASURE: Duration = Duration::from_millis(800);
+const ROUNDS: usize = 6;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn handler(body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+    let out = format!(
+        r#"{{"id":"pay_1","amount_len":{},"status":"succeeded"}}"#,
+        body.len()
+    );
+    Ok(Response::builder()
+        .status(StatusCode::CREATED)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(out)))
+        .expect("valid response"))
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/pay")
+}
+
+fn routes() -> Router {
+    Router::new().route("/pay", post(handler))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// A new key per request: every request is a first request.
+    Fresh,
+    /// One key per worker: after the first, every request is a replay.
+    Replay,
+}
+
+struct Run {
+    /// Requests in the measured window.
+    requests: u64,
+    /// Every request sent, warm-up included.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    sent: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn load(client: &HttpClient, url: &str, keys: Keys, label: &str) -> Run {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let stop_warmup = Instant::now() + WARMUP;
+    let stop = stop_warmup + MEASURE;
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|worker| {
+            let client = client.clone();
+            let url = url.to_owned();
+            let label = label.to_owned();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut sent = 0u64;
+                loop {
+                    let now = Instant::now();
+                    if now >= stop {
+                        break;
+                    }
+                    let key = match keys {
+                        Keys::Fresh => format!("{label}-{}", SEQ.fetch_add(1, Ordering::Relaxed)),
+                        Keys::Replay => format!("{label}-replay-{worker}"),
+                    };
+                    let req = Request::post(url.as_str())
+                        .header("idempotency-key", key)
+                        .header("authorization", "Bearer sk_bench")
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(
+                            br#"{"amount":1200,"currency":"eur"}"#,
+                        )))
+                        .expect("valid request");
+                    let res = client.request(req).await.expect("loopback server answers");
+                    assert_eq!(res.status(), StatusCode::CREATED, "{label}");
+                    res.into_body().collect().await.expect("body");
+                    sent += 1;
+                    if now >= stop_warmup {
+                        latencies.push(now.elapsed());
+                    }
+                }
+                (latencies, sent)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut sent = 0;
+    for t in tasks {
+        let (latencies, n) = t.await.expect("worker");
+        all.extend(latencies);
+        sent += n;
+    }
+    all.sort();
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Run {
+        requests: all.len() as u64,
+        sent,
+        elapsed: MEASURE,
+        p50: pick(0.5),
+        p99: pick(0.99),
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_server {
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub(crate) struct RedisServer {
+        pub(crate) port: u16,
+        child: Child,
+    }
+
+    impl RedisServer {
+        pub(crate) fn start() -> Option<Self> {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            let server = RedisServer { port, child };
+            let started = Instant::now();
+            while server.command("PING").as_deref() != Some("PONG") {
+                if started.elapsed() > Duration::from_secs(10) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Some(server)
+        }
+
+        pub(crate) fn command(&self, cmd: &str) -> Option<String> {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+            stream.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).ok()?;
+            let line = line.trim_end();
+            if let Some(len) = line.strip_prefix('$') {
+                let mut buf = vec![0; len.parse::<usize>().ok()? + 2];
+                reader.read_exact(&mut buf).ok()?;
+                return String::from_utf8(buf).ok();
+            }
+            Some(line.trim_start_matches(['+', ':']).to_owned())
+        }
+
+        pub(crate) fn calls(&self) -> BTreeMap<String, u64> {
+            let info = self.command("INFO commandstats").unwrap_or_default();
+            info.lines()
+                .filter_map(|line| {
+                    let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                    let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
+                    Some((name.to_owned(), calls.parse().ok()?))
+                })
+                .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat"))
+                .collect()
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn per_request(calls: &BTreeMap<String, u64>, requests: u64) -> String {
+    calls
+        .iter()
+        .map(|(name, n)| format!("{name} {:.2}", *n as f64 / requests.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(CONCURRENCY)
+            .build_http();
+        let bare = serve(routes()).await;
+        let memory = serve(routes().layer(IdempotencyLayer::new(MemoryStore::new()))).await;
+
+        #[cfg(feature = "redis")]
+        let redis = match redis_server::RedisServer::start() {
+            Some(server) => {
+                let url = format!("redis://127.0.0.1:{}/", server.port);
+                let store = kneo_server::RedisStore::connect(url).await.expect("redis connects");
+                let app = serve(routes().layer(IdempotencyLayer::new(store))).await;
+                Some((server, app))
+            }
+            None => {
+                println!("redis-server not on PATH: Redis scenarios skipped");
+                None
+            }
+        };
+        #[cfg(not(feature = "redis"))]
+        println!("built without the `redis` feature: Redis scenarios skipped");
+
+        let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+        #[cfg(feature = "redis")]
+        let mut redis_counts: Vec<(&str, BTreeMap<String, u64>, u64)> = Vec::new();
+        for round in 0..ROUNDS {
+            results.entry("1 bare handler").or_default().push(load(&client, &bare, Keys::Fresh, &format!("bare{round}")).await);
+            results.entry("2 memory, first requests").or_default().push(load(&client, &memory, Keys::Fresh, &format!("mem{round}")).await);
+            results.entry("3 memory, replays").or_default().push(load(&client, &memory, Keys::Replay, &format!("memr{round}")).await);
+            #[cfg(feature = "redis")]
+            if let Some((server, url)) = &redis {
+                for (label, keys, name) in [
+                    ("4 redis, first requests", Keys::Fresh, format!("red{round}")),
+                    ("5 redis, replays", Keys::Replay, format!("redr{round}")),
+                ] {
+                    if keys == Keys::Replay {
+                        // Make the replays' records first, outside the count.
+                        load_once(&client, url, &name).await;
+                    }
+                    server.command("CONFIG RESETSTAT");
+                    let run = load(&client, url, keys, &name).await;
+                    redis_counts.push((label, server.calls(), run.sent));
+                    results.entry(label).or_default().push(run);
+                }
+            }
+        }
+
+        println!(
+            "\nkeyed POSTs, {CONCURRENCY} concurrent connections, loopback, median of {ROUNDS} rounds x {:.1} s\n",
+            MEASURE.as_secs_f64()
+        );
+        println!("| scenario | req/s | vs bare | p50 | p99 |");
+        println!("|---|---:|---:|---:|---:|");
+        fn median(mut v: Vec<f64>) -> f64 {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        }
+        let bare_runs: Vec<f64> = results
+            .get("1 bare handler")
+            .map(|runs| runs.iter().map(Run::rps).collect())
+            .unwrap_or_default();
+        for (label, runs) in &results {
+            let ratios = runs
+                .iter()
+                .zip(&bare_runs)
+                .map(|(r, bare)| r.rps() / bare)
+                .collect();
+            println!(
+                "| {} | {:.0} | {:.2}x | {:.0} µs | {:.0} µs |",
+                &label[2..],
+                median(runs.iter().map(Run::rps).collect()),
+                median(ratios),
+                median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e6).collect()),
+                median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e6).collect()),
+            );
+        }
+        #[cfg(feature = "redis")]
+        if !redis_counts.is_empty() {
+            println!("\nRedis commands per request (INFO commandstats; GET and one SET per first request run inside the EVALSHA script):\n");
+            let mut merged: BTreeMap<&str, (BTreeMap<String, u64>, u64)> = BTreeMap::new();
+            for (label, calls, total) in &redis_counts {
+                let entry = merged.entry(label).or_default();
+                for (name, n) in calls {
+                    *entry.0.entry(name.clone()).or_default() += n;
+                }
+                entry.1 += total;
+            }
+            for (label, (calls, total)) in &merged {
+                println!(
+                    "- {}: {} requests; per request: {}",
+                    &label[2..],
+                    total,
+                    per_request(calls, *total),
+                );
+            }
+        }
+    });
+}
+
+/// One request per worker key, so that a replay run replays from its first request.
+#[cfg(feature = "redis")]
+async fn load_once(client: &HttpClient, url: &str, label: &str) {
+    for worker in 0..CONCURRENCY {
+        let req = Request::post(url)
+            .header("idempotency-key", format!("{label}-replay-{worker}"))
+            .header("authorization", "Bearer sk_bench")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"amount":1200,"currency":"eur"}"#,
+            )))
+            .expect("valid request");
+        let res = client.request(req).await.expect("answers");
+        res.into_body().collect().await.expect("body");
+    }
+}

@@ -1,0 +1,166 @@
+//! [`IdempotencyLayer`]: the configuration.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tower_layer::Layer;
+
+use super::scope::{AuthorizationScope, MakeScope};
+use super::service::Idempotency;
+
+/// The default cap on a keyed request's body: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+/// The default cap on a stored response body: 1 MiB.
+pub const DEFAULT_MAX_RESPONSE: usize = 1 << 20;
+/// The default lease of an in-flight claim: 60 s.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// The default life of a completed record: 24 h.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Configuration shared by every request through one layer.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) methods: Vec<Method>,
+    pub(crate) require: bool,
+    pub(crate) scope: Arc<dyn MakeScope>,
+    pub(crate) max_body: usize,
+    pub(crate) max_response: usize,
+    pub(crate) lease: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) fail_open: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            methods: vec![Method::POST, Method::PATCH],
+            require: false,
+            scope: Arc::new(AuthorizationScope),
+            max_body: DEFAULT_MAX_BODY,
+            max_response: DEFAULT_MAX_RESPONSE,
+            lease: DEFAULT_LEASE,
+            ttl: DEFAULT_TTL,
+            fail_open: false,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("methods", &self.methods)
+            .field("require", &self.require)
+            .field("max_body", &self.max_body)
+            .field("max_response", &self.max_response)
+            .field("lease", &self.lease)
+            .field("ttl", &self.ttl)
+            .field("fail_open", &self.fail_open)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Enforces `Idempotency-Key` on a server: a keyed POST or PATCH runs once;
+/// its retries get the stored response. See the [module docs](super).
+#[derive(Clone)]
+pub struct IdempotencyLayer<St> {
+    store: St,
+    config: Arc<Config>,
+}
+
+impl<St: fmt::Debug> fmt::Debug for IdempotencyLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<St> IdempotencyLayer<St> {
+    /// A layer keeping its records in `store`, with the defaults: POST and
+    /// PATCH, key optional, scope from `Authorization`, 1 MiB request and
+    /// response caps, 60 s lease, 24 h TTL, fail closed.
+    pub fn new(store: St) -> Self {
+        IdempotencyLayer {
+            store,
+            config: Arc::new(Config::default()),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// The methods whose keyed requests are enforced (default POST and
+    /// PATCH); every other method passes through untouched, key or not.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config().methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Refuses requests of those methods without a key: `400`, code
+    /// `idempotency_key_missing`. By default they pass through.
+    pub fn require(mut self) -> Self {
+        self.config().require = true;
+        self
+    }
+
+    /// Whose key it is (default [`AuthorizationScope`]).
+    pub fn scope(mut self, scope: impl MakeScope) -> Self {
+        self.config().scope = Arc::new(scope);
+        self
+    }
+
+    /// The largest keyed request body read (default 1 MiB); larger → `413`,
+    /// handler not called.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.config().max_body = bytes;
+        self
+    }
+
+    /// The largest response body stored (default 1 MiB). A larger response
+    /// still goes to its caller in full; its key is then answered `410`.
+    pub fn max_response(mut self, bytes: usize) -> Self {
+        self.config().max_response = bytes;
+        self
+    }
+
+    /// How long a claim holds while its handler runs (default 60 s). Make it
+    /// longer than the slowest handler: after it, a retry runs again.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config().lease = lease;
+        self
+    }
+
+    /// How long a completed record is kept (default 24 h).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config().ttl = ttl;
+        self
+    }
+
+    /// When the store is down, runs the handler **without** a claim instead
+    /// of answering `503`.
+    ///
+    /// Availability over safety: while the store is down, a retried request
+    /// may run twice and nothing is replayed. Each such request is logged at
+    /// WARN. The default is to fail closed.
+    pub fn fail_open(mut self) -> Self {
+        self.config().fail_open = true;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+}
+
+impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
+    type Service = Idempotency<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::from_parts(inner, self.store.clone(), self.config.clone())
+    }
+}

@@ -1,0 +1,122 @@
+//! Server-side `Idempotency-Key` enforcement
+//! ([draft-ietf-httpapi-idempotency-key-header], with Stripe's semantics).
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use kneo_server::{IdempotencyLayer, MemoryStore};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let handler = service_fn(|_req: Request<_>| async {
+//!     Ok::<_, Infallible>(Response::builder().status(201).body(Full::new(Bytes::from("created"))).unwrap())
+//! });
+//! let svc = IdempotencyLayer::new(MemoryStore::new()).layer(handler);
+//! let post = |body: &'static str| {
+//!     Request::post("/payments").header("idempotency-key", "\"pay-1\"").body(Full::new(Bytes::from(body))).unwrap()
+//! };
+//!
+//! assert_eq!(svc.clone().oneshot(post("10 EUR")).await.unwrap().status(), StatusCode::CREATED);
+//! // The same key and request: replayed.
+//! let replay = svc.clone().oneshot(post("10 EUR")).await.unwrap();
+//! assert_eq!(replay.status(), StatusCode::CREATED);
+//! assert_eq!(replay.headers()["idempotent-replayed"], "true");
+//! // The same key, another body: refused.
+//! let reused = svc.clone().oneshot(post("99 EUR")).await.unwrap();
+//! assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+//! assert_eq!(reused.headers()["content-type"], "application/problem+json");
+//! let problem = reused.into_body().collect().await.unwrap().to_bytes();
+//! assert!(std::str::from_utf8(&problem).unwrap().contains(r#""code":"idempotency_key_mismatch""#));
+//! # }
+//! ```
+//!
+//! # Where it goes
+//!
+//! Inside authentication (the default scope is the `Authorization` value, so
+//! only authenticated callers should reach it) and inside request-id,
+//! tracing and CORS layers, whose headers are per attempt; around the
+//! routes that create things. With axum: `Router::new().route(..).layer(IdempotencyLayer::new(store))`.
+//! Everything the handler puts in the response, headers included, is stored
+//! and replayed.
+//!
+//! The inner service receives a [`RequestBody`]: the original body when the
+//! layer lets the request through, the buffered bytes when it read them to
+//! fingerprint the request (axum routes accept any body). The inner service's
+//! response body must be `Unpin` (axum's `Body`, hyper's and
+//! `http-body-util`'s bodies are), so that a response too big to store can
+//! be streamed on after its first megabyte.
+//!
+//! # What it guarantees
+//!
+//! For requests of the configured methods (POST and PATCH by default) that
+//! carry an `Idempotency-Key`:
+//!
+//! - the handler runs **at most once per (scope, key)** while the record lives
+//!   (24 h by default), across every server sharing the store, provided it
+//!   finishes within its lease (60 s by default);
+//! - a retry with the same method, path, query and body gets the first
+//!   response back byte for byte, with `Idempotent-Replayed: true`;
+//! - the handler never runs without a claim (unless built with
+//!   [`fail_open`](IdempotencyLayer::fail_open)).
+//!
+//! Requests of other methods, and requests without a key (unless
+//! [`require`](IdempotencyLayer::require)d), pass through untouched.
+//!
+//! | situation | response | code | kneo's client sees |
+//! |---|---|---|---|
+//! | first request | the handler's | | |
+//! | retry after completion | the stored one, `Idempotent-Replayed: true` | | |
+//! | retry while the first still runs | `409`, `Retry-After: 1` | `idempotency_key_in_use` | `Conflict`, retried |
+//! | same key, another request | `422` | `idempotency_key_mismatch` | `IdempotencyMismatch` |
+//! | response was too big to store | `410` | `idempotency_response_not_stored` | `Status`, not retried |
+//! | no key, with `.require()` | `400` | `idempotency_key_missing` | `Status` |
+//! | two keys, empty, > 255 chars, not visible ASCII | `400` | `idempotency_key_invalid` | `Status` |
+//! | body over `max_body` (1 MiB) | `413` | `request_body_too_large` | `Status` |
+//! | store down or full of claims | `503`, `Retry-After: 1` | `idempotency_store_unavailable` | `Server`, retried |
+//!
+//! The key is accepted as a structured-field string (`"8e03…"`) or bare
+//! (`8e03…`), 1 to 255 visible ASCII characters after unquoting.
+//!
+//! # What is stored
+//!
+//! Every response the handler produced, 5xx included, **except** `429` and
+//! `503`, which say the request was not processed: those release the claim, as
+//! do an `Err` from the service, a panic in the handler (re-raised after the
+//! release), an error in the response body, and the request future being
+//! dropped (the client hung up; the release is spawned on tokio). A response
+//! body over `max_response` (1 MiB) goes to the first caller in full but is
+//! not stored; its key is answered `410` afterwards, and never runs again.
+//! Trailers are dropped.
+//!
+//! # Why a box
+//!
+//! A keyed request awaits the store, buffers the request body, calls the
+//! handler, buffers its response and awaits the store again: a state machine
+//! of five steps over two generic futures. It is written as one `async fn`
+//! and boxed, once per keyed request ([`ResponseFuture`] is otherwise a named
+//! `pin_project` type, and requests the layer does not handle are not boxed).
+//! Next to the store round trips the allocation does not show in the
+//! benchmark.
+//!
+//! [draft-ietf-httpapi-idempotency-key-header]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/
+
+mod fingerprint;
+mod future;
+mod key;
+mod layer;
+mod record;
+mod scope;
+mod service;
+
+pub use fingerprint::Fingerprint;
+pub use future::{ResponseBody, ResponseFuture};
+pub use key::{RecordKey, MAX_KEY_LEN};
+pub use layer::{
+    IdempotencyLayer, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_TTL,
+};
+pub use record::{Claim, Completed, DecodeError, FencingToken, Outcome, Record, StoredResponse};
+pub use scope::{AuthorizationScope, MakeScope, Scope};
+pub use service::{Idempotency, RequestBody, IDEMPOTENT_REPLAYED};

@@ -1,0 +1,77 @@
+//! kneo-server: tower middleware for HTTP API servers, the server half of
+//! kneo.
+//!
+//! kneo's client stamps an `Idempotency-Key` on every POST and PATCH and
+//! retries keyed requests; that is only safe when the server honours the key.
+//! [`IdempotencyLayer`] makes it so with one `.layer(..)`: a keyed request
+//! runs once, concurrent duplicates wait, retries get the stored response.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use kneo_server::{IdempotencyLayer, MemoryStore};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let runs = Arc::new(AtomicUsize::new(0));
+//! let handler = {
+//!     let runs = runs.clone();
+//!     service_fn(move |_req: Request<_>| {
+//!         let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+//!         async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("charge {n}"))))) }
+//!     })
+//! };
+//! let svc = IdempotencyLayer::new(MemoryStore::new()).layer(handler);
+//!
+//! let charge = || Request::post("/charges").header("idempotency-key", "k-1").body(Full::new(Bytes::from("10 EUR"))).unwrap();
+//! let first = svc.clone().oneshot(charge()).await.unwrap();
+//! let retry = svc.clone().oneshot(charge()).await.unwrap();
+//!
+//! assert_eq!(runs.load(Ordering::SeqCst), 1, "the retry did not run the handler");
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! assert_eq!(first.into_body().collect().await.unwrap().to_bytes(), "charge 1");
+//! assert_eq!(retry.into_body().collect().await.unwrap().to_bytes(), "charge 1");
+//! # }
+//! ```
+//!
+//! | module | what it has |
+//! |---|---|
+//! | [`idempotency`] | the layer, key parsing, fingerprint, records |
+//! | [`store`] | the [`Store`] contract, [`MemoryStore`], `RedisStore` (feature `redis`) |
+//! | [`problem`] | RFC 9457 problem responses, and `kneo::Error` → problem (feature `axum` for `IntoResponse`) |
+
+/// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is
+/// the field `inner` (tower-http's macro of the same name).
+macro_rules! define_inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Consumes `self`, returning the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
+pub mod idempotency;
+pub mod problem;
+pub mod store;
+
+pub use idempotency::{Idempotency, IdempotencyLayer};
+pub use problem::ProblemResponse;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+pub use store::{MemoryStore, Store};

@@ -1,0 +1,240 @@
+//! [`RedisStore`]: records in Redis, shared by every server of a fleet.
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::aio::ConnectionManagerConfig;
+use redis::{Client, Script};
+
+use super::{Acquire, Store, StoreError};
+use crate::idempotency::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey};
+
+/// The default key prefix.
+pub const DEFAULT_REDIS_PREFIX: &str = "kneo:idempotency:";
+/// The default limit on each Redis command, connecting included.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Replaces the claim (the exact value `ARGV[1]`) with the record `ARGV[2]`
+/// for `ARGV[3]` ms; 1 when done, 0 when the claim no longer holds.
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0",
+    )
+});
+
+/// Deletes the claim (the exact value `ARGV[1]`); 1 when done, 0 otherwise.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0",
+    )
+});
+
+/// A [`Store`] in Redis (7.0 or later, or Valkey), for servers that share keys.
+///
+/// Each key is one Redis string, `<prefix><scope hex>:<key>`, holding the
+/// [`Record`] in its compact encoding:
+///
+/// - **claim**: `SET key <claim> NX PX <lease> GET`: one command that claims a
+///   free key or returns what is there (a claim or a completed record), so a
+///   replay costs exactly this one command;
+/// - **complete**: a Lua script (by `EVALSHA`) that swaps the claim for the
+///   record with `PX <ttl>` only if the key still holds *this* claim (its
+///   fencing token is part of the value);
+/// - **release**: a Lua script that deletes the key only if it still holds
+///   this claim.
+///
+/// A first request costs 2 commands (claim, complete), a replay 1. The scripts
+/// are loaded when the store connects and after a Redis restart (redis-rs
+/// retries a `NOSCRIPT` with `SCRIPT LOAD`). Every command is bounded by
+/// [`timeout`](RedisStoreBuilder::timeout), so an unreachable Redis fails
+/// fast (and the layer fails closed); the `ConnectionManager` reconnects in
+/// the background.
+///
+/// Fencing tokens are random 64-bit numbers: a claim is told apart from a
+/// later claim on the same key with odds of 2⁻⁶⁴ of a collision.
+///
+/// ```no_run
+/// use kneo_server::{IdempotencyLayer, RedisStore};
+///
+/// # async fn demo() -> Result<(), kneo_server::store::StoreError> {
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .prefix("payments:idem:")
+///     .connect()
+///     .await?;
+/// let layer = IdempotencyLayer::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and connects a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key (default [`DEFAULT_REDIS_PREFIX`]).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The limit on each command and on each connection attempt (default
+    /// [`DEFAULT_REDIS_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects and loads the scripts.
+    ///
+    /// Fails when Redis cannot be reached now; once connected, the store
+    /// reconnects by itself after an outage.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let client = Client::open(self.url.as_str()).map_err(StoreError::unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(self.timeout);
+        let conn = within(
+            self.timeout * 2,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await?;
+        let store = RedisStore {
+            conn,
+            prefix: self.prefix.into(),
+            timeout: self.timeout,
+        };
+        for script in [&*COMPLETE, &*RELEASE] {
+            let mut conn = store.conn.clone();
+            within(store.timeout, script.load_async(&mut conn)).await?;
+        }
+        Ok(store)
+    }
+}
+
+/// Runs a redis future within `limit`; a timeout or an error is "unavailable".
+async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(StoreError::unavailable(e)),
+        Err(elapsed) => Err(StoreError::unavailable(elapsed)),
+    }
+}
+
+impl RedisStore {
+    /// Starts configuring a store for the Redis at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+            timeout: DEFAULT_REDIS_TIMEOUT,
+        }
+    }
+
+    /// Connects with the defaults.
+    pub async fn connect(url: impl Into<String>) -> Result<RedisStore, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// The Redis key of a record.
+    pub fn redis_key(&self, key: &RecordKey) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn script(
+        &self,
+        script: &Script,
+        key: &RecordKey,
+        args: &[&[u8]],
+    ) -> Result<bool, StoreError> {
+        let mut invocation = script.key(self.redis_key(key));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.conn.clone();
+        let done: i64 = within(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        Ok(done == 1)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Store for RedisStore {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Acquire, StoreError> {
+        let claim = Claim::new(FencingToken::new(fastrand::u64(..)), fingerprint);
+        let value = claim.encode();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.redis_key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease))
+            .arg("GET");
+        let mut conn = self.conn.clone();
+        let existing: Option<Vec<u8>> = within(self.timeout, cmd.query_async(&mut conn)).await?;
+        let Some(bytes) = existing else {
+            return Ok(Acquire::Claimed(claim));
+        };
+        match Record::decode(&bytes).map_err(StoreError::corrupt)? {
+            Record::InFlight(holder) => Ok(Acquire::InFlight(holder.fingerprint())),
+            Record::Completed(done) => Ok(Acquire::Completed(done)),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        record: &Completed,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let claim = claim.encode();
+        let record = record.encode();
+        let ttl = millis(ttl).to_string();
+        self.script(&COMPLETE, key, &[&claim, &record, ttl.as_bytes()])
+            .await
+    }
+
+    async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
+        let claim = claim.encode();
+        self.script(&RELEASE, key, &[&claim]).await
+    }
+}

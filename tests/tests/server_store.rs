@@ -1,0 +1,325 @@
+//! The `Store` contract (see `kneo_server::store::Store`), as one suite run
+//! against every store: `MemoryStore`, and `RedisStore` on a real
+//! `redis-server` (skipped with a printed reason when it is not installed; a
+//! failure under `CI=true`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use kneo_server::idempotency::{Completed, Fingerprint, Outcome, RecordKey, Scope, StoredResponse};
+use kneo_server::store::{Acquire, Store};
+use kneo_server::RedisStore;
+use kneo_tests::redis::RedisServer;
+
+const LONG: Duration = Duration::from_secs(60);
+const SHORT: Duration = Duration::from_millis(300);
+
+fn key(k: &str) -> RecordKey {
+    RecordKey::new(Scope::of(b"Bearer test"), k)
+}
+
+fn fp(body: &str) -> Fingerprint {
+    Fingerprint::of(&Method::POST, "/orders", body.as_bytes())
+}
+
+fn record(body: &str, n: u8) -> Completed {
+    Completed::new(
+        fp(body),
+        Outcome::Stored(StoredResponse::new(
+            StatusCode::CREATED,
+            vec![(
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("application/json"),
+            )],
+            Bytes::from(vec![n; 100]),
+        )),
+    )
+}
+
+async fn claim<St: Store>(store: &St, k: &str, body: &str, lease: Duration) -> Acquire {
+    store
+        .claim(&key(k), fp(body), lease)
+        .await
+        .expect("store up")
+}
+
+async fn claimed<St: Store>(
+    store: &St,
+    k: &str,
+    lease: Duration,
+) -> kneo_server::idempotency::Claim {
+    match claim(store, k, "a", lease).await {
+        Acquire::Claimed(c) => c,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+/// Of many concurrent claims on a free key exactly one wins; the others see
+/// the winner's fingerprint.
+async fn claim_is_exclusive<St: Store>(store: St) {
+    let store = Arc::new(store);
+    let results = join_all((0..100).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { claim(&*store, "race", "a", LONG).await })
+    }))
+    .await;
+    let mut wins = 0;
+    for r in results {
+        match r.expect("task") {
+            Acquire::Claimed(_) => wins += 1,
+            Acquire::InFlight(holder) => assert_eq!(holder, fp("a")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+}
+
+/// A completed record is returned to every later claim, with its fingerprint
+/// (the store does not compare fingerprints), until its TTL ends.
+async fn completed_record_is_returned_until_its_ttl<St: Store>(store: St) {
+    let c = claimed(&store, "done", LONG).await;
+    assert!(store
+        .complete(&key("done"), &c, &record("a", 1), SHORT)
+        .await
+        .expect("up"));
+    assert_eq!(
+        claim(&store, "done", "a", LONG).await,
+        Acquire::Completed(record("a", 1))
+    );
+    assert_eq!(
+        claim(&store, "done", "other", LONG).await,
+        Acquire::Completed(record("a", 1)),
+        "fingerprints are the layer's business"
+    );
+    tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
+    assert!(
+        matches!(claim(&store, "done", "a", LONG).await, Acquire::Claimed(_)),
+        "TTL over"
+    );
+}
+
+/// A released key is free; releasing twice, or after completion, does nothing.
+async fn release_frees_the_key_once<St: Store>(store: St) {
+    let c = claimed(&store, "rel", LONG).await;
+    assert!(store.release(&key("rel"), &c).await.expect("up"));
+    assert!(
+        !store.release(&key("rel"), &c).await.expect("up"),
+        "already released"
+    );
+    let c2 = claimed(&store, "rel", LONG).await;
+    assert_ne!(c2.token(), c.token(), "a new claim, a new token");
+    assert!(
+        !store
+            .complete(&key("rel"), &c, &record("a", 1), LONG)
+            .await
+            .expect("up"),
+        "old token"
+    );
+    assert!(store
+        .complete(&key("rel"), &c2, &record("a", 2), LONG)
+        .await
+        .expect("up"));
+    assert!(
+        !store.release(&key("rel"), &c2).await.expect("up"),
+        "completed, not released"
+    );
+    assert_eq!(
+        claim(&store, "rel", "a", LONG).await,
+        Acquire::Completed(record("a", 2))
+    );
+}
+
+/// After its lease a claim is gone: the key can be claimed again, and the
+/// stale claim can neither complete nor release, before or after the new
+/// claim completes.
+async fn stale_claims_are_fenced<St: Store>(store: St) {
+    let stale = claimed(&store, "fence", SHORT).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
+    assert!(
+        !store
+            .complete(&key("fence"), &stale, &record("a", 1), LONG)
+            .await
+            .expect("up"),
+        "lease over, nobody else yet"
+    );
+    let fresh = claimed(&store, "fence", LONG).await;
+    assert_ne!(fresh.token(), stale.token());
+    assert!(!store
+        .complete(&key("fence"), &stale, &record("a", 1), LONG)
+        .await
+        .expect("up"));
+    assert!(!store.release(&key("fence"), &stale).await.expect("up"));
+    assert!(
+        matches!(
+            claim(&store, "fence", "a", LONG).await,
+            Acquire::InFlight(_)
+        ),
+        "the fresh claim still holds"
+    );
+    assert!(store
+        .complete(&key("fence"), &fresh, &record("a", 2), LONG)
+        .await
+        .expect("up"));
+    assert!(!store
+        .complete(&key("fence"), &stale, &record("a", 1), LONG)
+        .await
+        .expect("up"));
+    assert_eq!(
+        claim(&store, "fence", "a", LONG).await,
+        Acquire::Completed(record("a", 2))
+    );
+}
+
+/// Scope and key both name the record.
+async fn scope_and_key_name_the_record<St: Store>(store: St) {
+    let alice = RecordKey::new(Scope::of(b"Bearer alice"), "k");
+    let bob = RecordKey::new(Scope::of(b"Bearer bob"), "k");
+    assert!(matches!(
+        store.claim(&alice, fp("a"), LONG).await,
+        Ok(Acquire::Claimed(_))
+    ));
+    assert!(matches!(
+        store.claim(&bob, fp("a"), LONG).await,
+        Ok(Acquire::Claimed(_))
+    ));
+    assert!(matches!(
+        claim(&store, "k2", "a", LONG).await,
+        Acquire::Claimed(_)
+    ));
+}
+
+/// A record too big to store is kept as its status only.
+async fn not_stored_outcome_round_trips<St: Store>(store: St) {
+    let c = claimed(&store, "big", LONG).await;
+    let done = Completed::new(fp("a"), Outcome::NotStored(StatusCode::OK));
+    assert!(store
+        .complete(&key("big"), &c, &done, LONG)
+        .await
+        .expect("up"));
+    assert_eq!(
+        claim(&store, "big", "a", LONG).await,
+        Acquire::Completed(done)
+    );
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(kneo_server::MemoryStore::new()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(redis) = super::RedisServer::start() else { return };
+                    super::$name(super::redis_store(&redis, "kneo:test:").await).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    claim_is_exclusive,
+    completed_record_is_returned_until_its_ttl,
+    release_frees_the_key_once,
+    stale_claims_are_fenced,
+    scope_and_key_name_the_record,
+    not_stored_outcome_round_trips,
+);
+
+async fn redis_store(redis: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::builder(redis.url())
+        .prefix(prefix)
+        .timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .expect("redis-server is up")
+}
+
+/// Two stores with different prefixes on one Redis do not see each other;
+/// keys are named `<prefix><scope hex>:<key>` and hold the compact encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_prefix_separates_stores_and_names_keys() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = redis_store(&redis, "app-a:").await;
+    let b = redis_store(&redis, "app-b:").await;
+    let c = claimed(&a, "k", LONG).await;
+    assert!(matches!(
+        claim(&b, "k", "a", LONG).await,
+        Acquire::Claimed(_)
+    ));
+    let name = a.redis_key(&key("k"));
+    assert!(name.starts_with("app-a:") && name.ends_with(":k"), "{name}");
+    assert!(
+        !name.contains("test"),
+        "the scope is a digest, not the credential"
+    );
+    assert_eq!(
+        redis.command(&format!("STRLEN {name}")),
+        "42",
+        "version, tag, token, fingerprint"
+    );
+    let pttl: i64 = redis
+        .command(&format!("PTTL {name}"))
+        .parse()
+        .expect("integer");
+    assert!(
+        pttl > 0 && pttl <= 60_000,
+        "the lease is the key's expiry: {pttl}"
+    );
+    assert!(a
+        .complete(&key("k"), &c, &record("a", 1), Duration::from_secs(86_400))
+        .await
+        .expect("up"));
+    let pttl: i64 = redis
+        .command(&format!("PTTL {name}"))
+        .parse()
+        .expect("integer");
+    assert!(pttl > 60_000, "the record's TTL replaced the lease: {pttl}");
+}
+
+/// An unreachable Redis fails fast with a store error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_a_store_error() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let store = redis_store(&redis, "kneo:test:").await;
+    redis.stop();
+    let err = store
+        .claim(&key("k"), fp("a"), LONG)
+        .await
+        .expect_err("down");
+    assert!(
+        err.to_string().starts_with("idempotency store unavailable"),
+        "{err}"
+    );
+    assert!(!err.is_full() && !err.is_corrupt());
+}
+
+/// A value that is not a record is a typed error (503 upstream), not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_garbage_value_is_corrupt() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = redis_store(&redis, "kneo:test:").await;
+    let name = store.redis_key(&key("junk"));
+    assert_eq!(redis.command(&format!("SET {name} garbage")), "OK");
+    let err = store
+        .claim(&key("junk"), fp("a"), LONG)
+        .await
+        .expect_err("corrupt");
+    assert!(err.is_corrupt(), "{err}");
+}
