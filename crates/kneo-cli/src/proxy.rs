@@ -82,9 +82,71 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "10", value_parser = positive_secs)]
     header_timeout: Duration,
 
+    /// Enforce Idempotency-Key in front of the upstream (kneo-server's
+    /// layer): a retried POST is answered from the stored response, a
+    /// concurrent one gets 409. `memory` for one sidecar, `redis://HOST:PORT`
+    /// for a fleet sharing one Redis.
+    #[arg(long, value_name = "memory|redis://HOST:PORT", value_parser = parse_idempotency)]
+    idempotency: Option<IdempotencyStore>,
+
     /// Log retries (`kneo::retry` at INFO) on standard error.
     #[arg(short, long)]
     verbose: bool,
+}
+
+/// Where `--idempotency` keeps its records.
+#[derive(Clone)]
+pub(crate) enum IdempotencyStore {
+    /// In this process.
+    Memory,
+    /// In Redis, at this URL.
+    Redis(String),
+}
+
+/// Never prints the URL: it may carry a password.
+impl std::fmt::Debug for IdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdempotencyStore::Memory => f.write_str("Memory"),
+            IdempotencyStore::Redis(_) => f.write_str("Redis(..)"),
+        }
+    }
+}
+
+/// `memory` or `redis://…`. The message never quotes the value.
+fn parse_idempotency(s: &str) -> Result<IdempotencyStore, String> {
+    match s {
+        "memory" => Ok(IdempotencyStore::Memory),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Ok(IdempotencyStore::Redis(url.to_owned()))
+        }
+        _ => Err("must be memory or redis://HOST:PORT".to_owned()),
+    }
+}
+
+/// The idempotency layer in front of the proxy, when asked for.
+async fn front(
+    store: &IdempotencyStore,
+    proxy: &Proxy,
+    config: &ProxyConfig,
+) -> Result<kneo_proxy::Front, String> {
+    use kneo_server::idempotency::RequestBody;
+    use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
+    use tower::Layer;
+
+    let inner: Proxy<RequestBody<kneo_proxy::Incoming>> =
+        proxy.with_body(config).map_err(|e| e.to_string())?;
+    Ok(match store {
+        IdempotencyStore::Memory => {
+            kneo_proxy::front(IdempotencyLayer::new(MemoryStore::new()).layer(inner))
+        }
+        IdempotencyStore::Redis(url) => {
+            let store = RedisStore::connect(url.clone())
+                .await
+                .map_err(|_| "cannot reach the Redis of --idempotency".to_owned())?;
+            kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
+        }
+    })
 }
 
 impl ProxyArgs {
@@ -201,6 +263,13 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let front = match &args.idempotency {
+        Some(store) => match front(store, &proxy, config).await {
+            Ok(front) => Some(front),
+            Err(message) => return output::usage(&message),
+        },
+        None => None,
+    };
     let signals = Signals::watch();
     if output::print(&startup, 0) != ExitCode::SUCCESS {
         return ExitCode::FAILURE;
@@ -233,7 +302,12 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
             drain.as_secs_f64()
         );
     };
-    let drained = kneo_proxy::serve(listener, proxy, &server_config, shutdown).await;
+    let drained = match front {
+        Some(front) => {
+            kneo_proxy::serve_with(listener, proxy, front, &server_config, shutdown).await
+        }
+        None => kneo_proxy::serve(listener, proxy, &server_config, shutdown).await,
+    };
     if !drained.completed() {
         eprintln!("kneo proxy: the drain timeout ran out; cutting off what is left");
     }

@@ -877,7 +877,14 @@ async fn bad_flags_exit_2_without_echoing_secrets() {
             "--upstream",
             "http://127.0.0.1:1",
             "--idempotency",
-            "memory",
+            "hunter2",
+        ],
+        // A Redis that cannot be reached: its URL (and password) never printed.
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--idempotency",
+            "redis://:hunter2@127.0.0.1:1",
         ],
         &["--upstream", "http://127.0.0.1:1", "--bogus=hunter2"],
     ];
@@ -936,4 +943,58 @@ async fn without_admin_the_startup_line_says_null() {
         .status();
     let status = guarded("exit", child.wait()).await.expect("exited");
     assert_eq!(status.code(), Some(0), "SIGINT drains and exits 0 too");
+}
+
+// 7. `--idempotency memory`: an upstream that knows nothing of keys gets
+// replay protection from its sidecar.
+#[tokio::test]
+async fn idempotency_memory_replays_a_retried_post_and_runs_it_once() {
+    let server = ScriptedServer::start(vec![Reply::json(201, r#"{"charge":1}"#)]).await;
+    let proxy = Sidecar::start(&server.url(""), &["--idempotency", "memory"]).await;
+    let post = || {
+        Request::post(proxy.url("/charges"))
+            .header("idempotency-key", "charge-77")
+            .body(Full::new(Bytes::from_static(b"{\"amount\":5}")))
+            .expect("valid")
+    };
+    let first = send(post()).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let second = send(post()).await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    assert_eq!(second.body, first.body, "byte for byte");
+    assert_eq!(server.count(), 1, "the upstream ran it once");
+
+    // The same key with another body is a 422 problem, and never reaches the upstream.
+    let other = Request::post(proxy.url("/charges"))
+        .header("idempotency-key", "charge-77")
+        .body(Full::new(Bytes::from_static(b"{\"amount\":6}")))
+        .expect("valid");
+    let got = send(other).await;
+    assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(got.json()["code"], "idempotency_key_mismatch");
+    assert_eq!(server.count(), 1);
+}
+
+// A rate limit the upstream announced is honoured by the sidecar for every
+// process behind it: a reset beyond --max-retry-after is a local 429.
+#[tokio::test]
+async fn an_announced_rate_limit_is_a_local_429_for_every_caller() {
+    let server = ScriptedServer::start(vec![Reply::json(200, "{}")
+        .header("ratelimit-policy", r#""hour";q=100;w=3600"#)
+        .header("ratelimit", r#""hour";r=0;t=600"#)])
+    .await;
+    let proxy = Sidecar::start(&server.url(""), &["--max-retry-after", "5"]).await;
+    let first = send(get(proxy.url("/runs"))).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let got = send(get(proxy.url("/runs"))).await;
+    let p = got.problem(429, "rate_limited_locally");
+    assert_eq!(p["kind"], "rate_limited");
+    let wait: u64 = got
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(wait >= 590, "{wait}");
+    assert_eq!(server.count(), 1, "not sent upstream");
 }

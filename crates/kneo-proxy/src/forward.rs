@@ -69,16 +69,20 @@ pub enum Outcome {
     Overloaded,
     /// A `400` problem: the request could not be forwarded.
     BadRequest,
+    /// A `429` problem: the upstream's rate-limit headers said nothing is
+    /// left until a reset further away than `--max-retry-after`; not sent.
+    RateLimited,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub(crate) const ALL: [Outcome; 5] = [
+    pub(crate) const ALL: [Outcome; 6] = [
         Outcome::Upstream,
         Outcome::Unreachable,
         Outcome::Timeout,
         Outcome::Overloaded,
         Outcome::BadRequest,
+        Outcome::RateLimited,
     ];
 
     /// The outcome as a stable snake_case string (`upstream`, `unreachable`...).
@@ -89,6 +93,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Overloaded => "overloaded",
             Outcome::BadRequest => "bad_request",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -230,29 +235,7 @@ where
         on_exchange: Option<ExchangeHook>,
     ) -> Result<Proxy<B>, ConfigError> {
         let metrics = Metrics::new();
-        let mut retry = RetryLayer::new()
-            .max_attempts(config.max_attempts)
-            .max_retry_after(config.max_retry_after)
-            .replay_cap(config.replay_cap);
-        if let Some(timeout) = config.attempt_timeout {
-            retry = retry.attempt_timeout(timeout);
-        }
-        if let Some(deadline) = config.deadline {
-            retry = retry.deadline(deadline);
-        }
-        if let Some(ratio) = config.budget_ratio {
-            retry = retry.budget(CountingBudget {
-                inner: TpsBudget::new(Duration::from_secs(10), 10, ratio),
-                refusals: metrics.budget_refusals.clone(),
-            });
-        }
-        let mut layer = ClientLayer::new()
-            .retry(retry)
-            .map_error(MapErrorLayer::new().map_responses(false));
-        if !config.idempotency_keys {
-            layer = layer.idempotency(IdempotencyKeyLayer::new().methods([]));
-        }
-        let stack = layer.layer(transport(config)?);
+        let stack = stack(config, &metrics)?;
         Ok(Proxy {
             stack,
             shared: Arc::new(Shared {
@@ -263,6 +246,52 @@ where
             }),
         })
     }
+
+    /// The same proxy (metrics, health, access log) for requests whose body
+    /// is a `B2`: for a layer in front that wraps the caller's body (the
+    /// idempotency layer of `kneo-server`, say). It has its own connection
+    /// pool.
+    pub fn with_body<B2>(&self, config: &ProxyConfig) -> Result<Proxy<B2>, ConfigError>
+    where
+        B2: Body + Send + Unpin + 'static,
+        B2::Error: Into<BoxError>,
+    {
+        Ok(Proxy {
+            stack: stack(config, &self.shared.metrics)?,
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+/// The kneo stack over a fresh transport, as `config` says.
+fn stack<B>(config: &ProxyConfig, metrics: &Metrics) -> Result<Stack<B>, ConfigError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut retry = RetryLayer::new()
+        .max_attempts(config.max_attempts)
+        .max_retry_after(config.max_retry_after)
+        .replay_cap(config.replay_cap);
+    if let Some(timeout) = config.attempt_timeout {
+        retry = retry.attempt_timeout(timeout);
+    }
+    if let Some(deadline) = config.deadline {
+        retry = retry.deadline(deadline);
+    }
+    if let Some(ratio) = config.budget_ratio {
+        retry = retry.budget(CountingBudget {
+            inner: TpsBudget::new(Duration::from_secs(10), 10, ratio),
+            refusals: metrics.budget_refusals.clone(),
+        });
+    }
+    let mut layer = ClientLayer::new()
+        .retry(retry)
+        .map_error(MapErrorLayer::new().map_responses(false));
+    if !config.idempotency_keys {
+        layer = layer.idempotency(IdempotencyKeyLayer::new().methods([]));
+    }
+    Ok(layer.layer(transport(config)?))
 }
 
 fn transport<B>(config: &ProxyConfig) -> Result<Transport<B>, ConfigError>

@@ -74,4 +74,4 @@ pub use forward::{
 };
 pub use metrics::Metrics;
 pub use problem::TOO_MANY_CONNECTIONS;
-pub use server::{serve, serve_admin, Drained};
+pub use server::{front, serve, serve_admin, serve_with, Drained, Front, FrontBody};

@@ -60,7 +60,7 @@ impl Metrics {
                 CLASSES.map(|class| {
                     let occurs = match outcome {
                         Outcome::Upstream => true,
-                        Outcome::BadRequest => class == "4xx",
+                        Outcome::BadRequest | Outcome::RateLimited => class == "4xx",
                         _ => class == "5xx",
                     };
                     occurs.then(|| {

@@ -7,6 +7,7 @@
 //! | 504 | the per-attempt timeout or the deadline ran out | `urn:kneo:problem:upstream-timeout` | `api_timeout` |
 //! | 503 | the proxy is at `max_connections` | `urn:kneo:problem:overloaded` | `too_many_connections` |
 //! | 400 | the request cannot be forwarded | `urn:kneo:problem:bad-request` | `invalid_request` |
+//! | 429 | the upstream's rate-limit headers said nothing is left until a reset further than `--max-retry-after` (or past the deadline): not sent, with `Retry-After` | `urn:kneo:problem:rate-limited` | `rate_limited_locally` |
 //!
 //! Extensions: `code`, `kind` (kneo's [`ErrorKind`](kneo::ErrorKind) as a
 //! string, or `overloaded`), `request_id` (the id sent upstream) and
@@ -36,11 +37,24 @@ pub(crate) struct ProblemAnswer {
     kind: &'static str,
     pub(crate) request_id: Option<String>,
     pub(crate) attempts: u32,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ProblemAnswer {
     /// What to tell the caller when the retry layer gave up with `err`.
     pub(crate) fn from_error(err: &Error) -> ProblemAnswer {
+        if err.kind() == kneo::ErrorKind::RateLimited && err.status().is_none() {
+            return ProblemAnswer {
+                outcome: Outcome::RateLimited,
+                status: StatusCode::TOO_MANY_REQUESTS,
+                detail: err.message().to_owned(),
+                code: err.code().to_owned(),
+                kind: err.kind().as_str(),
+                request_id: err.request_id().map(str::to_owned),
+                attempts: 0,
+                retry_after: err.retry_after(),
+            };
+        }
         let (outcome, status) = if err.is_timeout() {
             (Outcome::Timeout, StatusCode::GATEWAY_TIMEOUT)
         } else {
@@ -72,6 +86,7 @@ impl ProblemAnswer {
             kind: err.kind().as_str(),
             request_id: err.request_id().map(str::to_owned),
             attempts,
+            retry_after: None,
         }
     }
 
@@ -85,6 +100,7 @@ impl ProblemAnswer {
             kind: "overloaded",
             request_id,
             attempts: 0,
+            retry_after: None,
         }
     }
 
@@ -99,6 +115,7 @@ impl ProblemAnswer {
             kind: kneo::ErrorKind::Request.as_str(),
             request_id,
             attempts: 0,
+            retry_after: None,
         }
     }
 
@@ -109,6 +126,10 @@ impl ProblemAnswer {
             Outcome::BadRequest => (
                 "urn:kneo:problem:bad-request",
                 "Request cannot be forwarded",
+            ),
+            Outcome::RateLimited => (
+                "urn:kneo:problem:rate-limited",
+                "Upstream rate limit exhausted",
             ),
             _ => (
                 "urn:kneo:problem:upstream-unreachable",
@@ -137,6 +158,11 @@ impl ProblemAnswer {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.outcome == Outcome::Overloaded {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up: never tell a caller to come back early.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(id) = self
             .request_id

@@ -10,13 +10,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::future::{self, TryFutureExt};
 use http::{Request, Response};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use kneo::BoxError;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt as _;
 
 use crate::admin::Admin;
 use crate::config::ServerConfig;
@@ -56,6 +64,55 @@ impl Drained {
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    serve_inner(listener, proxy, None, config, shutdown).await
+}
+
+/// A service in front of the proxy, boxed: what [`serve_with`] hands each
+/// request to (for example kneo-server's `IdempotencyLayer` over
+/// [`Proxy::with_body`]).
+pub type Front = BoxCloneSyncService<Request<Incoming>, Response<FrontBody>, Infallible>;
+
+/// The response body of a [`Front`].
+pub type FrontBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Boxes `service` into a [`Front`].
+pub fn front<S, B>(service: S) -> Front
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(tower::ServiceExt::map_response(
+        service,
+        |res: Response<B>| res.map(|body| body.map_err(Into::into).boxed_unsync()),
+    ))
+}
+
+/// [`serve`], with every request that is not refused at the connection
+/// limit handed to `front` instead of straight to `proxy` (which still
+/// answers the overload, probes the upstream and keeps the health state).
+pub async fn serve_with(
+    listener: TcpListener,
+    proxy: Proxy,
+    front: Front,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    serve_inner(listener, proxy, Some(front), config, shutdown).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    proxy: Proxy,
+    front: Option<Front>,
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
@@ -103,6 +160,7 @@ pub async fn serve(
         let guard = OpenConnection::new(&open, &metrics.open_connections);
         let svc = PerConnection {
             proxy: proxy.clone(),
+            front: front.clone(),
             peer,
             overloaded,
         };
@@ -162,21 +220,34 @@ pub async fn serve_admin(
 /// One caller connection's service: the proxy with the peer's address.
 struct PerConnection {
     proxy: Proxy,
+    front: Option<Front>,
     peer: SocketAddr,
     overloaded: bool,
 }
 
+type ProxyFuture = <Proxy as tower_service::Service<Request<Incoming>>>::Future;
+type FrontFuture = tower::util::Oneshot<Front, Request<Incoming>>;
+
 impl hyper::service::Service<Request<Incoming>> for PerConnection {
-    type Response = Response<ProxyBody>;
+    type Response = Response<Either<ProxyBody, FrontBody>>;
     type Error = Infallible;
-    type Future = <Proxy as tower_service::Service<Request<Incoming>>>::Future;
+    type Future = future::Either<
+        future::MapOk<ProxyFuture, fn(Response<ProxyBody>) -> Self::Response>,
+        future::MapOk<FrontFuture, fn(Response<FrontBody>) -> Self::Response>,
+    >;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let direct: fn(Response<ProxyBody>) -> Self::Response = |res| res.map(Either::Left);
+        let fronted: fn(Response<FrontBody>) -> Self::Response = |res| res.map(Either::Right);
         if self.overloaded {
-            return ResponseFuture::ready(self.proxy.overloaded(&req));
+            let answer = ResponseFuture::ready(self.proxy.overloaded(&req));
+            return future::Either::Left(answer.map_ok(direct));
         }
         req.extensions_mut().insert(ClientAddr(self.peer));
-        self.proxy.forward(req)
+        match &self.front {
+            Some(front) => future::Either::Right(front.clone().oneshot(req).map_ok(fronted)),
+            None => future::Either::Left(self.proxy.forward(req).map_ok(direct)),
+        }
     }
 }
 
