@@ -160,6 +160,14 @@ impl<M> ClientLayer<M> {
         }
     }
 
+    /// Shortcut for [`RetryLayer::no_budget`]: no retry quota, no budget.
+    pub fn no_budget(self) -> Self {
+        ClientLayer {
+            retry: self.retry.no_budget(),
+            ..self
+        }
+    }
+
     /// The retry layer as configured.
     pub fn retry_layer(&self) -> &RetryLayer {
         &self.retry

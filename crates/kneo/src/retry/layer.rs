@@ -19,6 +19,7 @@ use super::backoff::Backoff;
 use super::body::ReplayBody;
 use super::policy::Attempts;
 use super::policy::{Config, RetryPolicy};
+use super::quota::RetryQuota;
 use super::timeout::AttemptTimeout;
 use crate::deadline::Deadline;
 use crate::trace;
@@ -36,7 +37,8 @@ pub struct RetryLayer {
 impl RetryLayer {
     /// 3 attempts; 429, 502, 503 and 504; `Retry-After` up to 60 s; backoff
     /// 200 ms × 2ⁿ up to 10 s with full jitter; bodies replayable up to 64 KiB;
-    /// no deadline, no per-attempt timeout, no budget.
+    /// no deadline, no per-attempt timeout; the default [`RetryQuota`]
+    /// (a cost-weighted token bucket that bites only in storms).
     pub fn new() -> Self {
         RetryLayer {
             config: Config {
@@ -48,6 +50,7 @@ impl RetryLayer {
                 attempt_timeout: None,
                 replay_cap: DEFAULT_BODY_CAP,
                 budget: None,
+                quota: Some(RetryQuota::new()),
             },
         }
     }
@@ -101,6 +104,19 @@ impl RetryLayer {
     /// request deposits, each retry withdraws.
     pub fn budget(mut self, budget: impl Budget + Send + Sync + 'static) -> Self {
         self.config.budget = Some(Arc::new(budget));
+        self
+    }
+
+    /// The cost-weighted retry quota (on by default: [`RetryQuota::new`]).
+    pub fn quota(mut self, quota: RetryQuota) -> Self {
+        self.config.quota = Some(quota);
+        self
+    }
+
+    /// No retry quota and no budget: every request may use every attempt.
+    pub fn no_budget(mut self) -> Self {
+        self.config.quota = None;
+        self.config.budget = None;
         self
     }
 }

@@ -75,9 +75,16 @@
 //!
 //! `max_attempts` bounds one request; when an upstream is down, every request
 //! retries and the upstream sees `max_attempts` times its normal load just
-//! when it can least take it. A [budget](RetryLayer::budget) (tower's
-//! `TpsBudget`) bounds the retries of all requests together to a share of
-//! traffic, so a failing upstream sees bounded amplification.
+//! when it can least take it. A budget bounds the retries of all requests
+//! together, so a failing upstream sees bounded amplification.
+//!
+//! The default is a [`RetryQuota`]: a cost-weighted token bucket per
+//! authority (500 tokens; a retry costs 10 after no response, 5 after a
+//! status, 1 when the server asked with `Retry-After`; a success refunds).
+//! It stays full while failures are occasional and empties in a storm,
+//! where a ratio budget (tower's `TpsBudget`) also cuts retries when failures
+//! are merely common. [`RetryLayer::budget`] adds a `TpsBudget` on top;
+//! [`RetryLayer::no_budget`] removes both.
 //!
 //! # Bodies
 //!
@@ -97,11 +104,13 @@ mod backoff;
 mod body;
 mod layer;
 mod policy;
+mod quota;
 mod timeout;
 
 pub use backoff::Backoff;
 pub use body::ReplayBody;
 pub use layer::{ResponseFuture, Retry, RetryLayer};
 pub use policy::{Attempts, RetryPolicy};
+pub use quota::RetryQuota;
 pub use timeout::{AttemptTimeout, TimeoutFuture};
 pub use tower::retry::budget::{Budget, TpsBudget};

@@ -13,6 +13,7 @@ use tower::retry::Policy;
 
 use super::backoff::Backoff;
 use super::body::ReplayBody;
+use super::quota::{Buckets, Cause, RetryQuota};
 use crate::deadline::Deadline;
 use crate::sent::SentHeaders;
 use crate::trace::AttemptNumber;
@@ -28,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) replay_cap: usize,
     pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
+    pub(crate) quota: Option<RetryQuota>,
 }
 
 impl fmt::Debug for Config {
@@ -41,6 +43,7 @@ impl fmt::Debug for Config {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("replay_cap", &self.replay_cap)
             .field("budget", &self.budget.as_ref().map(|_| ".."))
+            .field("quota", &self.quota)
             .finish()
     }
 }
@@ -95,6 +98,10 @@ pub struct RetryPolicy {
     /// All waits so far, that one included.
     total_wait: Duration,
     history: Vec<Attempt>,
+    /// The retry quota's buckets, shared by the service and its clones.
+    buckets: Option<Arc<Buckets>>,
+    /// What this request spent from its bucket.
+    spent: u32,
 }
 
 /// What one failed attempt says about retrying.
@@ -108,11 +115,13 @@ struct Verdict {
 impl RetryPolicy {
     pub(crate) fn new(config: Arc<Config>) -> Self {
         RetryPolicy {
+            buckets: config.quota.map(|q| Arc::new(Buckets::new(q))),
             config,
             attempt: 0,
             waited: Duration::ZERO,
             total_wait: Duration::ZERO,
             history: Vec::new(),
+            spent: 0,
         }
     }
 
@@ -144,7 +153,7 @@ impl RetryPolicy {
 
     /// How long to wait before the next attempt, or why there is none.
     fn next_wait<B>(
-        &self,
+        &mut self,
         req: &Request<ReplayBody<B>>,
         v: &Verdict,
     ) -> Result<Duration, Option<String>> {
@@ -182,8 +191,24 @@ impl RetryPolicy {
                 return Err(Some("the retry budget is spent".to_owned()));
             }
         }
+        if let Some(buckets) = &self.buckets {
+            let cause = match (v.outcome, v.hint) {
+                (Outcome::Failed(_), _) => Cause::Transport,
+                (_, Some(_)) => Cause::Advised,
+                (_, None) => Cause::Status,
+            };
+            match buckets.withdraw(partition(req), cause) {
+                Some(cost) => self.spent += cost,
+                None => return Err(Some("the retry quota is spent".to_owned())),
+            }
+        }
         Ok(wait)
     }
+}
+
+/// A request's retry-quota partition: its authority.
+fn partition<B>(req: &Request<B>) -> &str {
+    req.uri().authority().map_or("", |a| a.as_str())
 }
 
 impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPolicy {
@@ -253,6 +278,11 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                 let history = std::mem::take(&mut self.history);
                 match result {
                     Ok(res) => {
+                        if let Some(buckets) = &self.buckets {
+                            if is_success_for(res.status(), req.headers()) {
+                                buckets.refund(partition(req), self.spent);
+                            }
+                        }
                         res.extensions_mut().insert(Attempts {
                             count: self.attempt,
                             total_wait: self.total_wait,
