@@ -44,6 +44,7 @@ use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
 use kneo::request_id::RequestIdLayer;
 use kneo::retry::{ReplayBody, RetryLayer};
+use kneo::throttle::ThrottleLayer;
 use kneo::ClientLayer;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{service_fn, Layer, Service, ServiceBuilder};
@@ -64,6 +65,21 @@ type Body = Full<Bytes>;
 /// (the retry layer wraps it in a [`ReplayBody`]).
 async fn ok<B>(_req: Request<B>) -> Result<Response<Body>, Infallible> {
     Ok(Response::new(Full::new(Bytes::new())))
+}
+
+/// A success that says how much quota is left (not exhausted).
+async fn ok_limited<B>(_req: Request<B>) -> Result<Response<Body>, Infallible> {
+    let mut res = Response::new(Full::new(Bytes::new()));
+    let h = res.headers_mut();
+    h.insert(
+        "ratelimit-policy",
+        HeaderValue::from_static(r#""minute";q=100;w=60"#),
+    );
+    h.insert(
+        "ratelimit",
+        HeaderValue::from_static(r#""minute";r=99;t=30"#),
+    );
+    Ok(res)
 }
 
 /// Parsed once: cloning it copies no bytes and allocates nothing.
@@ -271,6 +287,29 @@ fn main() {
     let case = ("map_error/GET", "MapErrorLayer, GET", 0);
     measure(c, r, case, MapErrorLayer::new().layer(bare), get);
 
+    // Row 6 is MapErrorLayer alone: the throttle's baseline.
+    let case = ("throttle/GET", "ThrottleLayer over MapErrorLayer, GET", 6);
+    measure(
+        c,
+        r,
+        case,
+        ThrottleLayer::new().layer(MapErrorLayer::new().layer(bare)),
+        get,
+    );
+    let case = (
+        "throttle_headers/GET",
+        "ThrottleLayer, MapErrorLayer, rate-limit headers",
+        6,
+    );
+    let limited = service_fn(ok_limited::<Body>);
+    measure(
+        c,
+        r,
+        case,
+        ThrottleLayer::new().layer(MapErrorLayer::new().layer(limited)),
+        get,
+    );
+
     let case = (
         "retry_map_error/GET",
         "RetryLayer over MapErrorLayer, GET",
@@ -283,13 +322,13 @@ fn main() {
     measure(c, r, case, svc, get);
 
     let stack = || ClientLayer::new().layer(replayed);
-    let case = ("client_layer/GET", "ClientLayer (all four), GET", 0);
+    let case = ("client_layer/GET", "ClientLayer (all five), GET", 0);
     measure(c, r, case, stack(), get);
-    let case = ("client_layer/POST", "ClientLayer (all four), POST", 1);
+    let case = ("client_layer/POST", "ClientLayer (all five), POST", 1);
     measure(c, r, case, stack(), post);
     let case = (
         "client_layer/GET_accept",
-        "ClientLayer (all four), GET + Accept",
+        "ClientLayer (all five), GET + Accept",
         2,
     );
     measure(c, r, case, stack(), get_accept);

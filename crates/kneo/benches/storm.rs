@@ -209,10 +209,23 @@ async fn run(seed: u64) {
     println!(
         "1. total outage (every request 503): {OUTAGE_REQUESTS} logical requests, {OUTAGE_CALLERS} callers"
     );
+    let unbounded = scenario(
+        ClientLayer::new().retry(retry().no_budget()),
+        Mode::Outage,
+        OUTAGE_REQUESTS,
+        OUTAGE_CALLERS,
+    )
+    .await;
+    report("3 attempts, no budget", &unbounded);
     let default = scenario(layer(), Mode::Outage, OUTAGE_REQUESTS, OUTAGE_CALLERS).await;
-    report("default policy (3 attempts)", &default);
+    report("default: 3 attempts + RetryQuota (500, 5 a 503)", &default);
+    let quota_bound = 1.0 + 100.0 / OUTAGE_REQUESTS as f64;
+    println!(
+        "  default quota: {:.3}; its bound 1 + (500 / 5) / {OUTAGE_REQUESTS} = {quota_bound:.3}",
+        default.amplification()
+    );
     let budgeted = scenario(
-        ClientLayer::new().retry(retry().budget(budget())),
+        ClientLayer::new().retry(retry().no_budget().budget(budget())),
         Mode::Outage,
         OUTAGE_REQUESTS,
         OUTAGE_CALLERS,
@@ -234,11 +247,19 @@ async fn run(seed: u64) {
         FAILURE_RATE * 100.0
     );
     let three = scenario(layer(), flaky(seed), FLAKY_REQUESTS, 1).await;
-    report("default policy (3 attempts)", &three);
+    report("default: 3 attempts + RetryQuota", &three);
+    let unbounded = scenario(
+        ClientLayer::new().retry(retry().no_budget()),
+        flaky(seed),
+        FLAKY_REQUESTS,
+        1,
+    )
+    .await;
+    report("3 attempts, no budget", &unbounded);
     let four = scenario(layer().max_attempts(4), flaky(seed), FLAKY_REQUESTS, 1).await;
     report("4 attempts (for comparison)", &four);
     let tight = scenario(
-        ClientLayer::new().retry(retry().budget(budget())),
+        ClientLayer::new().retry(retry().no_budget().budget(budget())),
         flaky(seed),
         FLAKY_REQUESTS,
         1,
