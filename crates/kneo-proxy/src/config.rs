@@ -209,7 +209,7 @@ impl ProxyConfig {
     }
 
     /// Retries allowed as a percentage of requests over 10 s, beside a floor
-    /// of 10 retries a second (tower's `TpsBudget`); `None` for no budget.
+    /// of 10 retries a second (kneo's `RatioBudget`, exact for fractional ratios); `None` for no budget.
     /// Refused outside 0 to 1000.
     pub fn budget_percent(mut self, percent: Option<f32>) -> Result<Self, ConfigError> {
         if let Some(p) = percent {

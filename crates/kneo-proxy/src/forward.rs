@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
 use kneo::request_id::RequestId;
-use kneo::retry::{ReplayBody, RetryLayer, TpsBudget};
+use kneo::retry::{RatioBudget, ReplayBody, RetryLayer};
 use kneo::{Attempts, BoxError, ClientLayer};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
@@ -281,7 +281,7 @@ where
     }
     if let Some(ratio) = config.budget_ratio {
         retry = retry.budget(CountingBudget {
-            inner: TpsBudget::new(Duration::from_secs(10), 10, ratio),
+            inner: RatioBudget::new(Duration::from_secs(10), 10, ratio),
             refusals: metrics.budget_refusals.clone(),
         });
     }

@@ -4,12 +4,13 @@ use std::fmt;
 use std::time::Duration;
 
 use http::StatusCode;
+use kneo::retry::RatioBudget;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::budget::Budget;
 
 use crate::forward::Outcome;
 
@@ -168,9 +169,9 @@ impl Metrics {
     }
 }
 
-/// tower's `TpsBudget`, counting refusals.
+/// kneo's `RatioBudget`, counting refusals.
 pub(crate) struct CountingBudget {
-    pub(crate) inner: TpsBudget,
+    pub(crate) inner: RatioBudget,
     pub(crate) refusals: Counter,
 }
 

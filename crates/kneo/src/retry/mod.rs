@@ -82,9 +82,10 @@
 //! authority (500 tokens; a retry costs 10 after no response, 5 after a
 //! status, 1 when the server asked with `Retry-After`; a success refunds).
 //! It stays full while failures are occasional and empties in a storm,
-//! where a ratio budget (tower's `TpsBudget`) also cuts retries when failures
-//! are merely common. [`RetryLayer::budget`] adds a `TpsBudget` on top;
-//! [`RetryLayer::no_budget`] removes both.
+//! where a ratio budget also cuts retries when failures are merely common.
+//! [`RetryLayer::budget`] adds a ratio budget on top: [`RatioBudget`]
+//! (exact for fractional ratios, which tower's `TpsBudget` is not) or any
+//! tower `Budget`; [`RetryLayer::no_budget`] removes both.
 //!
 //! # Bodies
 //!
@@ -105,6 +106,7 @@ mod body;
 mod layer;
 mod policy;
 mod quota;
+mod ratio;
 mod timeout;
 
 pub use backoff::Backoff;
@@ -112,5 +114,6 @@ pub use body::ReplayBody;
 pub use layer::{ResponseFuture, Retry, RetryLayer};
 pub use policy::{Attempts, RetryPolicy};
 pub use quota::RetryQuota;
+pub use ratio::RatioBudget;
 pub use timeout::{AttemptTimeout, TimeoutFuture};
 pub use tower::retry::budget::{Budget, TpsBudget};
