@@ -29,11 +29,14 @@ async fn check(workload: Workload) -> Option<Report> {
     // The faults happened: a run that injected none would prove nothing.
     assert!(report.faults["reset_after_request"] > 0, "{report}");
     assert!(report.faults["cut_response"] > 0, "{report}");
+    assert!(report.faults["cut_body"] > 0, "{report}");
     Some(report)
 }
 
 /// Workload 1: keyed POSTs, `MemoryStore`. A reset after the server answered
-/// is retried with the same key and answered from the record.
+/// is retried with the same key and answered from the record; a body that
+/// broke off after a 201 fails replay-safe, naming its key, and the caller's
+/// resend with that key is answered from the record too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_posts_take_effect_at_most_once() {
     let report = check(Workload::Keyed).await.expect("runs everywhere");
@@ -77,5 +80,6 @@ async fn unkeyed_posts_are_never_resent_once_maybe_applied() {
 async fn keyed_posts_across_two_servers_sharing_redis_take_effect_at_most_once() {
     if let Some(report) = check(Workload::KeyedRedis).await {
         assert!(report.replayed > 0, "{report}");
+        assert!(report.caller_retries > 0, "{report}");
     }
 }

@@ -18,8 +18,9 @@
 //!
 //! Each connection the relay accepts gets one [`Fault`]: pass, reset before
 //! the request is forwarded, reset after the server answered (the request
-//! was applied; the client hears nothing), the response cut in half, or a
-//! delay. The client keeps no idle connections, so every attempt meets a
+//! was applied; the client hears nothing), the response cut in half (inside
+//! its head, for these small responses), the response cut inside its body
+//! (the client has a 201 and a body that breaks off), or a delay. The client keeps no idle connections, so every attempt meets a
 //! fresh pick; the servers close each connection after one response.
 
 mod relay;

@@ -23,20 +23,26 @@ pub enum Fault {
     /// the client's connection without writing any of it: the request was
     /// applied and the client cannot know. The dangerous case.
     ResetAfterRequest,
-    /// Forwards the request and writes half of the server's response, then
-    /// closes the client's connection.
+    /// Forwards the request and writes half of the server's response (for
+    /// small responses, a cut inside the head), then closes the client's
+    /// connection.
     CutResponse,
+    /// Forwards the request and writes the server's response head and half
+    /// its body, then closes the client's connection: the client has a
+    /// success status and a body that breaks off.
+    CutBody,
     /// Waits [`FaultConfig::delay`], then relays untouched.
     Delay,
 }
 
 impl Fault {
     /// Every kind, in the order the counters print.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::Pass,
         Fault::ResetBeforeRequest,
         Fault::ResetAfterRequest,
         Fault::CutResponse,
+        Fault::CutBody,
         Fault::Delay,
     ];
 
@@ -47,6 +53,7 @@ impl Fault {
             Fault::ResetBeforeRequest => "reset_before_request",
             Fault::ResetAfterRequest => "reset_after_request",
             Fault::CutResponse => "cut_response",
+            Fault::CutBody => "cut_body",
             Fault::Delay => "delay",
         }
     }
@@ -66,8 +73,8 @@ pub struct FaultConfig {
     /// The share of connections that get a fault (0.0..=1.0).
     pub rate: f64,
     /// Relative weights of the faults, in the order `ResetBeforeRequest`,
-    /// `ResetAfterRequest`, `CutResponse`, `Delay`.
-    pub mix: [u32; 4],
+    /// `ResetAfterRequest`, `CutResponse`, `CutBody`, `Delay`.
+    pub mix: [u32; 5],
     /// How long a [`Fault::Delay`] waits.
     pub delay: Duration,
     /// The seed of the per-connection picks.
@@ -77,19 +84,19 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
-    /// `rate` faults, an even mix of the four, 5 ms delays, seeded with `seed`.
+    /// `rate` faults, an even mix of the five, 5 ms delays, seeded with `seed`.
     pub fn new(rate: f64, seed: u64) -> Self {
         FaultConfig {
             rate: rate.clamp(0.0, 1.0),
-            mix: [1, 1, 1, 1],
+            mix: [1, 1, 1, 1, 1],
             delay: Duration::from_millis(5),
             seed,
             connection_limit: Duration::from_secs(30),
         }
     }
 
-    /// Sets the relative weights of the four faults.
-    pub fn mix(mut self, mix: [u32; 4]) -> Self {
+    /// Sets the relative weights of the five faults.
+    pub fn mix(mut self, mix: [u32; 5]) -> Self {
         self.mix = mix;
         self
     }
@@ -118,7 +125,7 @@ impl FaultConfig {
 
 /// Connections per fault kind, counted as they are accepted.
 #[derive(Debug, Default)]
-pub struct FaultCounts([AtomicU64; 5]);
+pub struct FaultCounts([AtomicU64; 6]);
 
 impl FaultCounts {
     /// Connections that got `fault`.
@@ -241,7 +248,7 @@ async fn relay(
             tokio::io::copy_bidirectional(&mut client, &mut server).await?;
             Ok(())
         }
-        Fault::ResetAfterRequest | Fault::CutResponse => {
+        Fault::ResetAfterRequest | Fault::CutResponse | Fault::CutBody => {
             let mut server = TcpStream::connect(target).await?;
             // The request goes through; the response is held back until the
             // server closes (it has then read the whole request and answered).
@@ -260,12 +267,22 @@ async fn relay(
                     },
                 }
             }
-            if fault == Fault::CutResponse {
-                client.write_all(&response[..response.len() / 2]).await?;
-                client.shutdown().await?;
-            } else {
-                reset(client);
-            }
+            let cut = match fault {
+                Fault::CutResponse => response.len() / 2,
+                Fault::CutBody => {
+                    let head = response
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(0, |i| i + 4);
+                    head + (response.len() - head) / 2
+                }
+                _ => {
+                    reset(client);
+                    return Ok(());
+                }
+            };
+            client.write_all(&response[..cut]).await?;
+            client.shutdown().await?;
             Ok(())
         }
     }

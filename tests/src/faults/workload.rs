@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{Method, Request};
+use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kneo::idempotency::{IdempotencyKey, IdempotencyKeyLayer};
 use kneo::retry::ReplayBody;
 use kneo::{Attempts, ClientLayer, Sent};
 use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 use super::relay::{Fault, FaultConfig, FaultRelay};
 use super::server::{Effects, FaultServer};
@@ -67,8 +68,13 @@ pub struct Options {
     /// kneo's deadline over all attempts.
     pub deadline: Duration,
     /// The test's own bound on one logical request (deadline plus reading
-    /// the body, with slack); past it the request counts as hung.
+    /// the body, and the caller's resends, with slack); past it the request
+    /// counts as hung.
     pub hang_after: Duration,
+    /// Keyed workloads: how many times a failure that is replay-safe and
+    /// names its key (a body broken off after a 201) is sent again with that
+    /// key, as a caller would. The resend must be answered from the record.
+    pub caller_retries: u32,
 }
 
 impl Options {
@@ -82,7 +88,8 @@ impl Options {
             max_attempts: 10,
             attempt_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(10),
-            hang_after: Duration::from_secs(30),
+            hang_after: Duration::from_secs(60),
+            caller_retries: 3,
         }
     }
 
@@ -109,8 +116,12 @@ pub struct Report {
     pub succeeded: u64,
     /// Of those, answered by the server's replay of a stored response.
     pub replayed: u64,
-    /// Attempts kneo made over all requests (from `Attempts` and `Error::attempts`).
+    /// Attempts kneo made over all requests (from `Attempts` and
+    /// `Error::attempts`), the caller's resends included.
     pub attempts: u64,
+    /// Keyed workloads: logical requests the caller sent again with the
+    /// failure's key (see [`Options::caller_retries`]).
+    pub caller_retries: u64,
     /// Connections the relay accepted, by the fault they got.
     pub faults: BTreeMap<&'static str, u64>,
     /// Effects the handler applied.
@@ -196,7 +207,11 @@ impl fmt::Display for Report {
             self.failed(),
             self.hung
         )?;
-        writeln!(f, "  attempts {}", self.attempts)?;
+        writeln!(
+            f,
+            "  attempts {} (caller resends with the key {})",
+            self.attempts, self.caller_retries
+        )?;
         let faults: Vec<String> = self
             .faults
             .iter()
@@ -230,6 +245,90 @@ impl fmt::Display for Report {
             self.wrong_response,
             self.misreported_failures
         )
+    }
+}
+
+/// The attempts of one logical request: kneo's, summed over the caller's
+/// resends, and the resends.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tries {
+    attempts: u64,
+    caller_retries: u64,
+}
+
+/// One logical request: `POST /charges {"id": id}` through `svc`; when it
+/// fails replay-safe with a key (a body that broke off after a 201), sent
+/// again with that key, up to `caller_retries` times, as a caller would.
+async fn logical<S>(mut svc: S, url: &str, id: u64, caller_retries: u32) -> (Outcome, Tries)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>, Error = kneo::Error>,
+{
+    let mut tries = Tries::default();
+    let mut key: Option<String> = None;
+    loop {
+        let outcome = send(&mut svc, url, id, key.as_deref()).await;
+        match &outcome {
+            Outcome::Succeeded { attempts, .. } => tries.attempts += u64::from(*attempts),
+            Outcome::Failed(err) => {
+                tries.attempts += u64::from(err.attempts().max(1));
+                let resend =
+                    err.is_replay_safe() && tries.caller_retries < u64::from(caller_retries);
+                if let Some(k) = err.idempotency_key().filter(|_| resend) {
+                    key = Some(k.to_owned());
+                    tries.caller_retries += 1;
+                    continue;
+                }
+            }
+            Outcome::Hung => {}
+        }
+        return (outcome, tries);
+    }
+}
+
+/// One call through kneo's stack, and the body read.
+async fn send<S>(svc: &mut S, url: &str, id: u64, key: Option<&str>) -> Outcome
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>, Error = kneo::Error>,
+{
+    let mut req = Request::post(url)
+        .header("authorization", "Bearer faults")
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(format!(r#"{{"id":{id}}}"#))))
+        .expect("valid request");
+    let res = match svc.ready().await {
+        Ok(svc) => svc.call(req).await,
+        Err(e) => Err(e),
+    };
+    let res = match res {
+        Ok(res) => res,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let attempts = res
+        .extensions()
+        .get::<Attempts>()
+        .map_or(1, Attempts::count);
+    let replayed = res
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let mut sent = Sent::new(Method::POST);
+    if let Some(key) = res.extensions().get::<IdempotencyKey>() {
+        sent = sent.with_idempotency_key(key.as_str());
+    }
+    match res.into_body().collect().await {
+        Ok(body) => Outcome::Succeeded {
+            attempts,
+            replayed,
+            echoed_id: serde_json::from_slice::<serde_json::Value>(&body.to_bytes())
+                .ok()
+                .and_then(|v| v["id"].as_u64()),
+        },
+        // As `kneo::Client::read_bytes` reports a body that breaks off.
+        Err(e) => Outcome::Failed(kneo::Error::network(e, sent)),
     }
 }
 
@@ -309,50 +408,19 @@ pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
     let svc = layer(workload, options).layer(transport());
     let url = format!("http://{}/charges", relay.addr());
     let started = Instant::now();
-    let outcomes: Vec<(u64, Outcome)> = futures_util::stream::iter(0..options.requests)
+    let outcomes: Vec<(u64, Outcome, Tries)> = futures_util::stream::iter(0..options.requests)
         .map(|id| {
-            let svc = svc.clone();
-            let url = url.clone();
-            let hang_after = options.hang_after;
+            let (svc, url) = (svc.clone(), url.clone());
+            let caller_retries = if workload.keyed() {
+                options.caller_retries
+            } else {
+                0
+            };
             async move {
-                let call = async {
-                    let req = Request::post(url)
-                        .header("authorization", "Bearer faults")
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(format!(r#"{{"id":{id}}}"#))))
-                        .expect("valid request");
-                    let res = match svc.oneshot(req).await {
-                        Ok(res) => res,
-                        Err(e) => return Outcome::Failed(e),
-                    };
-                    let attempts = res
-                        .extensions()
-                        .get::<Attempts>()
-                        .map_or(1, Attempts::count);
-                    let replayed = res
-                        .headers()
-                        .get("idempotent-replayed")
-                        .is_some_and(|v| v == "true");
-                    let mut sent = Sent::new(Method::POST);
-                    if let Some(key) = res.extensions().get::<IdempotencyKey>() {
-                        sent = sent.with_idempotency_key(key.as_str());
-                    }
-                    match res.into_body().collect().await {
-                        Ok(body) => Outcome::Succeeded {
-                            attempts,
-                            replayed,
-                            echoed_id: serde_json::from_slice::<serde_json::Value>(
-                                &body.to_bytes(),
-                            )
-                            .ok()
-                            .and_then(|v| v["id"].as_u64()),
-                        },
-                        Err(e) => Outcome::Failed(kneo::Error::network(e, sent)),
-                    }
-                };
-                match tokio::time::timeout(hang_after, call).await {
-                    Ok(outcome) => (id, outcome),
-                    Err(_) => (id, Outcome::Hung),
+                let logical = logical(svc, &url, id, caller_retries);
+                match tokio::time::timeout(options.hang_after, logical).await {
+                    Ok((outcome, tries)) => (id, outcome, tries),
+                    Err(_) => (id, Outcome::Hung, Tries::default()),
                 }
             }
         })
@@ -369,16 +437,17 @@ pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
         elapsed,
         ..Report::default()
     };
-    for (id, outcome) in outcomes {
+    for (id, outcome, tries) in outcomes {
         let applied = effects.of_request(id);
+        report.attempts += tries.attempts;
+        report.caller_retries += tries.caller_retries;
         match outcome {
             Outcome::Succeeded {
-                attempts,
                 replayed,
                 echoed_id,
+                ..
             } => {
                 report.succeeded += 1;
-                report.attempts += u64::from(attempts);
                 report.replayed += u64::from(replayed);
                 if applied != 1 {
                     report.succeeded_without_one_effect += 1;
@@ -388,7 +457,6 @@ pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
                 }
             }
             Outcome::Failed(err) => {
-                report.attempts += u64::from(err.attempts().max(1));
                 let said = if err.is_connect() {
                     "not_sent"
                 } else if err.is_replay_safe() {
