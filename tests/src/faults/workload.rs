@@ -494,3 +494,66 @@ pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
     drop(redis);
     Some(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each fault, alone on every connection, does to one unkeyed POST (one
+    /// attempt) what the relay's docs say: the request reaches the server or
+    /// not, the client gets its response or not.
+    #[tokio::test]
+    async fn each_fault_does_what_it_says() {
+        // (fault, the client succeeds, effects on the server)
+        let cases = [
+            (Fault::Pass, true, 1),
+            (Fault::Delay, true, 1),
+            (Fault::ResetBeforeRequest, false, 0),
+            (Fault::ResetAfterRequest, false, 1),
+            (Fault::CutResponse, false, 1),
+            (Fault::CutBody, false, 1),
+        ];
+        for (fault, succeeds, applied) in cases {
+            let effects = Arc::new(Effects::default());
+            let server =
+                FaultServer::start(IdempotencyLayer::new(MemoryStore::new()), effects.clone())
+                    .await;
+            let mut mix = [0; 5];
+            let config = match Fault::ALL.iter().position(|f| *f == fault) {
+                Some(0) | None => FaultConfig::new(0.0, 1),
+                Some(i) => {
+                    mix[i - 1] = 1;
+                    FaultConfig::new(1.0, 1).mix(mix)
+                }
+            };
+            let relay = FaultRelay::start(vec![server.addr()], config).await;
+            let options = Options::new(1, 0.0, 1);
+            let mut svc = layer(Workload::Unkeyed, &options)
+                .max_attempts(1)
+                .layer(transport());
+            let url = format!("http://{}/charges", relay.addr());
+            let outcome = send(&mut svc, &url, 7, None).await;
+            match (&outcome, succeeds) {
+                (Outcome::Succeeded { echoed_id, .. }, true) => {
+                    assert_eq!(*echoed_id, Some(7), "{fault:?}");
+                }
+                (Outcome::Failed(err), false) => {
+                    assert_eq!(err.kind(), kneo::ErrorKind::Network, "{fault:?}: {err}");
+                    assert!(!err.is_replay_safe(), "{fault:?}: an unkeyed POST");
+                    if applied > 0 {
+                        assert!(!err.is_connect(), "{fault:?}: applied, so it was sent");
+                    }
+                }
+                (Outcome::Succeeded { .. }, false) => panic!("{fault:?}: succeeded"),
+                (Outcome::Failed(err), true) => panic!("{fault:?}: {err}"),
+                (Outcome::Hung, _) => unreachable!("send has no hang bound"),
+            }
+            assert_eq!(effects.of_request(7), applied, "{fault:?}");
+            assert_eq!(
+                relay.counts().get(fault),
+                relay.counts().total(),
+                "{fault:?}"
+            );
+        }
+    }
+}
