@@ -11,6 +11,7 @@
 //! # }
 //! ```
 
+pub mod faults;
 pub mod redis;
 
 use std::net::SocketAddr;

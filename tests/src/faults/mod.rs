@@ -1,0 +1,32 @@
+//! Exactly-once under injected faults: a [`FaultRelay`] between kneo's
+//! client and [`FaultServer`]s (axum behind kneo-server's `IdempotencyLayer`)
+//! that resets, cuts and delays connections at a seeded random rate, and the
+//! [workloads](run) that check no request takes effect twice.
+//!
+//! ```no_run
+//! use kneo_tests::faults::{run, Options, Workload};
+//!
+//! # async fn demo() {
+//! let options = Options::new(1_000, 0.2, 7);
+//! let report = run(Workload::Keyed, &options).await.expect("runs here");
+//! println!("{report}");
+//! assert!(report.violations().is_empty(), "{:?}", report.violations());
+//! # }
+//! ```
+//!
+//! # The fault model
+//!
+//! Each connection the relay accepts gets one [`Fault`]: pass, reset before
+//! the request is forwarded, reset after the server answered (the request
+//! was applied; the client hears nothing), the response cut in half (inside
+//! its head, for these small responses), the response cut inside its body
+//! (the client has a 201 and a body that breaks off), or a delay. The client keeps no idle connections, so every attempt meets a
+//! fresh pick; the servers close each connection after one response.
+
+mod relay;
+mod server;
+mod workload;
+
+pub use relay::{Fault, FaultConfig, FaultCounts, FaultRelay};
+pub use server::{Effects, FaultServer};
+pub use workload::{run, Options, Report, Workload};

@@ -1,0 +1,146 @@
+//! [`FaultServer`]: an axum app behind kneo-server's `IdempotencyLayer` whose
+//! handler records one effect per call, per request and per key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use kneo_server::{IdempotencyLayer, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// The effects the handler applied, shared by every server of a workload.
+#[derive(Debug, Default)]
+pub struct Effects {
+    by_request: Mutex<HashMap<u64, u32>>,
+    by_key: Mutex<HashMap<String, u32>>,
+}
+
+impl Effects {
+    /// Effects applied for the logical request `id` (the `id` body field).
+    pub fn of_request(&self, id: u64) -> u32 {
+        let by_request = self.by_request.lock().expect("not poisoned");
+        by_request.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Every effect applied.
+    pub fn total(&self) -> u64 {
+        let by_request = self.by_request.lock().expect("not poisoned");
+        by_request.values().map(|n| u64::from(*n)).sum()
+    }
+
+    /// Requests (by `id`) applied more than once.
+    pub fn duplicate_requests(&self) -> Vec<(u64, u32)> {
+        let by_request = self.by_request.lock().expect("not poisoned");
+        let mut dups: Vec<_> = by_request
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (*id, *n))
+            .collect();
+        dups.sort_unstable();
+        dups
+    }
+
+    /// Idempotency keys applied more than once.
+    pub fn duplicate_keys(&self) -> Vec<(String, u32)> {
+        let by_key = self.by_key.lock().expect("not poisoned");
+        let mut dups: Vec<_> = by_key
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        dups.sort_unstable();
+        dups
+    }
+
+    fn apply(&self, id: u64, key: Option<&str>) -> u32 {
+        if let Some(key) = key {
+            let mut by_key = self.by_key.lock().expect("not poisoned");
+            *by_key.entry(key.to_owned()).or_default() += 1;
+        }
+        let mut by_request = self.by_request.lock().expect("not poisoned");
+        let n = by_request.entry(id).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+/// `POST /charges` with `{"id": N}`: applies one effect for `N` (and for its
+/// `Idempotency-Key`, if any), answers 201 `{"id": N, "effect": count}`.
+async fn charge(State(effects): State<Arc<Effects>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(id) = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["id"].as_u64())
+    else {
+        return (StatusCode::BAD_REQUEST, "a JSON body with an \"id\"").into_response();
+    };
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let effect = effects.apply(id, key);
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        serde_json::json!({"id": id, "effect": effect}).to_string(),
+    )
+        .into_response()
+}
+
+/// An axum app on `127.0.0.1:0`: `POST /charges` behind `IdempotencyLayer`.
+/// HTTP/1 with keep-alive off, so each connection carries one request (the
+/// [`FaultRelay`](super::FaultRelay) reads a response to end of stream).
+/// Dropped, it stops accepting and drops its connections.
+#[derive(Debug)]
+pub struct FaultServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultServer {
+    /// Serves the app behind `layer`, recording into `effects`.
+    pub async fn start<St: Store>(layer: IdempotencyLayer<St>, effects: Arc<Effects>) -> Self {
+        let router = axum::Router::new()
+            .route("/charges", post(charge))
+            .with_state(effects)
+            .layer(layer);
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let svc = TowerToHyperService::new(router.clone());
+                        connections.spawn(async move {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .keep_alive(false)
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next() => {}
+                }
+            }
+        });
+        FaultServer { addr, task }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
