@@ -99,7 +99,10 @@ fuzz_target!(|input: Input| {
     assert!(code.len() <= 128, "code {code:?}");
     let shown = e.to_string();
     assert!(!shown.chars().any(breaks_lines), "Display: {shown:?}");
-    assert!(shown.starts_with(&format!("HTTP {}", status.as_u16())), "{shown:?}");
+    assert!(
+        shown.starts_with(&format!("HTTP {}", status.as_u16())),
+        "{shown:?}"
+    );
     if let Some(id) = e.request_id() {
         assert!(is_valid_request_id(id.as_bytes()), "request id {id:?}");
     }

@@ -12,9 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use arbitrary::Arbitrary;
 use http::header::{CONNECTION, HOST, TE, VIA};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
-use kneo_proxy::headers::{
-    rewrite, Hop, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
-};
+use kneo_proxy::headers::{rewrite, Hop, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: &[&str] = &[
@@ -125,7 +123,10 @@ fuzz_target!(|input: Input| {
     }
     let te: Vec<_> = headers.get_all(TE).iter().collect();
     if input.request {
-        assert!(te.is_empty() || te == [HeaderValue::from_static("trailers")], "{te:?}");
+        assert!(
+            te.is_empty() || te == [HeaderValue::from_static("trailers")],
+            "{te:?}"
+        );
     } else {
         assert!(te.is_empty(), "a response's TE left: {te:?}");
     }
@@ -148,7 +149,10 @@ fuzz_target!(|input: Input| {
     assert_eq!(via.len(), 1, "{via:?}");
     assert!(via[0].as_bytes().ends_with(b" kneo"), "{via:?}");
     if input.request {
-        assert_eq!(headers.get_all(HOST).iter().collect::<Vec<_>>(), [&upstream_host]);
+        assert_eq!(
+            headers.get_all(HOST).iter().collect::<Vec<_>>(),
+            [&upstream_host]
+        );
         assert_eq!(headers[X_FORWARDED_PROTO], "http");
     }
     // End-to-end headers pass untouched.
