@@ -63,7 +63,7 @@ pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration>
 ///
 /// A date in the past gives zero; anything unparseable gives `None`.
 pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
-    let text = std::str::from_utf8(value).ok()?.trim();
+    let text = trim_ows(std::str::from_utf8(value).ok()?);
     if let Some(d) = parse_decimal(text, 1_000_000_000) {
         return Some(d);
     }
@@ -73,8 +73,15 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
 
 /// Parses one `retry-after-ms` value: non-negative milliseconds.
 pub fn parse_retry_after_ms(value: &[u8]) -> Option<Duration> {
-    let text = std::str::from_utf8(value).ok()?.trim();
+    let text = trim_ows(std::str::from_utf8(value).ok()?);
     parse_decimal(text, 1_000_000)
+}
+
+/// `text` without the optional whitespace around a field value: spaces and
+/// tabs only (RFC 9110 §5.5), not `str::trim`'s Unicode whitespace, so
+/// `3\r` or a no-break space before the number is garbage, not a hint.
+fn trim_ows(text: &str) -> &str {
+    text.trim_matches([' ', '\t'])
 }
 
 /// Parses `digits[.digits]` where one whole unit is `nanos_per_unit` nanoseconds.
@@ -199,6 +206,32 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/retry_after.rs`: `str::trim` took any
+    /// Unicode whitespace, so `3\r`, `\u{a0}3` or `3\u{3000}` were hints.
+    #[test]
+    fn only_spaces_and_tabs_are_trimmed() {
+        let garbage: &[&[u8]] = &[
+            b"3\r",
+            b"\n3",
+            b"3\x0b",
+            "\u{a0}3".as_bytes(),
+            "3\u{3000}".as_bytes(),
+            "\u{85}3".as_bytes(),
+        ];
+        for input in garbage {
+            assert_eq!(parse_retry_after(input, now()), None, "{input:?}");
+            assert_eq!(parse_retry_after_ms(input), None, "{input:?}");
+        }
+        assert_eq!(
+            parse_retry_after(b" \t3\t ", now()),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_retry_after_ms(b"\t3 "),
+            Some(Duration::from_millis(3))
+        );
     }
 
     #[test]

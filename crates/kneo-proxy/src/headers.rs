@@ -123,14 +123,13 @@ pub fn rewrite(headers: &mut HeaderMap, hop: &Hop) {
 }
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
+///
+/// `Connection` is read as bytes: a line that also carries a byte outside
+/// visible ASCII still has every name in it honoured.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = list_items(headers, &CONNECTION)
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -143,15 +142,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// `true` when a `TE` header lists `trailers`.
 fn te_lists_trailers(headers: &HeaderMap) -> bool {
+    list_items(headers, &TE).any(|item| {
+        let coding = item.split(|&b| b == b';').next().unwrap_or_default();
+        trim_ows(coding).eq_ignore_ascii_case(b"trailers")
+    })
+}
+
+/// The items of a comma-separated list header, every field line, as bytes
+/// trimmed of optional whitespace.
+fn list_items<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h [u8]> {
     headers
-        .get_all(TE)
+        .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.split(';').next().unwrap_or_default().trim();
-            t.eq_ignore_ascii_case("trailers")
-        })
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
+}
+
+/// `bytes` without leading and trailing spaces and tabs (RFC 9110's OWS).
+fn trim_ows(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
 }
 
 /// This hop's `Via` entry: the protocol version it received, and `kneo`.
@@ -287,5 +302,26 @@ mod tests {
             };
             assert_eq!(sorted(&headers), sorted(&expected), "{what}");
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/proxy_headers.rs`: a `Connection` line
+    /// with a byte outside visible ASCII (obs-text) was skipped whole, so
+    /// the headers it named were forwarded.
+    #[test]
+    fn connection_with_obs_text_still_names_its_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, caf\xe9").expect("obs-text is a valid value"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            TE,
+            HeaderValue::from_bytes(b"trailers, \xff").expect("obs-text is a valid value"),
+        );
+        rewrite(&mut headers, &request());
+        assert!(!headers.contains_key("x-secret"), "{headers:?}");
+        assert!(!headers.contains_key(CONNECTION));
+        assert_eq!(headers[TE], "trailers");
     }
 }

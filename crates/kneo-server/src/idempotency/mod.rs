@@ -120,3 +120,18 @@ pub use layer::{
 pub use record::{Claim, Completed, DecodeError, FencingToken, Outcome, Record, StoredResponse};
 pub use scope::{AuthorizationScope, MakeScope, Scope};
 pub use service::{Idempotency, RequestBody, IDEMPOTENT_REPLAYED};
+
+/// Not public API: the header parsing the fuzz targets in `fuzz/` exercise.
+/// No semver guarantee; do not call it.
+#[doc(hidden)]
+pub mod __fuzz {
+    use std::sync::Arc;
+
+    use http::HeaderMap;
+
+    /// The request's `Idempotency-Key`, as the layer reads it: `Ok(None)`
+    /// when absent, `Err` with the problem's detail when refused.
+    pub fn parse_key(headers: &HeaderMap) -> Result<Option<Arc<str>>, &'static str> {
+        super::key::parse(headers).map_err(super::key::KeyError::detail)
+    }
+}
