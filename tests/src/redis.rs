@@ -1,5 +1,6 @@
 //! A real `redis-server` for tests: started on a free loopback port, with
-//! persistence off, stopped on drop.
+//! persistence off (or, [durable](RedisServer::start_durable), an append-only
+//! file fsynced on every write), stopped on drop.
 //!
 //! ```no_run
 //! use kneo_tests::redis::RedisServer;
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Durable servers: the directory of the append-only file.
+    dir: Option<PathBuf>,
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -40,6 +43,25 @@ impl RedisServer {
     /// Starts a server, or `None` (with a printed reason) when `redis-server`
     /// is not installed. Panics under `CI=true` when it is not.
     pub fn start() -> Option<RedisServer> {
+        Self::start_in(None)
+    }
+
+    /// Starts a durable server: an append-only file fsynced on every write
+    /// (`appendfsync always`) in a fresh temporary directory, so a
+    /// [`restart`](Self::restart), even after a kill, comes back with every
+    /// write it acknowledged. What a fleet relying on Redis for idempotency
+    /// runs: a restart that forgets claims and records would run retries again.
+    pub fn start_durable() -> Option<RedisServer> {
+        let dir = std::env::temp_dir().join(format!(
+            "kneo-redis-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory for redis");
+        Self::start_in(Some(dir))
+    }
+
+    fn start_in(dir: Option<PathBuf>) -> Option<RedisServer> {
         if find_on_path("redis-server").is_none() {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("redis-server not on PATH, and CI=true: the Redis tests must run in CI");
@@ -51,15 +73,33 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
         server.spawn();
         Some(server)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.dir {
+            Some(dir) => command
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .arg("--dir")
+                .arg(dir),
+            None => command.args(["--save", "", "--appendonly", "no"]),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -98,7 +138,8 @@ impl RedisServer {
         }
     }
 
-    /// Stops (if running) and starts again on the same port, empty.
+    /// Stops (if running) and starts again on the same port: empty, or for a
+    /// [durable](Self::start_durable) server with what it had.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -156,5 +197,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! The seed is printed; set `FAULTS_SEED` to replay a run. The soak version
 //! is `cargo run -p kneo-tests --bin faults`.
 
+use std::time::Duration;
+
 use kneo_tests::faults::{run, Options, Report, Workload};
 
 const REQUESTS: u64 = 1_000;
@@ -21,7 +23,10 @@ fn seed() -> u64 {
 }
 
 async fn check(workload: Workload) -> Option<Report> {
-    let options = Options::new(REQUESTS, FAULT_RATE, seed());
+    check_with(workload, Options::new(REQUESTS, FAULT_RATE, seed())).await
+}
+
+async fn check_with(workload: Workload, options: Options) -> Option<Report> {
     let report = run(workload, &options).await?;
     println!("{report}");
     let violations = report.violations();
@@ -82,4 +87,47 @@ async fn keyed_posts_across_two_servers_sharing_redis_take_effect_at_most_once()
         assert!(report.replayed > 0, "{report}");
         assert!(report.caller_retries > 0, "{report}");
     }
+}
+
+/// Workload 2 with `redis-server` killed after 200 requests and restarted a
+/// second later (durable: an append-only file fsynced on every write). While
+/// it is down the servers fail closed, `503` problems that say the request
+/// was not run, and kneo retries them after their `Retry-After`; no key runs
+/// twice; once it is back, requests succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_during_workload_2_fails_closed_and_resumes() {
+    let options =
+        Options::new(REQUESTS, FAULT_RATE, seed()).outage(200, Duration::from_millis(1_000));
+    let Some(report) = check_with(Workload::KeyedRedis, options).await else {
+        return;
+    };
+    let outage = report.outage.as_ref().expect("the outage ran");
+    assert!(outage.down_for >= Duration::from_millis(1_000), "{report}");
+    assert!(report.store_unavailable > 0, "failed closed: {report}");
+    assert!(outage.started_after > 0, "{report}");
+    assert_eq!(
+        outage.succeeded_after, outage.started_after,
+        "service resumed: {report}"
+    );
+}
+
+/// Workload 2 with the two servers as processes (`fault_server`): the one
+/// that gets request 500 first stalls in its handler, before the effect, and
+/// is killed (`SIGKILL`). kneo's retry reaches the other instance, which
+/// answers `409 idempotency_key_in_use` while the dead one's claim lives,
+/// then, after the 2 s lease, runs the request exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_handler_runs_the_retry_once_on_the_other() {
+    let options =
+        Options::new(REQUESTS, FAULT_RATE, seed()).crash(env!("CARGO_BIN_EXE_fault_server"), 500);
+    let Some(report) = check_with(Workload::KeyedRedis, options).await else {
+        return;
+    };
+    let crash = report.crash.as_ref().expect("the crash ran");
+    let killed = crash.killed.as_deref().expect("an instance was killed");
+    assert_eq!(crash.applied_by.len(), 1, "{report}");
+    assert_ne!(crash.applied_by[0], killed, "{report}");
+    assert!(crash.succeeded, "{report}");
+    // The attempt the kill cut, at least one 409 while the lease ran, the one that ran.
+    assert!(crash.attempts >= 3, "{report}");
 }

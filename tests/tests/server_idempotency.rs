@@ -613,6 +613,55 @@ async fn redis_outage_fails_closed_then_recovers() {
     assert!(replay.replayed(), "scripts reloaded after the restart");
 }
 
+/// Redis down when the handler finishes: its response cannot be stored. The
+/// layer keeps trying while the lease lasts, so once Redis is back (durable:
+/// it kept the claim) the retry is a replay, not a second run. (Before this
+/// was fixed the claim sat until the lease ended, and the retry then ran the
+/// handler again: a duplicate the fault workloads caught.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_stored_during_an_outage_lands_when_redis_is_back() {
+    let Some(mut redis) = RedisServer::start_durable() else {
+        return;
+    };
+    let layer = IdempotencyLayer::new(redis_store(&redis).await).lease(Duration::from_secs(3));
+    let server = TestServer::start(App::Axum, layer).await;
+    let client = server.client("key-1", once());
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, "/block", "stored-late", "{}").await })
+    };
+    server.state.blocked.notified().await;
+    redis.stop();
+    server.state.gate.notify_one();
+    let first = first.await.expect("task").expect("the caller got its 201");
+    assert_eq!(first.json()["run"], 1);
+    redis.restart();
+
+    let mut replay = None;
+    for _ in 0..100 {
+        match post(&client, "/block", "stored-late", "{}").await {
+            Ok(reply) => {
+                replay = Some(reply);
+                break;
+            }
+            Err(err) => {
+                // Until the record lands: the claim is still in flight, or
+                // the store is still reconnecting.
+                assert!(
+                    err.status() == Some(StatusCode::CONFLICT)
+                        || err.status() == Some(StatusCode::SERVICE_UNAVAILABLE),
+                    "{err}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let replay = replay.expect("answered within 5 s, past the 3 s lease");
+    assert!(replay.replayed(), "the stored response, not a second run");
+    assert_eq!(replay.json()["run"], 1);
+    assert_eq!(server.runs(), 1, "the handler ran once");
+}
+
 /// `.fail_open()`: with Redis down the handler runs without a claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_runs_without_a_claim() {

@@ -23,10 +23,12 @@
 //! (the client has a 201 and a body that breaks off), or a delay. The client keeps no idle connections, so every attempt meets a
 //! fresh pick; the servers close each connection after one response.
 
+mod process;
 mod relay;
 mod server;
 mod workload;
 
+pub use process::{ServerProcess, Sidecar};
 pub use relay::{Fault, FaultConfig, FaultCounts, FaultRelay};
-pub use server::{Effects, FaultServer};
-pub use workload::{run, Options, Report, Workload};
+pub use server::{Effects, FaultServer, Stall};
+pub use workload::{run, CrashReport, Options, Outage, OutageReport, Report, Workload};

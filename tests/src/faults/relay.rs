@@ -149,7 +149,9 @@ impl FaultCounts {
 }
 
 /// A fault-injecting TCP relay on `127.0.0.1:0` in front of one or more
-/// targets (taken in turn, one per connection). Each accepted connection gets
+/// targets (taken in turn, one per connection; a target that refuses the
+/// connection is skipped for the next, as a load balancer fails over from a
+/// dead instance). Each accepted connection gets
 /// one [`Fault`], picked by a `fastrand::Rng` seeded with
 /// [`FaultConfig::seed`]. Dropped, it stops accepting and drops every relayed
 /// connection.
@@ -174,6 +176,7 @@ impl FaultRelay {
     /// Starts relaying to `targets` with `config`.
     pub async fn start(targets: Vec<SocketAddr>, config: FaultConfig) -> FaultRelay {
         assert!(!targets.is_empty(), "a relay needs a target");
+        let targets: Arc<[SocketAddr]> = targets.into();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -193,13 +196,13 @@ impl FaultRelay {
                             let Ok((client, _)) = accepted else { continue };
                             let fault = config.pick(&mut rng.lock().expect("not poisoned"));
                             counts.add(fault);
-                            let target = targets[next % targets.len()];
+                            let (targets, first) = (targets.clone(), next % targets.len());
                             next = next.wrapping_add(1);
                             let (delay, limit) = (config.delay, config.connection_limit);
                             connections.spawn(async move {
                                 let _ = tokio::time::timeout(
                                     limit,
-                                    relay(client, target, fault, delay),
+                                    relay(client, &targets, first, fault, delay),
                                 )
                                 .await;
                             });
@@ -229,9 +232,22 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// Connects to `targets[first]`, else to the next that accepts.
+async fn connect(targets: &[SocketAddr], first: usize) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for i in 0..targets.len() {
+        match TcpStream::connect(targets[(first + i) % targets.len()]).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("invariant: a relay has a target"))
+}
+
 async fn relay(
     mut client: TcpStream,
-    target: SocketAddr,
+    targets: &[SocketAddr],
+    first: usize,
     fault: Fault,
     delay: Duration,
 ) -> std::io::Result<()> {
@@ -244,12 +260,12 @@ async fn relay(
             if fault == Fault::Delay {
                 tokio::time::sleep(delay).await;
             }
-            let mut server = TcpStream::connect(target).await?;
+            let mut server = connect(targets, first).await?;
             tokio::io::copy_bidirectional(&mut client, &mut server).await?;
             Ok(())
         }
         Fault::ResetAfterRequest | Fault::CutResponse | Fault::CutBody => {
-            let mut server = TcpStream::connect(target).await?;
+            let mut server = connect(targets, first).await?;
             // The request goes through; the response is held back until the
             // server closes (it has then read the whole request and answered).
             let mut response = Vec::new();

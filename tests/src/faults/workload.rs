@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,8 +21,9 @@ use kneo::{Attempts, ClientLayer, Sent};
 use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
 use tower::{Layer, Service, ServiceExt};
 
+use super::process::{ServerProcess, Sidecar};
 use super::relay::{Fault, FaultConfig, FaultRelay};
-use super::server::{Effects, FaultServer};
+use super::server::{Effects, FaultServer, Stall};
 use crate::redis::RedisServer;
 
 /// Which workload to run.
@@ -34,6 +37,9 @@ pub enum Workload {
     KeyedRedis,
     /// 3: POSTs without a key (kneo's idempotency-key layer off).
     Unkeyed,
+    /// 4: as 1, through the real `kneo proxy` (client → relay → proxy →
+    /// server); needs [`Options::kneo`].
+    Proxied,
 }
 
 impl Workload {
@@ -43,6 +49,7 @@ impl Workload {
             Workload::Keyed => "1 keyed/memory",
             Workload::KeyedRedis => "2 keyed/redis x2",
             Workload::Unkeyed => "3 unkeyed",
+            Workload::Proxied => "4 keyed/memory via kneo proxy",
         }
     }
 
@@ -75,6 +82,31 @@ pub struct Options {
     /// names its key (a body broken off after a 201) is sent again with that
     /// key, as a caller would. The resend must be answered from the record.
     pub caller_retries: u32,
+    /// The servers' lease of an in-flight claim.
+    pub lease: Duration,
+    /// Workload 4: the `kneo` binary to run as the proxy.
+    pub kneo: Option<PathBuf>,
+    /// Workload 2: run the two servers as processes of this binary (the
+    /// `fault_server` bin of this package) instead of in this process.
+    pub server_processes: Option<PathBuf>,
+    /// Workload 2 with server processes: the logical request whose handler
+    /// stalls, on whichever instance gets it first, which is then killed
+    /// (`SIGKILL`) mid-handler.
+    pub crash: Option<u64>,
+    /// Workload 2: kill `redis-server` and restart it mid-run.
+    pub outage: Option<Outage>,
+}
+
+/// A Redis outage in workload 2: once `after` logical requests have
+/// started, `redis-server` is killed, stays down for `down`, and is started
+/// again on the same port, durable (it comes back with every acknowledged
+/// write).
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    /// Logical requests started before the kill.
+    pub after: u64,
+    /// How long Redis stays down.
+    pub down: Duration,
 }
 
 impl Options {
@@ -90,7 +122,34 @@ impl Options {
             deadline: Duration::from_secs(10),
             hang_after: Duration::from_secs(60),
             caller_retries: 3,
+            lease: Duration::from_secs(5),
+            kneo: None,
+            server_processes: None,
+            crash: None,
+            outage: None,
         }
+    }
+
+    /// Workload 4: runs `kneo` as the proxy.
+    pub fn kneo(mut self, kneo: impl Into<PathBuf>) -> Self {
+        self.kneo = Some(kneo.into());
+        self
+    }
+
+    /// Workload 2: runs the servers as processes of `fault_server`, with a
+    /// 2 s lease, and kills the one that first gets logical request `id`
+    /// mid-handler.
+    pub fn crash(mut self, fault_server: impl Into<PathBuf>, id: u64) -> Self {
+        self.server_processes = Some(fault_server.into());
+        self.crash = Some(id);
+        self.lease = Duration::from_secs(2);
+        self
+    }
+
+    /// Workload 2: kills Redis after `after` requests started, for `down`.
+    pub fn outage(mut self, after: u64, down: Duration) -> Self {
+        self.outage = Some(Outage { after, down });
+        self
     }
 
     /// Sets the concurrency.
@@ -147,8 +206,43 @@ pub struct Report {
     pub misreported_failures: u64,
     /// Requests still pending after [`Options::hang_after`] (must be 0).
     pub hung: u64,
+    /// `503` answers the servers sent because their store was unavailable
+    /// (refused, not run).
+    pub store_unavailable: u64,
+    /// With [`Options::outage`]: what happened around it.
+    pub outage: Option<OutageReport>,
+    /// With [`Options::crash`]: what happened to the stalled request.
+    pub crash: Option<CrashReport>,
     /// Wall time.
     pub elapsed: Duration,
+}
+
+/// What happened around a Redis outage.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct OutageReport {
+    /// How long Redis was down (kill to restarted and answering).
+    pub down_for: Duration,
+    /// Logical requests started after Redis was back.
+    pub started_after: u64,
+    /// Of those, succeeded.
+    pub succeeded_after: u64,
+}
+
+/// What happened to the request whose server was killed mid-handler.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CrashReport {
+    /// The logical request.
+    pub id: u64,
+    /// The instance killed mid-handler (none: the stall was never reached).
+    pub killed: Option<String>,
+    /// The instances that applied the request's effect.
+    pub applied_by: Vec<String>,
+    /// Whether the client reported it as succeeded.
+    pub succeeded: bool,
+    /// kneo's attempts for it.
+    pub attempts: u64,
 }
 
 impl Report {
@@ -177,6 +271,17 @@ impl Report {
             "failures misreporting what was sent",
         );
         check(self.hung, "requests hung past their bound");
+        if let Some(crash) = &self.crash {
+            let survivor_once = crash.applied_by.len() == 1
+                && crash.killed.is_some()
+                && crash.killed.as_ref() != crash.applied_by.first();
+            if !(survivor_once && crash.succeeded) {
+                v.push(format!(
+                    "{}: request {} (killed mid-handler on {:?}) applied by {:?}, succeeded {}",
+                    self.workload, crash.id, crash.killed, crash.applied_by, crash.succeeded
+                ));
+            }
+        }
         let accounted = self.succeeded + self.failed() + self.hung;
         if accounted != self.requests {
             v.push(format!(
@@ -244,7 +349,29 @@ impl fmt::Display for Report {
             self.succeeded_without_one_effect,
             self.wrong_response,
             self.misreported_failures
-        )
+        )?;
+        if let Some(outage) = &self.outage {
+            write!(
+                f,
+                "\n  redis down {:.2} s: {} answers 503 (store unavailable); after the restart {} of {} requests succeeded",
+                outage.down_for.as_secs_f64(),
+                self.store_unavailable,
+                outage.succeeded_after,
+                outage.started_after
+            )?;
+        }
+        if let Some(crash) = &self.crash {
+            write!(
+                f,
+                "\n  crash: request {} stalled on {}, killed; applied by {:?}, succeeded {} after {} attempts",
+                crash.id,
+                crash.killed.as_deref().unwrap_or("(none)"),
+                crash.applied_by,
+                crash.succeeded,
+                crash.attempts
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -290,7 +417,10 @@ async fn send<S>(svc: &mut S, url: &str, id: u64, key: Option<&str>) -> Outcome
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Incoming>, Error = kneo::Error>,
 {
+    // One request per connection end to end: the relay reads a response to
+    // end of stream, and a proxy in front of the server closes on this.
     let mut req = Request::post(url)
+        .header("connection", "close")
         .header("authorization", "Bearer faults")
         .header("content-type", "application/json");
     if let Some(key) = key {
@@ -374,60 +504,164 @@ fn layer(workload: Workload, options: &Options) -> ClientLayer {
     }
 }
 
-/// Runs `workload`; `None` (with the reason printed) when it cannot run here
-/// (workload 2 without `redis-server`, outside CI).
-pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
-    let effects = Arc::new(Effects::default());
-    // Kept alive for the run; dropped (stopped) at the end.
-    let mut servers = Vec::new();
-    let mut redis = None;
+/// The servers of a run, kept alive for it and stopped on drop.
+#[derive(Default)]
+struct Servers {
+    in_process: Vec<FaultServer>,
+    processes: Vec<ServerProcess>,
+    sidecar: Option<Sidecar>,
+    redis: Option<Arc<Mutex<RedisServer>>>,
+}
+
+impl Servers {
+    /// Where the relay sends connections.
+    fn targets(&self) -> Vec<std::net::SocketAddr> {
+        if let Some(sidecar) = &self.sidecar {
+            return vec![sidecar.addr()];
+        }
+        let processes = self.processes.iter().map(ServerProcess::addr);
+        self.in_process
+            .iter()
+            .map(FaultServer::addr)
+            .chain(processes)
+            .collect()
+    }
+}
+
+/// Starts what `workload` runs against; `None` (with the reason printed)
+/// when it cannot run here.
+async fn servers(workload: Workload, options: &Options, effects: &Arc<Effects>) -> Option<Servers> {
+    let mut servers = Servers::default();
+    let memory = || IdempotencyLayer::new(MemoryStore::new()).lease(options.lease);
     match workload {
         Workload::Keyed | Workload::Unkeyed => {
-            let layer = IdempotencyLayer::new(MemoryStore::new());
-            servers.push(FaultServer::start(layer, effects.clone()).await);
+            servers
+                .in_process
+                .push(FaultServer::start(memory(), effects.clone()).await);
+        }
+        Workload::Proxied => {
+            let Some(kneo) = &options.kneo else {
+                println!("skipped: workload 4 needs the kneo binary (cargo build -p kneo-cli)");
+                return None;
+            };
+            let server = FaultServer::start(memory(), effects.clone()).await;
+            servers.sidecar = Some(Sidecar::start(kneo, server.addr(), &[]).await);
+            servers.in_process.push(server);
         }
         Workload::KeyedRedis => {
-            let server = RedisServer::start()?;
-            let store = RedisStore::builder(server.url())
-                .prefix("faults:")
-                .connect()
-                .await
-                .expect("redis store connects");
-            for _ in 0..2 {
-                let layer = IdempotencyLayer::new(store.clone());
-                servers.push(FaultServer::start(layer, effects.clone()).await);
-            }
-            redis = Some(server);
-        }
-    }
-    let relay = FaultRelay::start(
-        servers.iter().map(FaultServer::addr).collect(),
-        options.faults.clone(),
-    )
-    .await;
-    let svc = layer(workload, options).layer(transport());
-    let url = format!("http://{}/charges", relay.addr());
-    let started = Instant::now();
-    let outcomes: Vec<(u64, Outcome, Tries)> = futures_util::stream::iter(0..options.requests)
-        .map(|id| {
-            let (svc, url) = (svc.clone(), url.clone());
-            let caller_retries = if workload.keyed() {
-                options.caller_retries
+            let redis = if options.outage.is_some() {
+                RedisServer::start_durable()?
             } else {
-                0
+                RedisServer::start()?
             };
-            async move {
-                let logical = logical(svc, &url, id, caller_retries);
-                match tokio::time::timeout(options.hang_after, logical).await {
-                    Ok((outcome, tries)) => (id, outcome, tries),
-                    Err(_) => (id, Outcome::Hung, Tries::default()),
+            if let Some(bin) = &options.server_processes {
+                let stall = options.crash.map(|id| Stall {
+                    id,
+                    marker: std::env::temp_dir().join(format!(
+                        "kneo-stall-{}-{}",
+                        std::process::id(),
+                        fastrand::u64(..)
+                    )),
+                });
+                for name in ["a", "b"] {
+                    let process = ServerProcess::start(
+                        bin,
+                        name,
+                        &redis.url(),
+                        options.lease,
+                        stall.as_ref(),
+                        effects.clone(),
+                    )
+                    .await;
+                    servers.processes.push(process);
+                }
+            } else {
+                let store = RedisStore::builder(redis.url())
+                    .prefix("faults:")
+                    .connect()
+                    .await
+                    .expect("redis store connects");
+                for _ in 0..2 {
+                    let layer = IdempotencyLayer::new(store.clone()).lease(options.lease);
+                    servers
+                        .in_process
+                        .push(FaultServer::start(layer, effects.clone()).await);
                 }
             }
-        })
-        .buffer_unordered(options.concurrency)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
+            servers.redis = Some(Arc::new(Mutex::new(redis)));
+        }
+    }
+    Some(servers)
+}
+
+/// Kills Redis once `outage.after` logical requests have started, and
+/// restarts it `outage.down` later; returns when it was down and back.
+async fn inject_outage(
+    redis: Arc<Mutex<RedisServer>>,
+    started: Arc<AtomicU64>,
+    outage: Outage,
+) -> (Instant, Instant) {
+    while started.load(Ordering::SeqCst) < outage.after {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let down_at = Instant::now();
+    let stop = redis.clone();
+    tokio::task::spawn_blocking(move || stop.lock().expect("not poisoned").stop())
+        .await
+        .expect("stopping redis does not panic");
+    tokio::time::sleep(outage.down).await;
+    tokio::task::spawn_blocking(move || redis.lock().expect("not poisoned").restart())
+        .await
+        .expect("restarting redis does not panic");
+    (down_at, Instant::now())
+}
+
+/// Runs `workload`; `None` (with the reason printed) when it cannot run here
+/// (workload 2 without `redis-server`, outside CI; workload 4 without
+/// [`Options::kneo`]).
+pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
+    let effects = Arc::new(Effects::default());
+    let servers = servers(workload, options, &effects).await?;
+    let relay = FaultRelay::start(servers.targets(), options.faults.clone()).await;
+    let svc = layer(workload, options).layer(transport());
+    let url = format!("http://{}/charges", relay.addr());
+    let started = Arc::new(AtomicU64::new(0));
+    let outage = match (options.outage, &servers.redis) {
+        (Some(outage), Some(redis)) => Some(tokio::spawn(inject_outage(
+            redis.clone(),
+            started.clone(),
+            outage,
+        ))),
+        _ => None,
+    };
+    let began = Instant::now();
+    let outcomes: Vec<(u64, Instant, Outcome, Tries)> =
+        futures_util::stream::iter(0..options.requests)
+            .map(|id| {
+                let (svc, url, started) = (svc.clone(), url.clone(), started.clone());
+                let caller_retries = if workload.keyed() {
+                    options.caller_retries
+                } else {
+                    0
+                };
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let at = Instant::now();
+                    let logical = logical(svc, &url, id, caller_retries);
+                    match tokio::time::timeout(options.hang_after, logical).await {
+                        Ok((outcome, tries)) => (id, at, outcome, tries),
+                        Err(_) => (id, at, Outcome::Hung, Tries::default()),
+                    }
+                }
+            })
+            .buffer_unordered(options.concurrency)
+            .collect()
+            .await;
+    let elapsed = began.elapsed();
+    let outage = match outage {
+        Some(task) => Some(task.await.expect("the outage task does not panic")),
+        None => None,
+    };
 
     let mut report = Report {
         workload: workload.as_str(),
@@ -437,10 +671,37 @@ pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
         elapsed,
         ..Report::default()
     };
-    for (id, outcome, tries) in outcomes {
+    if let Some((down_at, up_at)) = outage {
+        report.outage = Some(OutageReport {
+            down_for: up_at - down_at,
+            ..OutageReport::default()
+        });
+    }
+    if let Some(id) = options.crash {
+        report.crash = Some(CrashReport {
+            id,
+            killed: servers
+                .processes
+                .iter()
+                .find(|p| p.was_killed())
+                .map(|p| p.name().to_owned()),
+            ..CrashReport::default()
+        });
+    }
+    for (id, at, outcome, tries) in outcomes {
         let applied = effects.of_request(id);
         report.attempts += tries.attempts;
         report.caller_retries += tries.caller_retries;
+        let after_outage = outage.is_some_and(|(_, up_at)| at >= up_at);
+        if let Some(outage) = report.outage.as_mut().filter(|_| after_outage) {
+            outage.started_after += 1;
+            outage.succeeded_after += u64::from(matches!(outcome, Outcome::Succeeded { .. }));
+        }
+        if let Some(crash) = report.crash.as_mut().filter(|c| c.id == id) {
+            crash.succeeded = matches!(outcome, Outcome::Succeeded { .. });
+            crash.attempts = tries.attempts;
+            crash.applied_by = effects.instances_of(id);
+        }
         match outcome {
             Outcome::Succeeded {
                 replayed,
@@ -484,6 +745,7 @@ pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
     report.effects = effects.total();
     report.duplicate_requests = effects.duplicate_requests().len() as u64;
     report.duplicate_keys = effects.duplicate_keys().len() as u64;
+    report.store_unavailable = effects.unavailable();
     for fault in Fault::ALL {
         report
             .faults
@@ -491,7 +753,6 @@ pub async fn run(workload: Workload, options: &Options) -> Option<Report> {
     }
     drop(relay);
     drop(servers);
-    drop(redis);
     Some(report)
 }
 

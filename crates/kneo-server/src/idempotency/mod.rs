@@ -60,7 +60,15 @@
 //! - a retry with the same method, path, query and body gets the first
 //!   response back byte for byte, with `Idempotent-Replayed: true`;
 //! - the handler never runs without a claim (unless built with
-//!   [`fail_open`](IdempotencyLayer::fail_open)).
+//!   [`fail_open`](IdempotencyLayer::fail_open));
+//! - a response the store could not keep when the handler finished (the
+//!   store was down) is stored again in the background, with backoff, for as
+//!   long as the lease lasts; until it lands, retries get `409`. A store
+//!   outage longer than the lease, or a server killed between the handler's
+//!   work and the store's record, is the one way a retry can run again: the
+//!   record is not the handler's own transaction. (A Redis restart keeps the
+//!   records only as far as Redis persists them: an append-only file with
+//!   `appendfsync always` keeps every acknowledged one.)
 //!
 //! Requests of other methods, and requests without a key (unless
 //! [`require`](IdempotencyLayer::require)d), pass through untouched.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -166,7 +166,8 @@ where
         }
     };
 
-    let mut guard = Guard::new(store, record_key, claim, config.ttl);
+    let lease_ends = Instant::now() + config.lease;
+    let mut guard = Guard::new(store, record_key, claim, config.ttl, lease_ends);
     let req = Request::from_parts(parts, Either::Right(Full::new(body)));
     let res = match AssertUnwindSafe(async { inner.call(req).await })
         .catch_unwind()
@@ -345,11 +346,17 @@ fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
 /// awaited on the normal paths, spawned on tokio from `Drop` when the future
 /// is dropped midway (the client hung up). Both store calls are fenced, so
 /// doing one twice is harmless.
+///
+/// A response that could not be stored (the store failed) is stored again in
+/// the background, with backoff, for as long as the claim's lease lives: the
+/// handler has run, and a retry after the lease would run it again, so the
+/// record must land while the claim still holds the key.
 struct Guard<St: Store> {
     store: St,
     key: RecordKey,
     claim: Claim,
     ttl: Duration,
+    lease_ends: Instant,
     state: GuardState,
 }
 
@@ -360,12 +367,13 @@ enum GuardState {
 }
 
 impl<St: Store> Guard<St> {
-    fn new(store: St, key: RecordKey, claim: Claim, ttl: Duration) -> Self {
+    fn new(store: St, key: RecordKey, claim: Claim, ttl: Duration, lease_ends: Instant) -> Self {
         Guard {
             store,
             key,
             claim,
             ttl,
+            lease_ends,
             state: GuardState::Claimed,
         }
     }
@@ -385,8 +393,47 @@ impl<St: Store> Guard<St> {
             .store
             .complete(&self.key, &self.claim, record, self.ttl)
             .await;
-        self.state = GuardState::Done;
-        log_complete(&self.key, result);
+        let state = std::mem::replace(&mut self.state, GuardState::Done);
+        match (result, state, tokio::runtime::Handle::try_current()) {
+            (Err(error), GuardState::Completing(record), Ok(runtime)) => {
+                tracing::warn!(
+                    idempotency_key = %self.key.key(),
+                    %error,
+                    "could not store the response; retrying while the lease lasts"
+                );
+                let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
+                let (ttl, lease_ends) = (self.ttl, self.lease_ends);
+                runtime.spawn(async move {
+                    let result =
+                        complete_within_lease(&store, &key, &claim, &record, ttl, lease_ends).await;
+                    log_complete(&key, result);
+                });
+            }
+            (result, _, _) => log_complete(&self.key, result),
+        }
+    }
+}
+
+/// Stores `record` for `claim`, retrying store errors with backoff (10 ms,
+/// doubling, at most 500 ms apart) until it is stored, the claim is found
+/// gone (fenced), or the lease ends.
+async fn complete_within_lease<St: Store>(
+    store: &St,
+    key: &RecordKey,
+    claim: &Claim,
+    record: &Completed,
+    ttl: Duration,
+    lease_ends: Instant,
+) -> Result<bool, crate::store::StoreError> {
+    let mut wait = Duration::from_millis(10);
+    loop {
+        match store.complete(key, claim, record, ttl).await {
+            Err(_) if Instant::now() + wait < lease_ends => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -400,7 +447,8 @@ impl<St: Store> Drop for Guard<St> {
             // No runtime to finish on: the lease ends the claim.
             return;
         };
-        let (store, key, claim, ttl) = (self.store.clone(), self.key.clone(), self.claim, self.ttl);
+        let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
+        let (ttl, lease_ends) = (self.ttl, self.lease_ends);
         match state {
             GuardState::Claimed => {
                 tracing::debug!(idempotency_key = %key.key(), "request dropped; releasing its claim");
@@ -411,7 +459,8 @@ impl<St: Store> Drop for Guard<St> {
             }
             GuardState::Completing(record) => {
                 runtime.spawn(async move {
-                    let result = store.complete(&key, &claim, &record, ttl).await;
+                    let result =
+                        complete_within_lease(&store, &key, &claim, &record, ttl, lease_ends).await;
                     log_complete(&key, result);
                 });
             }
@@ -444,7 +493,7 @@ fn log_complete(key: &RecordKey, result: Result<bool, crate::store::StoreError>)
         Err(error) => tracing::error!(
             idempotency_key = %key.key(),
             %error,
-            "could not store the response; the key stays busy until its lease ends, then a retry runs again"
+            "could not store the response within its lease; once the lease ends a retry runs again"
         ),
     }
 }
