@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use kneo_tests::faults::{run, Options, Workload};
@@ -34,6 +35,20 @@ struct Args {
     /// The `kneo` binary for workload 4 [default: `kneo` next to this one].
     #[arg(long)]
     kneo: Option<PathBuf>,
+    /// Workload 2: run the servers as `fault_server` processes and kill the
+    /// one that gets logical request N first, mid-handler.
+    #[arg(long, value_name = "N")]
+    crash: Option<u64>,
+    /// Workload 2: kill redis-server once N requests have started, restart
+    /// it (durable) MS milliseconds later.
+    #[arg(long, value_name = "N:MS", value_parser = parse_outage)]
+    outage: Option<(u64, u64)>,
+}
+
+fn parse_outage(s: &str) -> Result<(u64, u64), String> {
+    let (after, ms) = s.split_once(':').ok_or("expected N:MS, such as 10000:2000")?;
+    let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{v:?}: {e}"));
+    Ok((number(after)?, number(ms)?))
 }
 
 #[tokio::main]
@@ -59,13 +74,25 @@ async fn main() -> ExitCode {
         let mut options =
             Options::new(args.requests, args.fault_rate, seed).concurrency(args.concurrency);
         if workload == Workload::Proxied {
-            let Some(kneo) = args.kneo.clone().or_else(sibling_kneo) else {
+            let Some(kneo) = args.kneo.clone().or_else(|| sibling("kneo")) else {
                 eprintln!(
                     "workload 4 needs the kneo binary: build it (cargo build -p kneo-cli) or pass --kneo PATH"
                 );
                 return ExitCode::from(2);
             };
             options = options.kneo(kneo);
+        }
+        if workload == Workload::KeyedRedis {
+            if let Some(id) = args.crash {
+                let Some(bin) = sibling("fault_server") else {
+                    eprintln!("--crash needs fault_server next to this binary (cargo build -p kneo-tests --bins)");
+                    return ExitCode::from(2);
+                };
+                options = options.crash(bin, id);
+            }
+            if let Some((after, ms)) = args.outage {
+                options = options.outage(after, Duration::from_millis(ms));
+            }
         }
         let Some(report) = run(workload, &options).await else {
             continue;
@@ -83,10 +110,11 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `kneo` in the directory of this executable (`target/<profile>/`), if built.
-fn sibling_kneo() -> Option<PathBuf> {
-    let kneo = std::env::current_exe()
+/// The executable `name` in the directory of this one (`target/<profile>/`),
+/// if built.
+fn sibling(name: &str) -> Option<PathBuf> {
+    let path = std::env::current_exe()
         .ok()?
-        .with_file_name(format!("kneo{}", std::env::consts::EXE_SUFFIX));
-    kneo.is_file().then_some(kneo)
+        .with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    path.is_file().then_some(path)
 }
