@@ -46,7 +46,9 @@ struct Args {
 }
 
 fn parse_outage(s: &str) -> Result<(u64, u64), String> {
-    let (after, ms) = s.split_once(':').ok_or("expected N:MS, such as 10000:2000")?;
+    let (after, ms) = s
+        .split_once(':')
+        .ok_or("expected N:MS, such as 10000:2000")?;
     let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{v:?}: {e}"));
     Ok((number(after)?, number(ms)?))
 }
