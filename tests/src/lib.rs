@@ -12,6 +12,7 @@
 //! ```
 
 pub mod faults;
+pub mod proxy_rss;
 pub mod redis;
 
 use std::net::SocketAddr;

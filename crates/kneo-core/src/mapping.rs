@@ -145,19 +145,20 @@ fn is_problem(headers: &HeaderMap) -> bool {
 
 /// The most specific message the body offers, on one line and bounded.
 fn message_from_body(body: &ErrorBody, problem: Option<&Problem>) -> Option<String> {
+    fn str_of(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str)
+    }
+    // Borrowed, not copied: a text body may be as long as the body cap.
     let text = match body {
-        ErrorBody::Json(v) => {
-            let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-            s(v.get("error").and_then(|e| e.get("message")))
-                .or_else(|| s(v.get("message")))
-                .or_else(|| problem.and_then(|p| p.detail.clone().or_else(|| p.title.clone())))
-                .or_else(|| s(v.get("detail")))
-                .or_else(|| s(v.get("error")))
-        }
-        ErrorBody::Text(t) => Some(t.clone()),
+        ErrorBody::Json(v) => str_of(v.get("error").and_then(|e| e.get("message")))
+            .or_else(|| str_of(v.get("message")))
+            .or_else(|| problem.and_then(|p| p.detail.as_deref().or(p.title.as_deref())))
+            .or_else(|| str_of(v.get("detail")))
+            .or_else(|| str_of(v.get("error"))),
+        ErrorBody::Text(t) => Some(t.as_str()),
         _ => None,
     }?;
-    let line = text::one_line(&text);
+    let line = text::one_line(text);
     (!line.is_empty()).then_some(line)
 }
 

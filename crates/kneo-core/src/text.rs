@@ -13,16 +13,21 @@ pub(crate) fn breaks_lines(c: char) -> bool {
 
 /// `text` on one line: every line-breaking character replaced by a space,
 /// trimmed, and capped at [`MESSAGE_CAP`] characters (with `…` when cut).
+///
+/// Only the kept characters are copied: `text` may be a whole error body
+/// (up to the body cap), and the message is a few hundred bytes of it.
 pub(crate) fn one_line(text: &str) -> String {
-    let cleaned: String = text
+    let mut chars = text
         .chars()
         .map(|c| if breaks_lines(c) { ' ' } else { c })
-        .collect();
-    let cleaned = cleaned.trim();
-    match cleaned.char_indices().nth(MESSAGE_CAP) {
-        Some((cut, _)) => format!("{}…", &cleaned[..cut]),
-        None => cleaned.to_owned(),
+        .skip_while(|c| c.is_whitespace());
+    let mut line: String = chars.by_ref().take(MESSAGE_CAP).collect();
+    if chars.any(|c| !c.is_whitespace()) {
+        line.push('…');
+    } else {
+        line.truncate(line.trim_end().len());
     }
+    line
 }
 
 #[cfg(test)]
@@ -38,6 +43,21 @@ mod tests {
             assert_eq!(out, "a b", "{brk:?}");
             assert_eq!(out.lines().count(), 1);
         }
+    }
+
+    #[test]
+    fn trailing_space_past_the_cap_is_trimmed_not_cut() {
+        let exact = "a".repeat(MESSAGE_CAP);
+        assert_eq!(one_line(&format!("\n {exact} \r\n  ")), exact);
+        let longer = format!("{exact} b");
+        assert_eq!(one_line(&longer), format!("{exact}…"));
+        // The cut keeps the space before the rest, as a cut mid-text does.
+        let spaced = format!("{} {}", "a".repeat(MESSAGE_CAP - 1), "b");
+        assert_eq!(
+            one_line(&spaced),
+            format!("{} …", "a".repeat(MESSAGE_CAP - 1))
+        );
+        assert_eq!(one_line(" \n\t "), "");
     }
 
     #[test]

@@ -4,10 +4,19 @@ use bytes::Buf;
 
 /// Appends `data` to `buf`, keeping `buf` within `cap` bytes; `true` when
 /// some of `data` did not fit (the body is longer than the cap).
+///
+/// The allocation stays within `cap` too: `buf` grows by doubling, as a
+/// `Vec` does, but never past the cap, so a body longer than the cap costs
+/// the cap and not up to twice it.
 pub(crate) fn append_capped(buf: &mut Vec<u8>, mut data: impl Buf, cap: usize) -> bool {
     while data.has_remaining() {
         let chunk = data.chunk();
         let take = chunk.len().min(cap.saturating_sub(buf.len()));
+        let need = buf.len() + take;
+        if need > buf.capacity() {
+            let grown = buf.capacity().saturating_mul(2).clamp(need, cap.max(need));
+            buf.reserve_exact(grown - buf.len());
+        }
         buf.extend_from_slice(&chunk[..take]);
         if take < chunk.len() {
             return true;
@@ -55,5 +64,19 @@ mod tests {
         assert_eq!(buf, b"abcde");
         assert!(append_capped(&mut buf, &b"x"[..], 5));
         assert_eq!(buf, b"abcde");
+    }
+
+    #[test]
+    fn the_buffer_never_grows_past_the_cap() {
+        let cap = 64 * 1024;
+        let mut buf = Vec::new();
+        let chunk = [7u8; 24 * 1024];
+        // 24 KiB, 48 KiB, then 16 KiB of the third chunk: a Vec left to
+        // itself would double to 96 KiB for the last append.
+        assert!(!append_capped(&mut buf, &chunk[..], cap));
+        assert!(!append_capped(&mut buf, &chunk[..], cap));
+        assert!(append_capped(&mut buf, &chunk[..], cap));
+        assert_eq!(buf.len(), cap);
+        assert!(buf.capacity() <= cap, "capacity {}", buf.capacity());
     }
 }
