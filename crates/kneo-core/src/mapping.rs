@@ -117,8 +117,9 @@ pub(crate) fn kind_for(
     }
 }
 
-/// The server's own code: an `x-error-code` header, else the body's
-/// `{"error":{"code":..}}` or `{"code":..}` (a problem's `code` extension).
+/// The server's own code: the first valid one of an `x-error-code` header,
+/// the body's `{"error":{"code":..}}` and its `{"code":..}` (a problem's
+/// `code` extension). An invalid one counts as absent.
 fn server_code(
     headers: &HeaderMap,
     json: Option<&serde_json::Map<String, Value>>,
@@ -130,7 +131,7 @@ fn server_code(
             .and_then(|e| e.get("code"))
             .and_then(Value::as_str);
         let top = o.get("code").and_then(Value::as_str);
-        token(nested.or(top).map(str::as_bytes))
+        token(nested.map(str::as_bytes)).or_else(|| token(top.map(str::as_bytes)))
     })
 }
 

@@ -772,10 +772,12 @@ mod from_response {
             let body = Value::Object(body).to_string();
             let e = Error::from_response(&parts(status, headers), body.as_bytes(), false, sent);
 
-            // The server's code: a valid `x-error-code`, else the body's
-            // nested code (or, without one, its top-level code) when valid.
+            // The server's code: the first valid one of `x-error-code`, the
+            // body's nested code and its top-level code.
             let valid = |c: Option<String>| c.filter(|c| is_valid_request_id(c.as_bytes()));
-            let server_code = valid(header_code).or_else(|| valid(nested_code.or(top_code)));
+            let server_code = valid(header_code)
+                .or_else(|| valid(nested_code))
+                .or_else(|| valid(top_code));
             let problem_type = problem_type.filter(|_| problem_json);
             let (kind, default) = table(
                 status,
