@@ -61,41 +61,20 @@ async fn main() -> ExitCode {
         "faults: {} requests per workload, fault rate {}, seed {seed}",
         args.requests, args.fault_rate
     );
-    let mut failed = false;
+    // Every workload's options first, so a missing binary is said before
+    // minutes of the others have run.
+    let mut runs = Vec::new();
     for n in &args.workloads {
-        let workload = match n {
-            1 => Workload::Keyed,
-            2 => Workload::KeyedRedis,
-            3 => Workload::Unkeyed,
-            4 => Workload::Proxied,
-            other => {
-                eprintln!("no workload {other}: 1, 2, 3 or 4");
+        match options(*n, &args, seed) {
+            Ok(run) => runs.push(run),
+            Err(why) => {
+                eprintln!("{why}");
                 return ExitCode::from(2);
             }
-        };
-        let mut options =
-            Options::new(args.requests, args.fault_rate, seed).concurrency(args.concurrency);
-        if workload == Workload::Proxied {
-            let Some(kneo) = args.kneo.clone().or_else(|| sibling("kneo")) else {
-                eprintln!(
-                    "workload 4 needs the kneo binary: build it (cargo build -p kneo-cli) or pass --kneo PATH"
-                );
-                return ExitCode::from(2);
-            };
-            options = options.kneo(kneo);
         }
-        if workload == Workload::KeyedRedis {
-            if let Some(id) = args.crash {
-                let Some(bin) = sibling("fault_server") else {
-                    eprintln!("--crash needs fault_server next to this binary (cargo build -p kneo-tests --bins)");
-                    return ExitCode::from(2);
-                };
-                options = options.crash(bin, id);
-            }
-            if let Some((after, ms)) = args.outage {
-                options = options.outage(after, Duration::from_millis(ms));
-            }
-        }
+    }
+    let mut failed = false;
+    for (workload, options) in runs {
         let Some(report) = run(workload, &options).await else {
             continue;
         };
@@ -110,6 +89,42 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Workload `n` and its options, or why it cannot run.
+fn options(n: u8, args: &Args, seed: u64) -> Result<(Workload, Options), String> {
+    let workload = match n {
+        1 => Workload::Keyed,
+        2 => Workload::KeyedRedis,
+        3 => Workload::Unkeyed,
+        4 => Workload::Proxied,
+        other => return Err(format!("no workload {other}: 1, 2, 3 or 4")),
+    };
+    let mut options =
+        Options::new(args.requests, args.fault_rate, seed).concurrency(args.concurrency);
+    if workload == Workload::Proxied {
+        let kneo = args
+            .kneo
+            .clone()
+            .or_else(|| sibling("kneo"))
+            .filter(|path| path.is_file())
+            .ok_or(
+                "workload 4 needs the kneo binary: build it (cargo build -p kneo-cli) or pass --kneo PATH",
+            )?;
+        options = options.kneo(kneo);
+    }
+    if workload == Workload::KeyedRedis {
+        if let Some(id) = args.crash {
+            let bin = sibling("fault_server").ok_or(
+                "--crash needs fault_server next to this binary (cargo build -p kneo-tests --bins)",
+            )?;
+            options = options.crash(bin, id);
+        }
+        if let Some((after, ms)) = args.outage {
+            options = options.outage(after, Duration::from_millis(ms));
+        }
+    }
+    Ok((workload, options))
 }
 
 /// The executable `name` in the directory of this one (`target/<profile>/`),
