@@ -20,8 +20,18 @@
 //! the request is forwarded, reset after the server answered (the request
 //! was applied; the client hears nothing), the response cut in half (inside
 //! its head, for these small responses), the response cut inside its body
-//! (the client has a 201 and a body that breaks off), or a delay. The client keeps no idle connections, so every attempt meets a
-//! fresh pick; the servers close each connection after one response.
+//! (the client has a 201 and a body that breaks off), or a delay. The client
+//! keeps no idle connections, so every attempt meets a fresh pick; the
+//! servers close each connection after one response.
+//!
+//! # Beyond the relay
+//!
+//! - Workload 4 runs the real `kneo proxy` ([`Sidecar`]) behind the relay.
+//! - [`Options::outage`] kills `redis-server` mid-run and restarts it
+//!   (durable) in workload 2.
+//! - [`Options::crash`] runs workload 2's servers as processes
+//!   ([`ServerProcess`], the `fault_server` binary) and kills the one that
+//!   stalls on a chosen request, mid-handler.
 
 mod process;
 mod relay;
