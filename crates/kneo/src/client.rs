@@ -31,7 +31,7 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kneo_core::{Error, Sent};
+use kneo_core::{Error, ErrorKind, Sent, IDEMPOTENCY_KEY};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower::ServiceExt;
@@ -276,7 +276,8 @@ impl Client {
         self.service.clone().oneshot(req).await
     }
 
-    /// `GET path`, decoding a JSON response into `T`.
+    /// `GET path`, decoding a JSON response into `T`. A success whose body
+    /// breaks off is fetched again (twice at most).
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         let req = Request::get(self.url(path)?)
             .header(ACCEPT, "application/json")
@@ -286,6 +287,13 @@ impl Client {
     }
 
     /// `POST path` with `body` as JSON, decoding a JSON response into `T`.
+    ///
+    /// A success whose body breaks off is sent again (twice at most) with the
+    /// `Idempotency-Key` the stack stamped, so a server that honours keys
+    /// answers it from the stored response without running it again; without
+    /// a key (the idempotency-key layer off for POST) it is never re-sent,
+    /// and the [`Network`](crate::ErrorKind::Network) error says it may have
+    /// been applied.
     pub async fn post_json<B, T>(&self, path: &str, body: &B) -> Result<T, Error>
     where
         B: Serialize + ?Sized,
@@ -300,9 +308,35 @@ impl Client {
         self.json(req).await
     }
 
+    /// Sends `req` and reads its JSON. A success whose body breaks off (or
+    /// times out) is sent again, up to [`BODY_RESENDS`] times, when that is
+    /// safe: an idempotent method, or with the key it was stamped with, which
+    /// a server honouring `Idempotency-Key` answers from the stored response
+    /// without running the request again. Anything else is the caller's, as
+    /// a typed error.
     async fn json<T: DeserializeOwned>(&self, req: Request<Full<Bytes>>) -> Result<T, Error> {
-        let res = self.request(req).await?;
-        self.read_json(res).await
+        let mut resends = 0;
+        let mut again = copy(&req);
+        let mut req = req;
+        loop {
+            let res = self.request(req).await?;
+            let err = match self.read_json(res).await {
+                Err(err) if err.kind() == ErrorKind::Network && resends < BODY_RESENDS => err,
+                done => return done,
+            };
+            if let Some(key) = err.idempotency_key() {
+                match HeaderValue::from_str(key) {
+                    Ok(key) => again.headers_mut().insert(IDEMPOTENCY_KEY, key),
+                    Err(_) => return Err(err),
+                };
+            } else if !again.method().is_idempotent() {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, "the response body broke off; sending the request again");
+            resends += 1;
+            req = again;
+            again = copy(&req);
+        }
     }
 
     /// What a success response from [`request`](Self::request) was sent
@@ -358,6 +392,20 @@ impl Client {
         let bytes = self.read_bytes(res).await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::decode(e, status, sent))
     }
+}
+
+/// How many times [`Client::get_json`] and [`Client::post_json`] send a
+/// request again whose success body broke off, when that is safe.
+const BODY_RESENDS: u32 = 2;
+
+/// A copy of a request the client built (no extensions yet).
+fn copy(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// What a successful response says was sent: the id and key the layers
