@@ -166,7 +166,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Builds the client. Fails with [`ErrorKind::Request`](crate::ErrorKind::Request)
+    /// Builds the client. Fails with [`ErrorKind::Request`]
     /// on an invalid base URL or API key.
     pub fn build(mut self) -> Result<Client, Error> {
         if let Some(why) = self.invalid {
