@@ -14,6 +14,7 @@
 pub mod faults;
 pub mod proxy_rss;
 pub mod redis;
+pub mod sidecar;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

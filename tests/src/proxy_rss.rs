@@ -23,10 +23,8 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,14 +39,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::sidecar::Sidecar;
+
 /// The upstream's chunk size.
 pub const CHUNK: usize = 64 * 1024;
 
 /// The block every chunk is cut from: the upstream copies nothing.
 static PAD: [u8; CHUNK] = [b'k'; CHUNK];
-
-/// A guard against a hang while the proxy starts, not a claim about speed.
-const STARTUP_GUARD: Duration = Duration::from_secs(30);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -166,78 +163,6 @@ pub async fn upstream(bytes: u64) -> std::io::Result<(SocketAddr, tokio::task::J
     Ok((addr, task))
 }
 
-/// A `kneo proxy` child process; killed when dropped.
-#[derive(Debug)]
-pub struct Sidecar {
-    child: Child,
-    listen: SocketAddr,
-}
-
-impl Sidecar {
-    /// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --admin 127.0.0.1:0`,
-    /// once it printed its startup line. Its standard output (one access-log
-    /// line per request) is drained by a thread until it exits.
-    pub async fn start(kneo: &Path, upstream: &str) -> Result<Sidecar, String> {
-        let mut child = Command::new(kneo)
-            .args(["proxy", "--upstream", upstream])
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", kneo.display()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| "no standard output".to_owned())?;
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = first_tx.send(first);
-            // Keep draining, so access-log lines never fill the pipe.
-            for line in lines {
-                if line.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sidecar = Sidecar {
-            child,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let first = match tokio::time::timeout(STARTUP_GUARD, first_rx).await {
-            Ok(Ok(Some(Ok(line)))) => line,
-            Ok(_) => return Err("kneo proxy exited before its startup line".to_owned()),
-            Err(_) => return Err(format!("no startup line after {STARTUP_GUARD:?}")),
-        };
-        let startup: serde_json::Value = serde_json::from_str(&first)
-            .map_err(|e| format!("the startup line is not JSON ({e}): {first}"))?;
-        sidecar.listen = startup["listening"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("no `listening` address in the startup line: {first}"))?;
-        Ok(sidecar)
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Where it serves callers.
-    pub fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB; `None`
 /// when the process or the field is gone.
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -271,7 +196,8 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     let (addr, upstream_task) = upstream(options.bytes)
         .await
         .map_err(|e| format!("cannot bind the upstream: {e}"))?;
-    let sidecar = Sidecar::start(&options.kneo, &format!("http://{addr}")).await?;
+    let upstream = format!("http://{addr}");
+    let sidecar = Sidecar::start(&options.kneo, &upstream, &["--admin", "127.0.0.1:0"]).await?;
     let pid = sidecar.pid();
     let idle_rss_kib = status_kib(pid, "VmRSS").ok_or("no /proc/<pid>/status: not Linux?")?;
 
@@ -279,7 +205,7 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     let sampler = sample(pid, options.sample_every, stop.clone());
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build::<_, Empty<Bytes>>(HttpConnector::new());
-    let req = Request::get(format!("http://{}/big", sidecar.listen()))
+    let req = Request::get(format!("http://{}/big", sidecar.addr()))
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let started = Instant::now();

@@ -26,7 +26,8 @@
 //!
 //! # Beyond the relay
 //!
-//! - Workload 4 runs the real `kneo proxy` ([`Sidecar`]) behind the relay.
+//! - Workload 4 runs the real `kneo proxy`
+//!   ([`Sidecar`](crate::sidecar::Sidecar)) behind the relay.
 //! - [`Options::outage`] kills `redis-server` mid-run and restarts it
 //!   (durable) in workload 2.
 //! - [`Options::crash`] runs workload 2's servers as processes
@@ -38,7 +39,7 @@ mod relay;
 mod server;
 mod workload;
 
-pub use process::{ServerProcess, Sidecar};
+pub use process::ServerProcess;
 pub use relay::{Fault, FaultConfig, FaultCounts, FaultRelay};
 pub use server::{Effects, FaultServer, Stall};
 pub use workload::{run, CrashReport, Options, Outage, OutageReport, Report, Workload};

@@ -1,6 +1,7 @@
-//! The processes a workload may run: [`ServerProcess`] (the `fault_server`
-//! binary, a [`FaultServer`](super::FaultServer) on a shared `RedisStore`,
-//! killable mid-handler) and [`Sidecar`] (the real `kneo proxy`).
+//! [`ServerProcess`]: the `fault_server` binary, a
+//! [`FaultServer`](super::FaultServer) on a shared `RedisStore` in a process
+//! of its own, killable mid-handler. (Workload 4's `kneo proxy` is
+//! [`Sidecar`](crate::sidecar::Sidecar).)
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -51,6 +52,16 @@ pub struct ServerProcess {
     addr: SocketAddr,
     child: Arc<Mutex<Child>>,
     killed: Arc<AtomicBool>,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // The journal reader holds the child too, until its stdout ends:
+        // kill it here, or it outlives the workload.
+        if let Ok(mut child) = self.child.try_lock() {
+            let _ = child.start_kill();
+        }
+    }
 }
 
 impl ServerProcess {
@@ -123,47 +134,5 @@ impl ServerProcess {
     /// Whether it was killed mid-handler.
     pub fn was_killed(&self) -> bool {
         self.killed.load(Ordering::SeqCst)
-    }
-
-    /// The process id, while it runs.
-    pub async fn pid(&self) -> Option<u32> {
-        self.child.lock().await.id()
-    }
-}
-
-/// The real `kneo proxy` in front of `upstream`, on `127.0.0.1:0`; its
-/// access log is read and dropped. Killed on drop.
-#[derive(Debug)]
-pub struct Sidecar {
-    listen: SocketAddr,
-    _child: Child,
-}
-
-impl Sidecar {
-    /// Starts `kneo proxy --upstream http://UPSTREAM --listen 127.0.0.1:0`
-    /// with `bin` (the `kneo` binary) and `args`.
-    pub async fn start(bin: &Path, upstream: SocketAddr, args: &[&str]) -> Sidecar {
-        let mut command = Command::new(bin);
-        command
-            .arg("proxy")
-            .args(["--upstream", &format!("http://{upstream}")])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args);
-        let (child, mut lines) = spawn(command, "kneo proxy");
-        let first = first_line(&mut lines, "kneo proxy").await;
-        let listen = serde_json::from_str::<serde_json::Value>(&first)
-            .ok()
-            .and_then(|v| v["listening"].as_str()?.parse().ok())
-            .unwrap_or_else(|| panic!("kneo proxy: unexpected startup line {first:?}"));
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Sidecar {
-            listen,
-            _child: child,
-        }
-    }
-
-    /// Where the proxy serves callers.
-    pub fn addr(&self) -> SocketAddr {
-        self.listen
     }
 }

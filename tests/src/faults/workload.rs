@@ -21,10 +21,11 @@ use kneo::{Attempts, ClientLayer, Sent};
 use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
 use tower::{Layer, Service, ServiceExt};
 
-use super::process::{ServerProcess, Sidecar};
+use super::process::ServerProcess;
 use super::relay::{Fault, FaultConfig, FaultRelay};
 use super::server::{Effects, FaultServer, Stall};
 use crate::redis::RedisServer;
+use crate::sidecar::Sidecar;
 
 /// Which workload to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,7 +546,11 @@ async fn servers(workload: Workload, options: &Options, effects: &Arc<Effects>) 
                 return None;
             };
             let server = FaultServer::start(memory(), effects.clone()).await;
-            servers.sidecar = Some(Sidecar::start(kneo, server.addr(), &[]).await);
+            let upstream = format!("http://{}", server.addr());
+            let sidecar = Sidecar::start(kneo, &upstream, &[])
+                .await
+                .unwrap_or_else(|e| panic!("kneo proxy: {e}"));
+            servers.sidecar = Some(sidecar);
             servers.in_process.push(server);
         }
         Workload::KeyedRedis => {

@@ -1,0 +1,96 @@
+//! [`Sidecar`]: the real `kneo proxy` binary as a child process on
+//! `127.0.0.1:0`, for the fault workloads (workload 4) and the proxy's
+//! memory bound ([`proxy_rss`](crate::proxy_rss)).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! use kneo_tests::sidecar::Sidecar;
+//!
+//! let proxy = Sidecar::start("target/debug/kneo".as_ref(), "http://127.0.0.1:9000", &[]).await?;
+//! println!("kneo proxy (pid {}) on {}", proxy.pid(), proxy.addr());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A guard against a hang while the proxy starts, not a claim about speed.
+const STARTUP_GUARD: Duration = Duration::from_secs(30);
+
+/// A `kneo proxy` child process; killed when dropped.
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Child,
+    listen: SocketAddr,
+}
+
+impl Sidecar {
+    /// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 ARGS` with the
+    /// `kneo` binary at `kneo`, once it printed its startup line. Its
+    /// standard output (one access-log line per request) is drained by a
+    /// thread until it exits.
+    pub async fn start(kneo: &Path, upstream: &str, args: &[&str]) -> Result<Sidecar, String> {
+        let mut child = Command::new(kneo)
+            .args(["proxy", "--upstream", upstream])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", kneo.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| "no standard output".to_owned())?;
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = first_tx.send(first);
+            // Keep draining, so access-log lines never fill the pipe.
+            for line in lines {
+                if line.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sidecar = Sidecar {
+            child,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let first = match tokio::time::timeout(STARTUP_GUARD, first_rx).await {
+            Ok(Ok(Some(Ok(line)))) => line,
+            Ok(_) => return Err("kneo proxy exited before its startup line".to_owned()),
+            Err(_) => return Err(format!("no startup line after {STARTUP_GUARD:?}")),
+        };
+        let startup: serde_json::Value = serde_json::from_str(&first)
+            .map_err(|e| format!("the startup line is not JSON ({e}): {first}"))?;
+        sidecar.listen = startup["listening"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("no `listening` address in the startup line: {first}"))?;
+        Ok(sidecar)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where it serves callers.
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
