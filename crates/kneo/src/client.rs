@@ -314,28 +314,28 @@ impl Client {
     /// a server honouring `Idempotency-Key` answers from the stored response
     /// without running the request again. Anything else is the caller's, as
     /// a typed error.
-    async fn json<T: DeserializeOwned>(&self, req: Request<Full<Bytes>>) -> Result<T, Error> {
+    async fn json<T: DeserializeOwned>(&self, mut req: Request<Full<Bytes>>) -> Result<T, Error> {
         let mut resends = 0;
-        let mut again = copy(&req);
-        let mut req = req;
         loop {
-            let res = self.request(req).await?;
+            let res = self.request(copy(&req)).await?;
             let err = match self.read_json(res).await {
                 Err(err) if err.kind() == ErrorKind::Network && resends < BODY_RESENDS => err,
                 done => return done,
             };
+            // The one replay-safety rule, with the method the error lacks.
+            let mut sent = Sent::new(req.method().clone());
             if let Some(key) = err.idempotency_key() {
-                match HeaderValue::from_str(key) {
-                    Ok(key) => again.headers_mut().insert(IDEMPOTENCY_KEY, key),
-                    Err(_) => return Err(err),
+                let Ok(value) = HeaderValue::from_str(key) else {
+                    return Err(err);
                 };
-            } else if !again.method().is_idempotent() {
+                req.headers_mut().insert(IDEMPOTENCY_KEY, value);
+                sent = sent.with_idempotency_key(key);
+            }
+            if !sent.is_replay_safe() {
                 return Err(err);
             }
             tracing::debug!(error = %err, "the response body broke off; sending the request again");
             resends += 1;
-            req = again;
-            again = copy(&req);
         }
     }
 
