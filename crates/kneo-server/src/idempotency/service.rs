@@ -401,16 +401,22 @@ impl<St: Store> Guard<St> {
                     %error,
                     "could not store the response; retrying while the lease lasts"
                 );
-                let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
-                let (ttl, lease_ends) = (self.ttl, self.lease_ends);
-                runtime.spawn(async move {
-                    let result =
-                        complete_within_lease(&store, &key, &claim, &record, ttl, lease_ends).await;
-                    log_complete(&key, result);
-                });
+                self.complete_in_background(&runtime, record);
             }
             (result, _, _) => log_complete(&self.key, result),
         }
+    }
+
+    /// Stores `record` on `runtime`, retrying while the lease lasts
+    /// ([`complete_within_lease`]), and logs how it ended.
+    fn complete_in_background(&self, runtime: &tokio::runtime::Handle, record: Completed) {
+        let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
+        let (ttl, lease_ends) = (self.ttl, self.lease_ends);
+        runtime.spawn(async move {
+            let result =
+                complete_within_lease(&store, &key, &claim, &record, ttl, lease_ends).await;
+            log_complete(&key, result);
+        });
     }
 }
 
@@ -447,23 +453,16 @@ impl<St: Store> Drop for Guard<St> {
             // No runtime to finish on: the lease ends the claim.
             return;
         };
-        let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
-        let (ttl, lease_ends) = (self.ttl, self.lease_ends);
         match state {
             GuardState::Claimed => {
+                let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
                 tracing::debug!(idempotency_key = %key.key(), "request dropped; releasing its claim");
                 runtime.spawn(async move {
                     let result = store.release(&key, &claim).await;
                     log_release(&key, result);
                 });
             }
-            GuardState::Completing(record) => {
-                runtime.spawn(async move {
-                    let result =
-                        complete_within_lease(&store, &key, &claim, &record, ttl, lease_ends).await;
-                    log_complete(&key, result);
-                });
-            }
+            GuardState::Completing(record) => self.complete_in_background(&runtime, record),
             GuardState::Done => {}
         }
     }
