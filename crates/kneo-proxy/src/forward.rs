@@ -611,13 +611,19 @@ where
             }
             Err(err) => {
                 let answer = ProblemAnswer::from_error(&err);
-                finish_problem(
+                let mut res = finish_problem(
                     &state.shared,
                     answer,
                     &state.method,
                     &state.uri,
                     state.start,
-                )
+                );
+                // Whether the upstream may have seen it, for a layer in
+                // front that keeps records (kneo-server's idempotency layer).
+                if let Some(delivery) = kneo::core::Delivery::of(&err) {
+                    res.extensions_mut().insert(delivery);
+                }
+                res
             }
         };
         Poll::Ready(Ok(res))

@@ -11,6 +11,7 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use kneo_core::BoxError;
 use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
 
 /// The boxed future of a keyed request (one per request; see the module docs).
 pub(crate) type KeyedFuture<B, E> =
@@ -107,10 +108,8 @@ pin_project! {
     enum BodyKind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
-        // A response too big to store: what was buffered, then the rest.
-        Spill { prefix: Option<Bytes>, #[pin] rest: B },
-        // The handler's body failed while it was buffered.
-        Failed { prefix: Option<Bytes>, error: Option<BoxError> },
+        // The handler's body, relayed by the task that records it.
+        Channel { frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>, hint: SizeHint },
     }
 }
 
@@ -128,23 +127,24 @@ impl<B> ResponseBody<B> {
             },
         }
     }
+}
 
-    pub(crate) fn spill(prefix: Bytes, rest: B) -> Self {
-        ResponseBody {
-            kind: BodyKind::Spill {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                rest,
-            },
-        }
-    }
+/// Frames relayed at once between a request's work and its caller.
+const FRAMES_IN_FLIGHT: usize = 8;
 
-    pub(crate) fn failed(prefix: Bytes, error: BoxError) -> Self {
-        ResponseBody {
-            kind: BodyKind::Failed {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                error: Some(error),
-            },
-        }
+/// The sending half of [`ResponseBody::channel`].
+pub(crate) type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+impl<B> ResponseBody<B> {
+    /// A body fed frame by frame from another task, ending when the sender
+    /// is dropped; `hint` is the size hint of the body it relays (so an
+    /// exact length still becomes a `Content-Length`).
+    pub(crate) fn channel(hint: SizeHint) -> (FrameSender, Self) {
+        let (tx, frames) = mpsc::channel(FRAMES_IN_FLIGHT);
+        let body = ResponseBody {
+            kind: BodyKind::Channel { frames, hint },
+        };
+        (tx, body)
     }
 }
 
@@ -159,8 +159,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
         let kind = match &self.kind {
             BodyKind::Inner { .. } => "inner",
             BodyKind::Full { .. } => "full",
-            BodyKind::Spill { .. } => "spill",
-            BodyKind::Failed { .. } => "failed",
+            BodyKind::Channel { .. } => "channel",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
@@ -181,14 +180,7 @@ where
         match self.project().kind.project() {
             BodyProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyProj::Spill { prefix, rest } => match prefix.take() {
-                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => rest.poll_frame(cx).map_err(Into::into),
-            },
-            BodyProj::Failed { prefix, error } => match prefix.take() {
-                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => Poll::Ready(error.take().map(Err)),
-            },
+            BodyProj::Channel { frames, .. } => frames.poll_recv(cx),
         }
     }
 
@@ -196,8 +188,8 @@ where
         match &self.kind {
             BodyKind::Inner { body } => body.is_end_stream(),
             BodyKind::Full { data } => data.is_none(),
-            BodyKind::Spill { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
-            BodyKind::Failed { prefix, error } => prefix.is_none() && error.is_none(),
+            // Ends when the recording task says so, after the record is kept.
+            BodyKind::Channel { .. } => false,
         }
     }
 
@@ -207,17 +199,7 @@ where
             BodyKind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            BodyKind::Spill { prefix, rest } => {
-                let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower().saturating_add(extra));
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper.saturating_add(extra));
-                }
-                hint
-            }
-            BodyKind::Failed { .. } => SizeHint::new(),
+            BodyKind::Channel { hint, .. } => *hint,
         }
     }
 }

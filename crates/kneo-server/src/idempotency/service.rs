@@ -1,18 +1,21 @@
 //! [`Idempotency`]: the service, and what happens to one keyed request.
 
+use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, TRAILER};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
-use kneo_core::{codes, BoxError};
+use kneo_core::{codes, is_valid_request_id, BoxError, Delivery, X_REQUEST_ID, X_SHOULD_RETRY};
+use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::fingerprint::Fingerprint;
@@ -25,6 +28,11 @@ use crate::store::{Acquire, Store};
 
 /// `Idempotent-Replayed: true` marks a replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// `Original-Request: <id>` on a replay: the request id of the request whose
+/// response it is (Stripe's header of the same name). The replay's own
+/// `X-Request-ID` is the retry's.
+pub const ORIGINAL_REQUEST: HeaderName = HeaderName::from_static("original-request");
 
 /// How long a caller is told to wait before retrying a 409 or 503.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -105,8 +113,14 @@ where
             Ok(None) if !self.config.require => {
                 return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)));
             }
-            Ok(None) => return ResponseFuture::ready(problems::missing().to_response()),
-            Err(e) => return ResponseFuture::ready(problems::invalid(e).to_response()),
+            Ok(None) => {
+                let id = request_id(req.headers());
+                return ResponseFuture::ready(respond(problems::missing(), id.as_ref()));
+            }
+            Err(e) => {
+                let id = request_id(req.headers());
+                return ResponseFuture::ready(respond(problems::invalid(e), id.as_ref()));
+            }
         };
         // The ready service goes into the future; a clone stays for the next call.
         let clone = self.inner.clone();
@@ -116,26 +130,31 @@ where
     }
 }
 
-/// One keyed request: read and fingerprint it, claim, run, store, answer.
+/// One keyed request: read and fingerprint it, claim, then hand the work to
+/// its own task ([`Work::run`]) and wait for its answer.
 async fn keyed<S, St, ReqBody, ResBody>(
-    mut inner: S,
+    inner: S,
     store: St,
     config: Arc<Config>,
     req: Request<ReqBody>,
     key: Arc<str>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     St: Store,
-    ReqBody: Body<Data = Bytes>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
+    let request_id = request_id(&parts.headers);
+    let answer = |problem: ProblemResponse| Ok(respond(problem, request_id.as_ref()));
     let body = match read_request(body, &parts.headers, config.max_body).await {
         Ok(body) => body,
-        Err(problem) => return Ok(problem.to_response()),
+        Err(problem) => return answer(problem),
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let fingerprint = Fingerprint::of(&parts.method, path, &body);
@@ -143,108 +162,289 @@ where
 
     let claim = match store.claim(&record_key, fingerprint, config.lease).await {
         Ok(Acquire::Claimed(claim)) => claim,
-        Ok(Acquire::InFlight(holder)) if holder == fingerprint => {
-            return Ok(problems::in_use().to_response())
-        }
-        Ok(Acquire::InFlight(_)) => return Ok(problems::mismatch().to_response()),
+        Ok(Acquire::InFlight(holder)) if holder == fingerprint => return answer(problems::in_use()),
+        Ok(Acquire::InFlight(_)) => return answer(problems::mismatch()),
         Ok(Acquire::Completed(done)) if done.fingerprint() != fingerprint => {
-            return Ok(problems::mismatch().to_response())
+            return answer(problems::mismatch())
         }
-        Ok(Acquire::Completed(done)) => return Ok(replay(done.into_outcome())),
-        Err(error) if config.fail_open => {
+        Ok(Acquire::Completed(done)) => {
+            return Ok(replay(done.into_outcome(), request_id.as_ref()))
+        }
+        // Open only when the store could not be reached: a full store or a
+        // record this version cannot read is an answer, not an outage.
+        Err(error) if config.fail_open && !error.is_full() && !error.is_corrupt() => {
             tracing::warn!(
                 idempotency_key = %key,
                 %error,
                 "idempotency store unavailable; running the request without a claim (fail open)"
             );
             let req = Request::from_parts(parts, Either::Right(Full::new(body)));
+            let mut inner = inner;
             return Ok(inner.call(req).await?.map(ResponseBody::inner));
         }
         Err(error) => {
             tracing::error!(idempotency_key = %key, %error, "idempotency store unavailable; refusing the request");
-            return Ok(problems::unavailable().to_response());
+            return answer(problems::unavailable());
         }
     };
 
-    let lease_ends = Instant::now() + config.lease;
-    let mut guard = Guard::new(store, record_key, claim, config.ttl, lease_ends);
-    let req = Request::from_parts(parts, Either::Right(Full::new(body)));
-    let res = match AssertUnwindSafe(async { inner.call(req).await })
-        .catch_unwind()
-        .await
-    {
-        Ok(Ok(res)) => res,
-        Ok(Err(error)) => {
-            guard.release().await;
-            return Err(error);
-        }
-        Err(panic) => {
-            guard.release().await;
-            std::panic::resume_unwind(panic);
-        }
-    };
-
-    let status = res.status();
-    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        // Not processed: let a retry run.
+    let guard = Guard::new(store, record_key, claim, &config);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Nothing ran: give the key back.
+        tracing::error!(idempotency_key = %key, "no tokio runtime to run the request on; refusing it");
+        let mut guard = guard;
         guard.release().await;
-        return Ok(res.map(ResponseBody::inner));
+        return answer(problems::unavailable());
+    };
+    let req = Request::from_parts(parts, Either::Right(Full::new(body)));
+    let (tx, rx) = oneshot::channel();
+    let work = Work {
+        fingerprint,
+        config,
+        request_id: request_id.clone(),
+    };
+    runtime.spawn(work.run(guard, inner, req, tx));
+    match rx.await {
+        Ok(Answer::Response(res)) => Ok(res),
+        Ok(Answer::Failed(error)) => Err(error),
+        Ok(Answer::Panicked(panic)) => std::panic::resume_unwind(panic),
+        // The task was cancelled before it answered: the runtime is shutting down.
+        Err(_) => answer(problems::interrupted()),
+    }
+}
+
+/// The request's `X-Request-ID`, when it has a valid one.
+fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(X_REQUEST_ID)
+        .filter(|v| is_valid_request_id(v.as_bytes()))
+        .cloned()
+}
+
+/// A problem answer, carrying the request's id.
+fn respond<B>(
+    problem: ProblemResponse,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody<B>> {
+    match request_id.and_then(|id| id.to_str().ok()) {
+        Some(id) => problem.request_id(id).to_response(),
+        None => problem.to_response(),
+    }
+}
+
+/// What the work's task tells the request that is waiting for it.
+enum Answer<B, E> {
+    Response(Response<ResponseBody<B>>),
+    Failed(E),
+    Panicked(Box<dyn Any + Send>),
+}
+
+/// One claimed request's work, on a task of its own so that the caller
+/// hanging up cannot cancel it: the handler, its response streamed to the
+/// caller while it is recorded, and the record.
+struct Work {
+    fingerprint: Fingerprint,
+    config: Arc<Config>,
+    request_id: Option<HeaderValue>,
+}
+
+impl Work {
+    /// Runs the work to its end while the claim is renewed.
+    async fn run<S, St, Req, ResBody>(
+        self,
+        guard: Guard<St>,
+        inner: S,
+        req: Request<Req>,
+        answer: oneshot::Sender<Answer<ResBody, S::Error>>,
+    ) where
+        S: Service<Request<Req>, Response = Response<ResBody>>,
+        St: Store,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let heartbeat = guard.heartbeat(self.config.lease, self.config.max_hold);
+        let work = self.work(guard, inner, req, answer);
+        futures_util::pin_mut!(heartbeat, work);
+        // The heartbeat never ends; the work does.
+        futures_util::future::select(work, heartbeat).await;
     }
 
-    let (parts, mut body) = res.into_parts();
-    let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > config.max_response);
-    if too_big(body.size_hint().lower()) {
-        guard
-            .complete(Completed::new(fingerprint, Outcome::NotStored(status)))
-            .await;
-        return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
-    }
-    let mut buf = Buffer::Empty;
-    loop {
-        let next = body
-            .frame()
+    async fn work<S, St, Req, ResBody>(
+        self,
+        mut guard: Guard<St>,
+        mut inner: S,
+        req: Request<Req>,
+        answer: oneshot::Sender<Answer<ResBody, S::Error>>,
+    ) where
+        S: Service<Request<Req>, Response = Response<ResBody>>,
+        St: Store,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let fingerprint = self.fingerprint;
+        let not_stored =
+            |status: StatusCode| Completed::new(fingerprint, Outcome::NotStored(status));
+        let res = match AssertUnwindSafe(async { inner.call(req).await })
+            .catch_unwind()
             .await
-            .map(|r| r.map_err(Into::<BoxError>::into));
-        match next {
-            None => break,
-            Some(Ok(frame)) => {
-                // Trailers are not stored (nor sent to the first caller).
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                buf.push(data);
+        {
+            Ok(Ok(res)) => res,
+            // The handler began: whatever it did may have been applied.
+            // Keep the key, with no response to replay (a retry gets 410).
+            Ok(Err(error)) => {
+                guard
+                    .complete(not_stored(StatusCode::INTERNAL_SERVER_ERROR))
+                    .await;
+                let _ = answer.send(Answer::Failed(error));
+                return;
+            }
+            Err(panic) => {
+                guard
+                    .complete(not_stored(StatusCode::INTERNAL_SERVER_ERROR))
+                    .await;
+                let _ = answer.send(Answer::Panicked(panic));
+                return;
+            }
+        };
+
+        let status = res.status();
+        match res.extensions().get::<Delivery>().copied() {
+            // Nothing reached the upstream, or the handler said it did not
+            // process the request: let a retry run.
+            Some(Delivery::NotSent) => {
+                guard.release().await;
+                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+                return;
+            }
+            _ if not_processed(status) => {
+                guard.release().await;
+                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+                return;
+            }
+            // A gateway sent the request and lost its answer: record that
+            // the outcome is unknown, never the gateway's answer as the
+            // upstream's.
+            Some(delivery) => {
+                let stored = outcome_unknown(status, delivery);
+                guard
+                    .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                    .await;
+                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+                return;
+            }
+            None => {}
+        }
+
+        let (parts, mut body) = res.into_parts();
+        let headers = stored_headers(&parts.headers, self.request_id.as_ref());
+        let hint = body.size_hint();
+        let (frames, caller_body) = ResponseBody::channel(hint);
+        let caller = Response::from_parts(parts, caller_body);
+        // A caller that has gone away is not waited for; the body is still
+        // read to its end and recorded.
+        let mut frames = answer
+            .send(Answer::Response(caller))
+            .is_ok()
+            .then_some(frames);
+        let max = self.config.max_response;
+        let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > max);
+        let mut recording = Some(Buffer::Empty);
+        if too_big(hint.lower()) {
+            recording = None;
+            guard.complete(not_stored(status)).await;
+        }
+        loop {
+            // The handler's error type need not be `Send`: convert it at once.
+            let next = body
+                .frame()
+                .await
+                .map(|r| r.map_err(Into::<BoxError>::into));
+            let frame = match next {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    // The head went out, so the work was done: keep the key
+                    // (a retry gets 410); the caller gets what arrived, then
+                    // the error, as it would without a key.
+                    if recording.is_some() {
+                        guard.complete(not_stored(status)).await;
+                    }
+                    if let Some(frames) = frames {
+                        let _ = frames.send(Err(error)).await;
+                    }
+                    return;
+                }
+            };
+            if let (Some(buf), Some(data)) = (recording.as_mut(), frame.data_ref()) {
+                buf.push(data.clone());
                 if too_big(buf.len() as u64) {
-                    guard
-                        .complete(Completed::new(fingerprint, Outcome::NotStored(status)))
-                        .await;
-                    return Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::spill(buf.freeze(), body),
-                    ));
+                    recording = None;
+                    guard.complete(not_stored(status)).await;
                 }
             }
-            Some(Err(error)) => {
-                // The response failed to materialise: treat it like an error
-                // from the service.
-                guard.release().await;
-                return Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::failed(buf.freeze(), error),
-                ));
+            // Trailers go to the caller; they are not stored.
+            if let Some(tx) = &frames {
+                if tx.send(Ok(frame)).await.is_err() {
+                    frames = None;
+                }
             }
         }
+        if let Some(buf) = recording {
+            let stored = StoredResponse::new(status, headers, buf.freeze());
+            guard
+                .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                .await;
+        }
+        // Only now does the caller's body end: a caller that has read its
+        // response to the end and retries finds the record.
+        drop(frames);
     }
-    let bytes = buf.freeze();
-    let headers = parts
+}
+
+/// `429` and `503` say the request was not processed.
+fn not_processed(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// The headers kept for replays: all but `Trailer` (trailers are not
+/// stored), with an `X-Request-ID` that echoes the request's own kept as
+/// `Original-Request` (a replay answers with the retry's id). An id the
+/// handler set itself is part of its answer and is kept as it is.
+fn stored_headers(
+    headers: &HeaderMap,
+    request_id: Option<&HeaderValue>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(name, _)| *name != TRAILER)
+        .map(|(name, value)| {
+            if name == X_REQUEST_ID && Some(value) == request_id {
+                (ORIGINAL_REQUEST, value.clone())
+            } else {
+                (name.clone(), value.clone())
+            }
+        })
+        .collect()
+}
+
+/// The record of a request a gateway sent and lost the answer to: a problem
+/// with code `upstream_outcome_unknown` and the status the caller was told,
+/// never to be retried.
+fn outcome_unknown(status: StatusCode, delivery: Delivery) -> StoredResponse {
+    let status = if status.is_server_error() {
+        status
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let res: Response<Bytes> = problems::outcome_unknown(status, delivery).to_response();
+    let (parts, body) = res.into_parts();
+    let mut headers: Vec<_> = parts
         .headers
         .iter()
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
-    let stored = StoredResponse::new(status, headers, bytes.clone());
-    guard
-        .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
-        .await;
-    Ok(Response::from_parts(parts, ResponseBody::full(bytes)))
+    headers.push((X_SHOULD_RETRY, HeaderValue::from_static("false")));
+    StoredResponse::new(status, headers, body)
 }
 
 /// Reads a keyed request's body, up to `max` bytes.
@@ -323,40 +523,45 @@ impl Buffer {
     }
 }
 
-/// The stored response, replayed; or the problem saying there is none.
-fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
+/// The stored response, replayed with this request's id; or the problem
+/// saying there is none.
+fn replay<B>(outcome: Outcome, request_id: Option<&HeaderValue>) -> Response<ResponseBody<B>> {
     match outcome {
         Outcome::Stored(stored) => {
             let (status, headers, body) = stored.into_parts();
             let mut res = Response::new(ResponseBody::full(body));
             *res.status_mut() = status;
             let map = res.headers_mut();
-            map.reserve(headers.len() + 1);
+            map.reserve(headers.len() + 2);
             for (name, value) in headers.iter() {
                 map.append(name.clone(), value.clone());
+            }
+            if let Some(id) = request_id {
+                map.entry(X_REQUEST_ID).or_insert_with(|| id.clone());
             }
             map.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             res
         }
-        Outcome::NotStored(_) => problems::not_stored().to_response(),
+        Outcome::NotStored(_) => respond(problems::not_stored(), request_id),
     }
 }
 
-/// Releases or completes the claim whatever happens to the request future:
-/// awaited on the normal paths, spawned on tokio from `Drop` when the future
-/// is dropped midway (the client hung up). Both store calls are fenced, so
-/// doing one twice is harmless.
+/// The claim of one request's work: completed or released once, renewed
+/// while the work runs.
 ///
 /// A response that could not be stored (the store failed) is stored again in
 /// the background, with backoff, for as long as the claim's lease lives: the
 /// handler has run, and a retry after the lease would run it again, so the
-/// record must land while the claim still holds the key.
+/// record must land while the claim still holds the key. A guard dropped
+/// before either (its task was cancelled: the runtime is shutting down)
+/// leaves the claim to its lease: the work may have been applied.
 struct Guard<St: Store> {
     store: St,
     key: RecordKey,
     claim: Claim,
     ttl: Duration,
-    lease_ends: Instant,
+    /// When the lease ends, as of the last renewal.
+    lease_ends: Arc<Mutex<Instant>>,
     state: GuardState,
 }
 
@@ -367,13 +572,13 @@ enum GuardState {
 }
 
 impl<St: Store> Guard<St> {
-    fn new(store: St, key: RecordKey, claim: Claim, ttl: Duration, lease_ends: Instant) -> Self {
+    fn new(store: St, key: RecordKey, claim: Claim, config: &Config) -> Self {
         Guard {
             store,
             key,
             claim,
-            ttl,
-            lease_ends,
+            ttl: config.ttl,
+            lease_ends: Arc::new(Mutex::new(Instant::now() + config.lease)),
             state: GuardState::Claimed,
         }
     }
@@ -384,7 +589,11 @@ impl<St: Store> Guard<St> {
         log_release(&self.key, result);
     }
 
+    /// Stores `record` for the claim, once; a second call does nothing.
     async fn complete(&mut self, record: Completed) {
+        if !matches!(self.state, GuardState::Claimed) {
+            return;
+        }
         self.state = GuardState::Completing(record);
         let GuardState::Completing(record) = &self.state else {
             unreachable!("invariant: the state was just set");
@@ -407,17 +616,59 @@ impl<St: Store> Guard<St> {
         }
     }
 
+    /// Renews the claim every third of `lease` for up to `max_hold`; never
+    /// ends (the work it runs beside does).
+    fn heartbeat(&self, lease: Duration, max_hold: Duration) -> impl Future<Output = ()> + Send {
+        let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
+        let lease_ends = self.lease_ends.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if started.elapsed() >= max_hold {
+                    tracing::warn!(
+                        idempotency_key = %key.key(),
+                        "the request has held its key for max_hold; no longer renewing its claim"
+                    );
+                    break;
+                }
+                let at = Instant::now();
+                match store.renew(&key, &claim, lease).await {
+                    Ok(true) => *lock(&lease_ends) = at + lease,
+                    Ok(false) => {
+                        tracing::error!(
+                            idempotency_key = %key.key(),
+                            "the claim ended before its work did; a retry may run the request again"
+                        );
+                        break;
+                    }
+                    Err(error) => tracing::warn!(
+                        idempotency_key = %key.key(),
+                        %error,
+                        "could not renew the claim; trying again"
+                    ),
+                }
+            }
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Stores `record` on `runtime`, retrying while the lease lasts
     /// ([`complete_within_lease`]), and logs how it ended.
     fn complete_in_background(&self, runtime: &tokio::runtime::Handle, record: Completed) {
         let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
-        let (ttl, lease_ends) = (self.ttl, self.lease_ends);
+        let (ttl, lease_ends) = (self.ttl, *lock(&self.lease_ends));
         runtime.spawn(async move {
             let result =
                 complete_within_lease(&store, &key, &claim, &record, ttl, lease_ends).await;
             log_complete(&key, result);
         });
     }
+}
+
+fn lock(m: &Mutex<Instant>) -> std::sync::MutexGuard<'_, Instant> {
+    // Nothing panics while it is held.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Stores `record` for `claim`, retrying store errors with backoff (10 ms,
@@ -445,25 +696,17 @@ async fn complete_within_lease<St: Store>(
 
 impl<St: Store> Drop for Guard<St> {
     fn drop(&mut self) {
-        let state = std::mem::replace(&mut self.state, GuardState::Done);
-        if matches!(state, GuardState::Done) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime to finish on: the lease ends the claim.
-            return;
-        };
-        match state {
-            GuardState::Claimed => {
-                let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
-                tracing::debug!(idempotency_key = %key.key(), "request dropped; releasing its claim");
-                runtime.spawn(async move {
-                    let result = store.release(&key, &claim).await;
-                    log_release(&key, result);
-                });
-            }
-            GuardState::Completing(record) => self.complete_in_background(&runtime, record),
+        match std::mem::replace(&mut self.state, GuardState::Done) {
             GuardState::Done => {}
+            GuardState::Claimed => tracing::warn!(
+                idempotency_key = %self.key.key(),
+                "request cancelled after it began; its key stays busy until the lease ends"
+            ),
+            GuardState::Completing(record) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    self.complete_in_background(&runtime, record);
+                }
+            }
         }
     }
 }
@@ -549,8 +792,24 @@ mod problems {
         ProblemResponse::new(StatusCode::GONE, codes::IDEMPOTENCY_RESPONSE_NOT_STORED)
             .title("Response not stored")
             .detail(
-                "The request with this Idempotency-Key was processed, but its response was too large to keep; it will not be run again.",
+                "The request with this Idempotency-Key was processed, but its response was not kept (too large, cut off, or the handler failed); it will not be run again.",
             )
+    }
+
+    pub(super) fn outcome_unknown(status: StatusCode, delivery: Delivery) -> ProblemResponse {
+        let detail = match delivery {
+            Delivery::TimedOut => "The upstream did not answer in time, so this request may have been applied; it will not be sent again under this Idempotency-Key.",
+            _ => "The connection to the upstream broke before its answer arrived, so this request may have been applied; it will not be sent again under this Idempotency-Key.",
+        };
+        ProblemResponse::new(status, codes::UPSTREAM_OUTCOME_UNKNOWN)
+            .title("Upstream outcome unknown")
+            .detail(detail)
+    }
+
+    pub(super) fn interrupted() -> ProblemResponse {
+        ProblemResponse::new(StatusCode::INTERNAL_SERVER_ERROR, codes::SERVER_ERROR)
+            .title("Request interrupted")
+            .detail("The server stopped while the request ran; it may have been applied. Retry with the same Idempotency-Key to learn its outcome.")
     }
 
     pub(super) fn unavailable() -> ProblemResponse {

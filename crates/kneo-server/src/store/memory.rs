@@ -156,6 +156,12 @@ impl Map {
     }
 }
 
+/// `now + d`, saturating at [`MAX_DURATION`](crate::idempotency::MAX_DURATION)
+/// from now: no `Duration` a caller passes can overflow an `Instant`.
+fn later(now: Instant, d: Duration) -> Instant {
+    now + d.min(crate::idempotency::MAX_DURATION)
+}
+
 impl Store for MemoryStore {
     async fn claim(
         &self,
@@ -173,7 +179,7 @@ impl Store for MemoryStore {
         let claim = Claim::new(token, fingerprint);
         let fresh = Entry {
             state: State::InFlight(claim),
-            expires: now + lease,
+            expires: later(now, lease),
         };
         match map.entries.entry(key.clone()) {
             hash_map::Entry::Occupied(mut held) if held.get().expires > now => {
@@ -220,9 +226,28 @@ impl Store for MemoryStore {
             record: record.clone(),
             seq,
         };
-        entry.expires = now + ttl;
+        entry.expires = later(now, ttl);
         map.completed.insert(seq, key.clone());
         Ok(true)
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(entry) = map.entries.get_mut(key) else {
+            return Ok(false);
+        };
+        let holds = entry.expires > now
+            && matches!(&entry.state, State::InFlight(c) if c.token() == claim.token());
+        if holds {
+            entry.expires = later(now, lease);
+        }
+        Ok(holds)
     }
 
     async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {

@@ -164,9 +164,10 @@ impl StdError for StoreError {
 /// (and, for a shared store, by every server).
 ///
 /// The layer clones the store once per layer and calls it from many tasks at
-/// once; one request makes at most one `claim` followed by at most one
-/// `complete` or `release` with the claim it got (a `release` may be retried
-/// from a drop guard, so both must be safe to repeat).
+/// once; one request makes at most one `claim` followed by any number of
+/// `renew`s and at most one `complete` or `release` with the claim it got (a
+/// `complete` may be retried after a store error, so it must be safe to
+/// repeat).
 ///
 /// # Contract
 ///
@@ -191,6 +192,12 @@ impl StdError for StoreError {
 /// [`release`](Store::release) MUST remove the claim **only if** it still
 /// holds, returning `Ok(true)`; otherwise change nothing and return
 /// `Ok(false)`. A released key is free: the next `claim` succeeds.
+///
+/// [`renew`](Store::renew) MUST extend the claim so that it holds for `lease`
+/// from now, **only if** that very claim still holds, atomically with that
+/// check, and return `Ok(true)`; otherwise change nothing and return
+/// `Ok(false)`. The layer renews a claim on a heartbeat while its work runs,
+/// so that only a crashed or wedged process lets a lease end.
 ///
 /// A store MAY drop a completed record before its TTL ends (to stay within a
 /// memory bound, say); that only weakens replay to "run again". It MUST NOT
@@ -220,6 +227,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         claim: &Claim,
         record: &Completed,
         ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Makes `claim` hold for `lease` from now, if it still holds.
+    fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Removes `claim`, if it still holds, so that the next request runs.

@@ -38,6 +38,17 @@ return 0",
     )
 });
 
+/// Extends the claim (the exact value `ARGV[1]`) to `ARGV[2]` ms from now;
+/// 1 when done, 0 when the claim no longer holds.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0",
+    )
+});
+
 /// A [`Store`] in Redis (7.0 or later, or Valkey), for servers that share keys.
 ///
 /// Each key is one Redis string, `<prefix><scope hex>:<key>`, holding the
@@ -49,6 +60,9 @@ return 0",
 /// - **complete**: a Lua script (by `EVALSHA`) that swaps the claim for the
 ///   record with `PX <ttl>` only if the key still holds *this* claim (its
 ///   fencing token is part of the value);
+/// - **renew**: a Lua script that moves the claim's expiry to `lease` from
+///   now only if the key still holds this claim (the layer's heartbeat, every
+///   third of the lease while the work runs);
 /// - **release**: a Lua script that deletes the key only if it still holds
 ///   this claim.
 ///
@@ -132,7 +146,7 @@ impl RedisStoreBuilder {
             prefix: self.prefix.into(),
             timeout: self.timeout,
         };
-        for script in [&*COMPLETE, &*RELEASE] {
+        for script in [&*COMPLETE, &*RENEW, &*RELEASE] {
             let mut conn = store.conn.clone();
             within(store.timeout, script.load_async(&mut conn)).await?;
         }
@@ -188,7 +202,11 @@ impl RedisStore {
     }
 }
 
+/// Whole milliseconds for `PX`/`PEXPIRE`: at least 1 (Redis refuses 0), at
+/// most [`MAX_DURATION`](crate::idempotency::MAX_DURATION) (Redis refuses
+/// what overflows its clock).
 fn millis(d: Duration) -> u64 {
+    let d = d.min(crate::idempotency::MAX_DURATION);
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -231,6 +249,17 @@ impl Store for RedisStore {
         let ttl = millis(ttl).to_string();
         self.script(&COMPLETE, key, &[&claim, &record, ttl.as_bytes()])
             .await
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let claim = claim.encode();
+        let lease = millis(lease).to_string();
+        self.script(&RENEW, key, &[&claim, lease.as_bytes()]).await
     }
 
     async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
