@@ -20,6 +20,15 @@
 //! `Delivery` in its response's extensions, so that a layer in front can
 //! read it without parsing the problem body (kneo proxy does).
 //!
+//! # The answer after a timeout
+//!
+//! A layer that records outcomes can put a [`LateAnswer`] in a request's
+//! extensions. A gateway that finds one does not abandon an attempt that
+//! timed out after it was sent: the caller gets its `504` at once, the
+//! upstream call goes on, and its real answer is handed to the
+//! `LateAnswer` (kneo proxy does this). The layer then records that answer
+//! instead of "unknown", and a retry gets the upstream's own response.
+//!
 //! ```
 //! use http::Method;
 //! use kneo_core::{Delivery, Error, Sent};
@@ -35,6 +44,13 @@
 //! let err = Error::timeout(std::time::Duration::from_secs(1), Sent::new(Method::POST));
 //! assert_eq!(Delivery::of(&err), Some(Delivery::TimedOut));
 //! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
 
 use crate::{attempt, Error, ErrorKind};
 
@@ -88,6 +104,80 @@ impl Delivery {
             Delivery::TimedOut => "timed_out",
             Delivery::Unknown => "unknown",
         }
+    }
+}
+
+/// Where a gateway hands the upstream's answer to an attempt that timed
+/// out after it was sent; see the [module docs](self#the-answer-after-a-timeout).
+///
+/// Cloned with the request into every attempt; the first answer delivered
+/// is the one kept. The answer's body is whole: `None` when it was larger
+/// than [`max_body`](LateAnswer::max_body) bytes (the answer is then known
+/// only by its status and headers). A gateway waits for the answer at most
+/// [`max_wait`](LateAnswer::max_wait) from the start of the attempt. When
+/// every clone is dropped without a delivery, no answer came.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http::Response;
+/// use kneo_core::delivery::LateAnswer;
+///
+/// let got = Arc::new(Mutex::new(None));
+/// let late = {
+///     let got = got.clone();
+///     LateAnswer::new(1024, Duration::from_secs(60), move |res: Response<Option<Bytes>>| {
+///         got.lock().unwrap().get_or_insert(res.status());
+///     })
+/// };
+/// late.deliver(Response::builder().status(201).body(Some(Bytes::from("done"))).unwrap());
+/// assert_eq!(*got.lock().unwrap(), Some(http::StatusCode::CREATED));
+/// ```
+#[derive(Clone)]
+pub struct LateAnswer {
+    max_body: usize,
+    max_wait: Duration,
+    deliver: Arc<dyn Fn(Response<Option<Bytes>>) + Send + Sync>,
+}
+
+impl LateAnswer {
+    /// A slot whose answers go to `deliver`, with bodies of up to
+    /// `max_body` bytes, waited for up to `max_wait`.
+    pub fn new(
+        max_body: usize,
+        max_wait: Duration,
+        deliver: impl Fn(Response<Option<Bytes>>) + Send + Sync + 'static,
+    ) -> Self {
+        LateAnswer {
+            max_body,
+            max_wait,
+            deliver: Arc::new(deliver),
+        }
+    }
+
+    /// The largest body the recorder keeps.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// How long the recorder waits for the answer.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// Hands over the upstream's answer.
+    pub fn deliver(&self, answer: Response<Option<Bytes>>) {
+        (self.deliver)(answer);
+    }
+}
+
+impl fmt::Debug for LateAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LateAnswer")
+            .field("max_body", &self.max_body)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
     }
 }
 

@@ -14,6 +14,7 @@ use http::header::{CONTENT_LENGTH, TRAILER};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
+use kneo_core::delivery::LateAnswer;
 use kneo_core::{codes, is_valid_request_id, BoxError, Delivery, X_REQUEST_ID, X_SHOULD_RETRY};
 use tokio::sync::oneshot;
 use tower_service::Service;
@@ -196,14 +197,16 @@ where
         guard.release().await;
         return answer(problems::unavailable());
     };
-    let req = Request::from_parts(parts, Either::Right(Full::new(body)));
+    let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
+    let (late, late_answer) = late_answer(&config);
+    req.extensions_mut().insert(late);
     let (tx, rx) = oneshot::channel();
     let work = Work {
         fingerprint,
         config,
         request_id: request_id.clone(),
     };
-    runtime.spawn(work.run(guard, inner, req, tx));
+    runtime.spawn(work.run(guard, inner, req, tx, late_answer));
     match rx.await {
         Ok(Answer::Response(res)) => Ok(res),
         Ok(Answer::Failed(error)) => Err(error),
@@ -211,6 +214,26 @@ where
         // The task was cancelled before it answered: the runtime is shutting down.
         Err(_) => answer(problems::interrupted()),
     }
+}
+
+/// The upstream's answer to an attempt a gateway below gave up waiting for,
+/// when it comes (see [`kneo_core::delivery`]).
+type LateReceiver = oneshot::Receiver<Response<Option<Bytes>>>;
+
+/// A [`LateAnswer`] for the request's extensions, and where its answer arrives.
+fn late_answer(config: &Config) -> (LateAnswer, LateReceiver) {
+    let (tx, rx) = oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let late = LateAnswer::new(config.max_response, config.max_hold, move |answer| {
+        let sender = tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(answer);
+        }
+    });
+    (late, rx)
 }
 
 /// The request's `X-Request-ID`, when it has a valid one.
@@ -256,6 +279,7 @@ impl Work {
         inner: S,
         req: Request<Req>,
         answer: oneshot::Sender<Answer<ResBody, S::Error>>,
+        late: LateReceiver,
     ) where
         S: Service<Request<Req>, Response = Response<ResBody>>,
         St: Store,
@@ -263,7 +287,7 @@ impl Work {
         ResBody::Error: Into<BoxError>,
     {
         let heartbeat = guard.heartbeat(self.config.lease, self.config.max_hold);
-        let work = self.work(guard, inner, req, answer);
+        let work = self.work(guard, inner, req, answer, late);
         futures_util::pin_mut!(heartbeat, work);
         // The heartbeat never ends; the work does.
         futures_util::future::select(work, heartbeat).await;
@@ -275,6 +299,7 @@ impl Work {
         mut inner: S,
         req: Request<Req>,
         answer: oneshot::Sender<Answer<ResBody, S::Error>>,
+        late: LateReceiver,
     ) where
         S: Service<Request<Req>, Response = Response<ResBody>>,
         St: Store,
@@ -319,6 +344,33 @@ impl Work {
             _ if not_processed(status) => {
                 guard.release().await;
                 let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+                return;
+            }
+            // A gateway's attempt timed out after it was sent: the caller
+            // gets the gateway's answer now; the record waits (the claim
+            // renewed meanwhile) for the upstream's own answer.
+            Some(Delivery::TimedOut) => {
+                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+                let late = tokio::time::timeout(self.config.max_hold, late).await;
+                let record = match late.ok().and_then(Result::ok) {
+                    Some(late) if not_processed(late.status()) => {
+                        guard.release().await;
+                        return;
+                    }
+                    Some(late) => {
+                        let (parts, body) = late.into_parts();
+                        match body {
+                            Some(body) => {
+                                let headers =
+                                    stored_headers(&parts.headers, self.request_id.as_ref());
+                                Outcome::Stored(StoredResponse::new(parts.status, headers, body))
+                            }
+                            None => Outcome::NotStored(parts.status),
+                        }
+                    }
+                    None => Outcome::Stored(outcome_unknown(status, Delivery::TimedOut)),
+                };
+                guard.complete(Completed::new(fingerprint, record)).await;
                 return;
             }
             // A gateway sent the request and lost its answer: record that
