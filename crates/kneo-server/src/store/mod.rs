@@ -130,6 +130,12 @@ impl StoreError {
             {
                 return true;
             }
+            #[cfg(feature = "redis")]
+            if e.downcast_ref::<::redis::RedisError>()
+                .is_some_and(::redis::RedisError::is_timeout)
+            {
+                return true;
+            }
             next = e.source();
         }
         false
@@ -202,7 +208,15 @@ impl StdError for StoreError {
 /// A store MAY drop a completed record before its TTL ends (to stay within a
 /// memory bound, say); that only weakens replay to "run again". It MUST NOT
 /// drop an in-flight claim before its lease ends: that would let a second
-/// request run concurrently with the first.
+/// request run concurrently with the first (a Redis that evicts keys breaks
+/// this, so `RedisStore` refuses one). A store that bounds its memory MUST
+/// NOT let one scope's records push out another's while the pusher holds
+/// records of its own, and SHOULD drop claims whose lease ended before any
+/// live record.
+///
+/// A `claim` that returns an error MUST NOT leave a claim behind that nobody
+/// holds: if the backend may still execute it (a timed-out command), the
+/// store takes that very claim back (fenced by its token) once it lands.
 ///
 /// # Errors
 ///
