@@ -389,6 +389,17 @@ impl Work {
 
         let (parts, mut body) = res.into_parts();
         let headers = stored_headers(&parts.headers, self.request_id.as_ref());
+        if body.is_end_stream() {
+            // No body: the head is the whole answer, so it goes out once the
+            // record is kept.
+            let stored = StoredResponse::new(status, headers, Bytes::new());
+            guard
+                .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                .await;
+            let res = Response::from_parts(parts, ResponseBody::inner(body));
+            let _ = answer.send(Answer::Response(res));
+            return;
+        }
         let hint = body.size_hint();
         let (frames, caller_body) = ResponseBody::channel(hint);
         let caller = Response::from_parts(parts, caller_body);
@@ -405,6 +416,8 @@ impl Work {
             recording = None;
             guard.complete(not_stored(status)).await;
         }
+        let mut headers = Some(headers);
+        let mut read: u64 = 0;
         loop {
             // The handler's error type need not be `Send`: convert it at once.
             let next = body
@@ -427,11 +440,26 @@ impl Work {
                     return;
                 }
             };
-            if let (Some(buf), Some(data)) = (recording.as_mut(), frame.data_ref()) {
-                buf.push(data.clone());
-                if too_big(buf.len() as u64) {
-                    recording = None;
-                    guard.complete(not_stored(status)).await;
+            if let Some(data) = frame.data_ref() {
+                read = read.saturating_add(data.len() as u64);
+                if let Some(buf) = recording.as_mut() {
+                    buf.push(data.clone());
+                    if too_big(buf.len() as u64) {
+                        recording = None;
+                        guard.complete(not_stored(status)).await;
+                    }
+                }
+            }
+            // The last bytes go out only once the record is kept: a caller
+            // that has all of a response (its length known) may retry at
+            // once, and must find the replay.
+            let last = body.is_end_stream() || hint.exact() == Some(read);
+            if last {
+                if let (Some(buf), Some(headers)) = (recording.take(), headers.take()) {
+                    let stored = StoredResponse::new(status, headers, buf.freeze());
+                    guard
+                        .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                        .await;
                 }
             }
             // Trailers go to the caller; they are not stored.
@@ -441,7 +469,7 @@ impl Work {
                 }
             }
         }
-        if let Some(buf) = recording {
+        if let (Some(buf), Some(headers)) = (recording, headers) {
             let stored = StoredResponse::new(status, headers, buf.freeze());
             guard
                 .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
