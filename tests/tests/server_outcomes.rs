@@ -171,6 +171,17 @@ impl Server {
 
     /// Sends a keyed POST on a new connection; the response streams.
     async fn post(&self, path: &str, key: &str, request_id: Option<&str>) -> Response<Incoming> {
+        self.post_as(path, key, request_id, None).await
+    }
+
+    /// [`post`](Self::post), with a `Content-Type`.
+    async fn post_as(
+        &self,
+        path: &str,
+        key: &str,
+        request_id: Option<&str>,
+        content_type: Option<&str>,
+    ) -> Response<Incoming> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
@@ -184,6 +195,9 @@ impl Server {
             .header("te", "trailers");
         if let Some(id) = request_id {
             req = req.header("x-request-id", id);
+        }
+        if let Some(content_type) = content_type {
+            req = req.header("content-type", content_type);
         }
         let req = req
             .body(Full::new(Bytes::from_static(b"{}")))
@@ -342,6 +356,49 @@ async fn gateway_answers_follow_the_delivery_rule<St: Store>(store: St) {
     assert_eq!(server.runs(), 4, "a lost answer is never sent again");
 }
 
+/// The same bytes as JSON and as a form are two requests: the same key
+/// with the other media type is a mismatch (422), not a replay; a charset
+/// parameter or the type's case does not make another request.
+async fn the_media_type_is_part_of_the_request<St: Store>(store: St) {
+    let server = Server::start(store).await;
+    let json = server
+        .post_as("/echo-id", "ct-1", None, Some("application/json"))
+        .await;
+    assert_eq!(json.status(), StatusCode::OK);
+    read(json).await;
+    let form = server
+        .post_as(
+            "/echo-id",
+            "ct-1",
+            None,
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await;
+    assert_eq!(form.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let same = server
+        .post_as(
+            "/echo-id",
+            "ct-1",
+            None,
+            Some("Application/JSON; charset=utf-8"),
+        )
+        .await;
+    assert!(replayed(&same));
+    assert_eq!(server.runs(), 1);
+}
+
+/// RFC 8941 keys: a quoted key may hold spaces and carry parameters,
+/// which are ignored (the same key with other parameters is a replay).
+async fn structured_field_keys_with_spaces_and_parameters<St: Store>(store: St) {
+    let server = Server::start(store).await;
+    let first = server.post("/echo-id", "\"order 7\";v=1", None).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    read(first).await;
+    let again = server.post("/echo-id", "\"order 7\";v=2;x", None).await;
+    assert!(replayed(&again));
+    assert_eq!(server.runs(), 1);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -370,6 +427,8 @@ suite!(
     a_replay_carries_this_request_s_id,
     trailers_reach_the_caller_but_are_not_replayed,
     gateway_answers_follow_the_delivery_rule,
+    the_media_type_is_part_of_the_request,
+    structured_field_keys_with_spaces_and_parameters,
 );
 
 async fn redis_store(redis: &RedisServer) -> RedisStore {

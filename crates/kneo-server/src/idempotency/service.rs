@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{CONTENT_LENGTH, TRAILER};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRAILER};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
@@ -158,7 +158,8 @@ where
         Err(problem) => return answer(problem),
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let fingerprint = Fingerprint::of(&parts.method, path, &body);
+    let content_type = parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let fingerprint = Fingerprint::of_request(&parts.method, path, content_type, &body);
     let record_key = RecordKey::from_shared(config.scope.scope(&parts), key.clone());
 
     let claim = match store.claim(&record_key, fingerprint, config.lease).await {
