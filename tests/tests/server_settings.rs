@@ -41,6 +41,31 @@ async fn a_zero_lease_still_excludes_duplicates<St: Store>(store: St) {
     assert_eq!(server.runs(), 1);
 }
 
+/// With `wait_for_first`, a duplicate that arrives while the first runs
+/// waits and gets its response, not a `409`; without it, `409` at once.
+async fn a_duplicate_can_wait_for_the_first_run<St: Store>(store: St) {
+    let layer = IdempotencyLayer::new(store.clone()).wait_for_first(Duration::from_secs(10));
+    let server = TestServer::start(App::Axum, layer).await;
+    let client = server.client("key-1", once());
+    let (first, second) = tokio::join!(post(&client, "/pay?sleep_ms=500", "waits", "{}"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post(&client, "/pay?sleep_ms=500", "waits", "{}").await
+    });
+    let (first, second) = (first.expect("runs"), second.expect("waited, then replayed"));
+    assert_eq!(first.json()["run"], 1);
+    assert!(second.replayed());
+    assert_eq!(second.json()["run"], 1);
+    assert_eq!(server.runs(), 1);
+
+    let server = TestServer::start(App::Axum, IdempotencyLayer::new(store)).await;
+    let client = server.client("key-1", once());
+    let (_, second) = tokio::join!(post(&client, "/pay?sleep_ms=500", "no-wait", "{}"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post(&client, "/pay?sleep_ms=500", "no-wait", "{}").await
+    });
+    assert_problem(&second.expect_err("409"), 409, "idempotency_key_in_use");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -68,7 +93,11 @@ macro_rules! suite {
     };
 }
 
-suite!(huge_durations_work, a_zero_lease_still_excludes_duplicates);
+suite!(
+    huge_durations_work,
+    a_zero_lease_still_excludes_duplicates,
+    a_duplicate_can_wait_for_the_first_run,
+);
 
 /// `fail_open` opens on an unreachable store only: a store full of claims
 /// is an answer (503), not an outage to run unprotected through.

@@ -39,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) lease: Duration,
     pub(crate) ttl: Duration,
     pub(crate) max_hold: Duration,
+    pub(crate) wait_for_first: Duration,
     pub(crate) fail_open: bool,
 }
 
@@ -53,6 +54,7 @@ impl Default for Config {
             lease: DEFAULT_LEASE,
             ttl: DEFAULT_TTL,
             max_hold: DEFAULT_MAX_HOLD,
+            wait_for_first: Duration::ZERO,
             fail_open: false,
         }
     }
@@ -68,6 +70,7 @@ impl fmt::Debug for Config {
             .field("lease", &self.lease)
             .field("ttl", &self.ttl)
             .field("max_hold", &self.max_hold)
+            .field("wait_for_first", &self.wait_for_first)
             .field("fail_open", &self.fail_open)
             .finish_non_exhaustive()
     }
@@ -167,6 +170,21 @@ impl<St> IdempotencyLayer<St> {
     /// slowest request you serve (a long download or stream included).
     pub fn max_hold(mut self, max_hold: Duration) -> Self {
         self.config().max_hold = max_hold.min(MAX_DURATION);
+        self
+    }
+
+    /// Lets a duplicate that arrives while the first request with its key
+    /// still runs wait up to `max` for that run to end, and answer with its
+    /// response (or run, if the first gave its key back), instead of `409`
+    /// at once (default zero: no waiting; at most [`MAX_DURATION`]).
+    ///
+    /// The cost: a waiting duplicate holds its connection and asks the store
+    /// again 10 ms, 20 ms, … then every 200 ms (about 5 store calls a second
+    /// per waiter; for Redis, one `SET NX GET` each). A caller that sees the
+    /// `409` and retries after its `Retry-After` costs one call per retry
+    /// instead. Worth it for callers that do not retry a `409`.
+    pub fn wait_for_first(mut self, max: Duration) -> Self {
+        self.config().wait_for_first = max.min(MAX_DURATION);
         self
     }
 

@@ -162,7 +162,7 @@ where
     let fingerprint = Fingerprint::of_request(&parts.method, path, content_type, &body);
     let record_key = RecordKey::from_shared(config.scope.scope(&parts), key.clone());
 
-    let claim = match store.claim(&record_key, fingerprint, config.lease).await {
+    let claim = match claim_or_wait(&store, &record_key, fingerprint, &config).await {
         Ok(Acquire::Claimed(claim)) => claim,
         Ok(Acquire::InFlight(holder)) if holder == fingerprint => return answer(problems::in_use()),
         Ok(Acquire::InFlight(_)) => return answer(problems::mismatch()),
@@ -215,6 +215,35 @@ where
         // The task was cancelled before it answered: the runtime is shutting down.
         Err(_) => answer(problems::interrupted()),
     }
+}
+
+/// Claims the key; while the same request holds it, waits up to
+/// [`wait_for_first`](IdempotencyLayer::wait_for_first) for it to end,
+/// asking the store again with backoff (10 ms, doubling, at most 200 ms
+/// apart), so that a duplicate gets the first run's response (or runs, if
+/// the first gave its key back) instead of a `409`.
+async fn claim_or_wait<St: Store>(
+    store: &St,
+    key: &RecordKey,
+    fingerprint: Fingerprint,
+    config: &Config,
+) -> Result<Acquire, crate::store::StoreError> {
+    let mut acquired = store.claim(key, fingerprint, config.lease).await;
+    if config.wait_for_first.is_zero() {
+        return acquired;
+    }
+    let until = Instant::now() + config.wait_for_first;
+    let mut wait = Duration::from_millis(10);
+    while matches!(&acquired, Ok(Acquire::InFlight(holder)) if *holder == fingerprint) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(wait.min(left)).await;
+        wait = (wait * 2).min(Duration::from_millis(200));
+        acquired = store.claim(key, fingerprint, config.lease).await;
+    }
+    acquired
 }
 
 /// The upstream's answer to an attempt a gateway below gave up waiting for,
