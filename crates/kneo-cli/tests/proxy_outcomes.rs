@@ -220,3 +220,86 @@ async fn a_cut_connection_is_recorded_as_an_unknown_outcome() {
     assert_eq!(retry.json()["code"], "upstream_outcome_unknown");
     assert_eq!(upstream.count(), 1, "never sent again");
 }
+
+/// An upstream whose body breaks off after its head (`Content-Length: 100`,
+/// 10 bytes, close) did the work: with a key the caller still gets the head
+/// and the 10 bytes (as without one), and a retry is told `410`, not run
+/// again (it used to get 0 bytes, and every retry ran the upstream again).
+#[tokio::test]
+async fn a_body_cut_by_the_upstream_keeps_the_key() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let runs = Arc::new(AtomicUsize::new(0));
+    {
+        let runs = runs.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let runs = runs.clone();
+                tokio::spawn(async move {
+                    // The whole request: a head and a 13-byte body.
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.ends_with(br#"{"amount":10}"#) {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+    }
+    let proxy = sidecar(
+        &format!("http://{addr}"),
+        &["--max-attempts", "1", "--idempotency", "memory"],
+    )
+    .await;
+
+    let (status, got, broke) = guarded("the cut response", async {
+        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/charges")
+            .header("host", "localhost")
+            .header("idempotency-key", "cut-1")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
+            .expect("valid");
+        let res = sender.send_request(req).await.expect("the head arrives");
+        let status = res.status();
+        let mut body = res.into_body();
+        let mut got = Vec::new();
+        let mut broke = false;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                Err(_) => {
+                    broke = true;
+                    break;
+                }
+            }
+        }
+        (status, got, broke)
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, b"0123456789", "the bytes that arrived");
+    assert!(broke, "the caller sees the body break off");
+
+    let retry = post(&proxy, "cut-1").await;
+    assert_eq!(retry.status, StatusCode::GONE, "{:?}", retry.body);
+    assert_eq!(retry.json()["code"], "idempotency_response_not_stored");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "not run again");
+}

@@ -894,7 +894,7 @@ mod problems {
         )
         .title("Idempotency-Key reused")
         .detail(
-            "This Idempotency-Key was used with a different request (method, path, query or body).",
+            "This Idempotency-Key was used with a different request (method, path, query, media type or body).",
         )
     }
 
