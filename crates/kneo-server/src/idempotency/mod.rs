@@ -139,14 +139,18 @@
 //!
 //! [draft-ietf-httpapi-idempotency-key-header]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/
 
+mod answer;
+mod body;
 mod fingerprint;
 mod future;
+mod guard;
 mod key;
 mod layer;
 mod record;
 mod scope;
 mod service;
 
+pub use answer::{IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST};
 pub use fingerprint::Fingerprint;
 pub use future::{ResponseBody, ResponseFuture};
 pub use key::{RecordKey, MAX_KEY_LEN};
@@ -156,7 +160,7 @@ pub use layer::{
 };
 pub use record::{Claim, Completed, DecodeError, FencingToken, Outcome, Record, StoredResponse};
 pub use scope::{AuthorizationScope, MakeScope, Scope};
-pub use service::{Idempotency, RequestBody, IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST};
+pub use service::{Idempotency, RequestBody};
 
 /// Not public API: the header parsing the fuzz targets in `fuzz/` exercise.
 /// No semver guarantee; do not call it.
