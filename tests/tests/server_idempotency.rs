@@ -483,6 +483,20 @@ macro_rules! suite {
                 }
             )*
         }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(pg) = kneo_tests::postgres::PostgresServer::start() else { return };
+                    let store = kneo_server::PostgresStore::connect(&pg.url())
+                        .await
+                        .expect("postgres is up")
+                        .timeout(std::time::Duration::from_millis(500));
+                    store.migrate().await.expect("the migration runs");
+                    super::$name(store).await
+                }
+            )*
+        }
     };
 }
 

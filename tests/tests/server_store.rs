@@ -224,6 +224,15 @@ macro_rules! suite {
                 }
             )*
         }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(pg) = kneo_tests::postgres::PostgresServer::start() else { return };
+                    super::$name(super::postgres_store(&pg).await).await
+                }
+            )*
+        }
     };
 }
 
@@ -282,6 +291,15 @@ suite!(
     scope_and_key_name_the_record,
     not_stored_outcome_round_trips,
 );
+
+async fn postgres_store(pg: &kneo_tests::postgres::PostgresServer) -> kneo_server::PostgresStore {
+    let store = kneo_server::PostgresStore::connect(&pg.url())
+        .await
+        .expect("postgres is up");
+    store.migrate().await.expect("the migration runs");
+    store.migrate().await.expect("and runs again");
+    store
+}
 
 async fn redis_store(redis: &RedisServer, prefix: &str) -> RedisStore {
     RedisStore::builder(redis.url())

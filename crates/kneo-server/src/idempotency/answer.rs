@@ -182,6 +182,18 @@ pub(crate) mod problems {
             .detail(detail)
     }
 
+    pub(crate) fn rolled_back() -> ProblemResponse {
+        ProblemResponse::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::IDEMPOTENCY_STORE_UNAVAILABLE,
+        )
+        .title("Request rolled back")
+        .detail(
+            "The response failed before it was complete, so nothing was committed; retry later.",
+        )
+        .retry_after(RETRY_AFTER)
+    }
+
     pub(crate) fn interrupted() -> ProblemResponse {
         ProblemResponse::new(StatusCode::INTERNAL_SERVER_ERROR, codes::SERVER_ERROR)
             .title("Request interrupted")

@@ -108,6 +108,8 @@ pin_project! {
     enum BodyKind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
+        // A response too big to keep: what was buffered, then the rest.
+        Spill { prefix: Option<Bytes>, #[pin] rest: B },
         // The handler's body, relayed by the task that records it.
         Channel { frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>, hint: SizeHint },
     }
@@ -124,6 +126,18 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             kind: BodyKind::Full {
                 data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// `prefix`, then what is left of `rest`.
+    pub(crate) fn spill(prefix: Bytes, rest: B) -> Self {
+        ResponseBody {
+            kind: BodyKind::Spill {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                rest,
             },
         }
     }
@@ -159,6 +173,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
         let kind = match &self.kind {
             BodyKind::Inner { .. } => "inner",
             BodyKind::Full { .. } => "full",
+            BodyKind::Spill { .. } => "spill",
             BodyKind::Channel { .. } => "channel",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
@@ -180,6 +195,10 @@ where
         match self.project().kind.project() {
             BodyProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Spill { prefix, rest } => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => rest.poll_frame(cx).map_err(Into::into),
+            },
             BodyProj::Channel { frames, .. } => frames.poll_recv(cx),
         }
     }
@@ -188,6 +207,7 @@ where
         match &self.kind {
             BodyKind::Inner { body } => body.is_end_stream(),
             BodyKind::Full { data } => data.is_none(),
+            BodyKind::Spill { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
             // Ends when the recording task says so, after the record is kept.
             BodyKind::Channel { .. } => false,
         }
@@ -198,6 +218,16 @@ where
             BodyKind::Inner { body } => body.size_hint(),
             BodyKind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            BodyKind::Spill { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(extra));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(extra));
+                }
+                hint
             }
             BodyKind::Channel { hint, .. } => *hint,
         }

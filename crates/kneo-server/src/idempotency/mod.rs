@@ -139,18 +139,21 @@
 //!
 //! [draft-ietf-httpapi-idempotency-key-header]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/
 
-mod answer;
-mod body;
+pub(crate) mod answer;
+pub(crate) mod body;
+mod child;
 mod fingerprint;
 mod future;
 mod guard;
 mod key;
-mod layer;
+pub(crate) mod layer;
 mod record;
+pub(crate) mod request;
 mod scope;
 mod service;
 
 pub use answer::{IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST};
+pub use child::IdempotencyKey;
 pub use fingerprint::Fingerprint;
 pub use future::{ResponseBody, ResponseFuture};
 pub use key::{RecordKey, MAX_KEY_LEN};

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
@@ -22,12 +21,14 @@ use super::answer::{
     not_processed, outcome_unknown, problems, replay, request_id, respond, stored_headers,
 };
 use super::body::{read_request, Buffer};
+use super::child::IdempotencyKey;
 use super::fingerprint::Fingerprint;
 use super::future::{ResponseBody, ResponseFuture};
 use super::guard::Guard;
-use super::key::{self, RecordKey};
+use super::key::RecordKey;
 use super::layer::{Config, IdempotencyLayer};
 use super::record::{Completed, Outcome, StoredResponse};
+use super::request::{identify, route, Route};
 use crate::problem::ProblemResponse;
 use crate::store::{Acquire, Store};
 
@@ -39,9 +40,9 @@ pub type RequestBody<B> = Either<B, Full<Bytes>>;
 /// Middleware that enforces `Idempotency-Key`. See the [module docs](super).
 #[derive(Clone)]
 pub struct Idempotency<S, St> {
-    inner: S,
-    store: St,
-    config: Arc<Config>,
+    pub(crate) inner: S,
+    pub(crate) store: St,
+    pub(crate) config: Arc<Config>,
 }
 
 impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for Idempotency<S, St> {
@@ -99,22 +100,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if !self.config.methods.contains(req.method()) {
-            return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)));
-        }
-        let key = match key::parse(req.headers()) {
-            Ok(Some(key)) => key,
-            Ok(None) if !self.config.require => {
-                return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)));
+        let key = match route(&self.config, req.method(), req.headers()) {
+            Route::Pass => {
+                return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)))
             }
-            Ok(None) => {
-                let id = request_id(req.headers());
-                return ResponseFuture::ready(respond(problems::missing(), id.as_ref()));
+            Route::Refuse(problem, id) => {
+                return ResponseFuture::ready(respond(problem, id.as_ref()))
             }
-            Err(e) => {
-                let id = request_id(req.headers());
-                return ResponseFuture::ready(respond(problems::invalid(e), id.as_ref()));
-            }
+            Route::Keyed(key) => key,
         };
         // The ready service goes into the future; a clone stays for the next call.
         let clone = self.inner.clone();
@@ -150,10 +143,7 @@ where
         Ok(body) => body,
         Err(problem) => return answer(problem),
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let content_type = parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-    let fingerprint = Fingerprint::of_request(&parts.method, path, content_type, &body);
-    let record_key = RecordKey::from_shared(config.scope.scope(&parts), key.clone());
+    let (fingerprint, record_key) = identify(&config, &parts, &body, key.clone());
 
     let claim = match claim_or_wait(&store, &record_key, fingerprint, &config).await {
         Ok(Acquire::Claimed(claim)) => claim,
@@ -194,6 +184,8 @@ where
     let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
     let (late, late_answer) = late_answer(&config);
     req.extensions_mut().insert(late);
+    req.extensions_mut()
+        .insert(IdempotencyKey::new(key.clone()));
     let (tx, rx) = oneshot::channel();
     let work = Work {
         fingerprint,

@@ -45,10 +45,16 @@ use kneo_core::BoxError;
 use crate::idempotency::{Claim, Completed, Fingerprint, RecordKey};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES};
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::{redacted, secs};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, DEFAULT_POSTGRES_TIMEOUT, MIGRATION};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT};
 
