@@ -9,7 +9,7 @@
 //! Standard output: exactly one JSON line once both listeners are bound,
 //! then one JSON access-log line per request (the path without its query,
 //! which may carry keys). Diagnostics go to standard error. Bad flags or an
-//! unusable `--upstream`: one line on standard error and exit 2, before
+//! unusable `--upstream`: what is wrong (and the usage line) on standard error and exit 2, before
 //! anything is bound. SIGTERM or SIGINT: stop accepting, `/readyz` answers
 //! 503, in-flight requests finish for up to `--drain-timeout`, exit 0.
 
