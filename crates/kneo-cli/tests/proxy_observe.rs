@@ -94,7 +94,8 @@ impl Sidecar {
         .await;
         assert_eq!(metrics.status, StatusCode::OK);
         let text = String::from_utf8_lossy(&metrics.body).into_owned();
-        let series = format!("kneo_proxy_requests_total{{outcome=\"{outcome}\",class=\"{class}\"}}");
+        let series =
+            format!("kneo_proxy_requests_total{{outcome=\"{outcome}\",class=\"{class}\"}}");
         text.lines()
             .find_map(|l| l.strip_prefix(series.as_str())?.strip_prefix(' '))
             .map_or(0.0, |v| v.trim().parse().expect("a number"))
@@ -103,8 +104,8 @@ impl Sidecar {
     /// A keyed POST of `body` to `/charges`, with `id` as its `X-Request-ID`
     /// when given.
     fn post(&self, key: &str, body: &'static str, id: Option<&str>) -> Request<Full<Bytes>> {
-        let mut req = Request::post(format!("http://{}/charges", self.listen))
-            .header("idempotency-key", key);
+        let mut req =
+            Request::post(format!("http://{}/charges", self.listen)).header("idempotency-key", key);
         if let Some(id) = id {
             req = req.header("x-request-id", id);
         }
@@ -279,8 +280,9 @@ async fn a_409_while_the_first_runs_is_logged() {
 // has both ids; a replay of that answer keeps it, and logs it again.
 #[tokio::test]
 async fn the_upstreams_own_request_id_is_logged_beside_ours() {
-    let server = ScriptedServer::start(vec![Reply::json(201, "{}")
-        .header("x-request-id", "req_upstream1")])
+    let server = ScriptedServer::start(vec![
+        Reply::json(201, "{}").header("x-request-id", "req_upstream1")
+    ])
     .await;
     let mut proxy = Sidecar::start(&server.url(""), "memory").await;
 

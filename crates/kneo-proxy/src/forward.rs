@@ -20,9 +20,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use kneo::core::{is_valid_request_id, X_REQUEST_ID};
 use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
-use kneo::core::{is_valid_request_id, X_REQUEST_ID};
 use kneo::request_id::{MakeRequestId, MakeUuidV4, RequestId};
 use kneo::retry::{RatioBudget, ReplayBody, RetryLayer};
 use kneo::{Attempts, BoxError, ClientLayer};
@@ -619,9 +619,7 @@ impl Arrival {
         };
         let headers = res.headers_mut();
         if let Some(id) = &self.request_id {
-            headers
-                .entry(X_REQUEST_ID)
-                .or_insert_with(|| id.clone());
+            headers.entry(X_REQUEST_ID).or_insert_with(|| id.clone());
         }
         if !headers.contains_key(VIA) {
             rewrite(
@@ -815,5 +813,145 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         self.0.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the hook saw: request id, upstream id, status, attempts, outcome.
+    type Line = (Option<String>, Option<String>, u16, u32, &'static str);
+
+    fn proxy() -> (Proxy<Full<Bytes>>, Arc<Mutex<Vec<Line>>>) {
+        let seen: Arc<Mutex<Vec<Line>>> = Arc::default();
+        let hook: ExchangeHook = {
+            let seen = seen.clone();
+            Box::new(move |ex: &Exchange<'_>| {
+                seen.lock().expect("not poisoned").push((
+                    ex.request_id().map(str::to_owned),
+                    ex.upstream_request_id().map(str::to_owned),
+                    ex.status().as_u16(),
+                    ex.attempts(),
+                    ex.outcome().as_str(),
+                ));
+            })
+        };
+        let config = ProxyConfig::new("http://127.0.0.1:1").expect("a valid upstream");
+        let proxy = Proxy::new(&config, Some(hook)).expect("the proxy builds");
+        (proxy, seen)
+    }
+
+    fn with_ids(ids: &[&'static [u8]]) -> Request<()> {
+        let mut req = Request::new(());
+        for id in ids {
+            let value = HeaderValue::from_bytes(id).expect("a header value");
+            req.headers_mut().append(X_REQUEST_ID, value);
+        }
+        req
+    }
+
+    #[test]
+    fn the_callers_valid_id_is_kept_else_one_is_made() {
+        let mut kept = with_ids(&[b"order-7", b"order-8"]);
+        assert_eq!(
+            settle_request_id(&mut kept).expect("an id"),
+            "order-7",
+            "the first valid one"
+        );
+        let all: Vec<_> = kept.headers().get_all(X_REQUEST_ID).iter().collect();
+        assert_eq!(all, ["order-7"], "one header, no duplicates");
+
+        for ids in [&[][..], &[&b"has spaces"[..]], &[&b"caf\xc3\xa9"[..]]] {
+            let mut req = with_ids(ids);
+            let made = settle_request_id(&mut req).expect("an id is made");
+            assert_eq!(made.len(), 36, "a UUID: {made:?}");
+            assert_eq!(req.headers()[X_REQUEST_ID], made);
+            assert_ne!(
+                settle_request_id(&mut with_ids(ids)),
+                Some(made),
+                "each one new"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_the_front_made_are_recorded_once_with_this_requests_id() {
+        let (proxy, seen) = proxy();
+        let arrive = |id: &'static str| {
+            let req = Request::post("/charges")
+                .header(X_REQUEST_ID, id)
+                .body(())
+                .expect("valid");
+            Arrival::new(proxy.shared(), &req, Some(HeaderValue::from_static(id)))
+        };
+
+        // A replay of an answer this proxy forwarded: its Via is kept.
+        let mut replay = Response::builder()
+            .status(201)
+            .header("idempotent-replayed", "true")
+            .header("original-request", "first-1")
+            .header(VIA, "1.1 kneo")
+            .body(())
+            .expect("valid");
+        arrive("retry-2").finish(&mut replay);
+        assert_eq!(replay.headers()[X_REQUEST_ID], "retry-2");
+        assert_eq!(replay.headers()["original-request"], "first-1");
+        assert_eq!(replay.headers()[VIA], "1.1 kneo");
+
+        // A replay of an answer whose id the upstream set: kept, and logged.
+        let mut own = Response::builder()
+            .status(200)
+            .header("idempotent-replayed", "true")
+            .header(X_REQUEST_ID, "req_upstream1")
+            .body(())
+            .expect("valid");
+        arrive("retry-3").finish(&mut own);
+        assert_eq!(own.headers()[X_REQUEST_ID], "req_upstream1");
+        assert_eq!(own.headers()[VIA], "1.1 kneo");
+
+        // The layer's own problem: gets this request's id and Via.
+        let mut problem = Response::builder().status(422).body(()).expect("valid");
+        arrive("other-4").finish(&mut problem);
+        assert_eq!(problem.headers()[X_REQUEST_ID], "other-4");
+        assert_eq!(problem.headers()[VIA], "1.1 kneo");
+
+        // One the proxy forwarded was recorded by it: not again, unmarked.
+        let mut forwarded = Response::new(());
+        forwarded.extensions_mut().insert(Recorded);
+        arrive("first-1").finish(&mut forwarded);
+        assert!(forwarded.extensions().get::<Recorded>().is_none());
+        assert!(!forwarded.headers().contains_key(VIA));
+
+        let id = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            *seen.lock().expect("not poisoned"),
+            [
+                (id("retry-2"), None, 201, 0, "replayed"),
+                (id("retry-3"), id("req_upstream1"), 200, 0, "replayed"),
+                (id("other-4"), None, 422, 0, "idempotency"),
+            ]
+        );
+        let metrics = proxy.metrics().encode();
+        for series in [
+            r#"kneo_proxy_requests_total{outcome="replayed",class="2xx"} 2"#,
+            r#"kneo_proxy_requests_total{outcome="idempotency",class="4xx"} 1"#,
+            r#"kneo_proxy_requests_total{outcome="idempotency",class="5xx"} 0"#,
+            "kneo_proxy_upstream_attempts_total 0",
+        ] {
+            assert!(metrics.contains(series), "{series} in\n{metrics}");
+        }
+    }
+
+    #[test]
+    fn outcome_names_are_distinct() {
+        let mut names: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Outcome::ALL.len());
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "ALL is in declaration order");
+        }
     }
 }
