@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use sqlx::{Postgres, Transaction};
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 /// The transaction a keyed request's handler writes its effect in; the
 /// layer claims the key in it before the handler runs and commits it, with
@@ -26,6 +26,10 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 pub struct IdempotentTransaction {
     tx: Arc<Mutex<Option<Transaction<'static, Postgres>>>>,
 }
+
+/// The handler's hold on the request's transaction ([`IdempotentTransaction::lock`]).
+pub type TransactionGuard =
+    OwnedMappedMutexGuard<Option<Transaction<'static, Postgres>>, Transaction<'static, Postgres>>;
 
 /// The transaction is no longer the handler's: the layer has taken it back
 /// (the handler already returned).
@@ -48,10 +52,11 @@ impl IdempotentTransaction {
     }
 
     /// The transaction, to run queries in (`&mut **guard` is an executor).
-    pub async fn lock(
-        &self,
-    ) -> Result<MappedMutexGuard<'_, Transaction<'static, Postgres>>, TransactionTaken> {
-        MutexGuard::try_map(self.tx.lock().await, Option::as_mut).map_err(|_| TransactionTaken(()))
+    /// The guard owns its lock (it borrows nothing), so it can be held
+    /// across the handler's awaits.
+    pub async fn lock(&self) -> Result<TransactionGuard, TransactionTaken> {
+        OwnedMutexGuard::try_map(self.tx.clone().lock_owned().await, Option::as_mut)
+            .map_err(|_| TransactionTaken(()))
     }
 
     /// Takes the transaction back (the layer, once the handler returned).

@@ -78,7 +78,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-pub use handle::{IdempotentTransaction, TransactionTaken};
+pub use handle::{IdempotentTransaction, TransactionGuard, TransactionTaken};
 
 /// The default bound on waiting for another request with the same key.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(1);
