@@ -7,9 +7,13 @@
 //! ```
 //!
 //! Standard output: exactly one JSON line once both listeners are bound,
-//! then one JSON access-log line per request (the path without its query,
-//! which may carry keys). Diagnostics go to standard error. Bad flags or an
-//! unusable `--upstream`: what is wrong (and the usage line) on standard error and exit 2, before
+//! then one JSON access-log line per answered request, whoever answered it
+//! (the path without its query, which may carry keys; `upstream_request_id`
+//! only when the upstream answered with an id of its own; `outcome` one of
+//! `upstream`, `unreachable`, `timeout`, `overloaded`, `bad_request`,
+//! `rate_limited`, `replayed`, `idempotency`). Diagnostics go to standard
+//! error. Bad flags or an unusable `--upstream`: what is wrong (and the
+//! usage line) on standard error and exit 2, before
 //! anything is bound. SIGTERM or SIGINT: stop accepting, `/readyz` answers
 //! 503, in-flight requests finish for up to `--drain-timeout`, exit 0.
 
@@ -382,10 +386,13 @@ impl Signals {
     }
 }
 
-/// One access-log line.
+/// One access-log line. `upstream_request_id` is there only when the
+/// upstream answered with an `X-Request-ID` of its own (not the one sent).
 #[derive(Serialize)]
 struct AccessLine<'a> {
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_request_id: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -437,6 +444,7 @@ impl AccessLog {
     fn write(&self, ex: &Exchange<'_>) {
         let line = AccessLine {
             request_id: ex.request_id(),
+            upstream_request_id: ex.upstream_request_id(),
             method: ex.method().as_str(),
             path: ex.path(),
             status: ex.status().as_u16(),
