@@ -95,6 +95,17 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "memory|redis://HOST:PORT|postgres://…", value_parser = parse_idempotency)]
     idempotency: Option<IdempotencyStore>,
 
+    /// With --idempotency: the largest keyed request body read (bytes, or
+    /// with KiB/MiB); a larger one is answered 413 and not forwarded.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    max_idempotent_body: usize,
+
+    /// With --idempotency: the largest response kept for replays (bytes, or
+    /// with KiB/MiB); a larger one still reaches its caller, and a retry of
+    /// its key is answered 410.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    max_stored_response: usize,
+
     /// Log retries (`kneo::retry` at INFO) on standard error.
     #[arg(short, long)]
     verbose: bool,
@@ -138,25 +149,26 @@ fn parse_idempotency(s: &str) -> Result<IdempotencyStore, String> {
 
 /// The idempotency layer in front of the proxy, when asked for.
 async fn front(
+    args: &ProxyArgs,
     store: &IdempotencyStore,
     proxy: &Proxy,
     config: &ProxyConfig,
 ) -> Result<kneo_proxy::Front, String> {
     use kneo_server::idempotency::RequestBody;
-    use kneo_server::{IdempotencyLayer, MemoryStore, PostgresStore, RedisStore};
+    use kneo_server::{MemoryStore, PostgresStore, RedisStore};
     use tower::Layer;
 
     let inner: Proxy<RequestBody<kneo_proxy::Incoming>> =
         proxy.with_body(config).map_err(|e| e.to_string())?;
     Ok(match store {
         IdempotencyStore::Memory => {
-            kneo_proxy::front(IdempotencyLayer::new(MemoryStore::new()).layer(inner))
+            kneo_proxy::front(args.idempotency_layer(MemoryStore::new()).layer(inner))
         }
         IdempotencyStore::Redis(url) => {
             let store = RedisStore::connect(url.clone())
                 .await
                 .map_err(|_| "cannot reach the Redis of --idempotency".to_owned())?;
-            kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
+            kneo_proxy::front(args.idempotency_layer(store).layer(inner))
         }
         IdempotencyStore::Postgres(url) => {
             let store = PostgresStore::connect(url)
@@ -166,12 +178,19 @@ async fn front(
                 "cannot create the kneo_idempotency table in the Postgres of --idempotency"
                     .to_owned()
             })?;
-            kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
+            kneo_proxy::front(args.idempotency_layer(store).layer(inner))
         }
     })
 }
 
 impl ProxyArgs {
+    /// kneo-server's layer over `store`, as the flags configure it.
+    fn idempotency_layer<St>(&self, store: St) -> kneo_server::IdempotencyLayer<St> {
+        kneo_server::IdempotencyLayer::new(store)
+            .max_body(self.max_idempotent_body)
+            .max_response(self.max_stored_response)
+    }
+
     fn proxy_config(&self) -> Result<ProxyConfig, String> {
         let config = ProxyConfig::new(&self.upstream)
             .map_err(|e| format!("invalid value for --upstream: {e}"))?
@@ -198,6 +217,27 @@ impl ProxyArgs {
 fn parse_upstream(s: &str) -> Result<String, String> {
     Upstream::parse(s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
+}
+
+/// A size in bytes: `65536`, `64KiB`, `1MiB` (also `KB`/`MB` as 1000s).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| "not a size (bytes, or with KiB/MiB)".to_owned())?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err("unknown unit (use bytes, KiB, MiB or GiB)".to_owned()),
+    };
+    n.checked_mul(scale).ok_or_else(|| "too large".to_owned())
 }
 
 /// `IP:PORT`.
@@ -286,7 +326,7 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
         }
     };
     let front = match &args.idempotency {
-        Some(store) => match front(store, &proxy, config).await {
+        Some(store) => match front(args, store, &proxy, config).await {
             Ok(front) => Some(front),
             Err(message) => return output::usage(&message),
         },
@@ -481,5 +521,12 @@ mod tests {
         assert!(parse_addr("127.0.0.1:0").is_ok());
         assert!(parse_addr("localhost:80").is_err());
         assert!(parse_upstream("http://u:secret@h/").is_err());
+        assert_eq!(parse_bytes("65536"), Ok(65_536));
+        assert_eq!(parse_bytes("64KiB"), Ok(65_536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        for bad in ["", "MiB", "-1", "1 TB", "1.5MiB", "99999999999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad} accepted");
+        }
     }
 }

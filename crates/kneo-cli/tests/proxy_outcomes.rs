@@ -325,3 +325,34 @@ async fn postgres_keeps_the_records_of_a_fleet() {
     assert_eq!(replay.json()["charge"], 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// `--max-idempotent-body` and `--max-stored-response` set the layer's two
+/// limits (1 MiB each by default).
+#[tokio::test]
+async fn the_idempotency_limits_are_flags() {
+    let addr = free_port().await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    counting_upstream(addr, runs.clone()).await;
+    let upstream = format!("http://{addr}");
+    let small_body = sidecar(
+        &upstream,
+        &["--idempotency", "memory", "--max-idempotent-body", "12"],
+    )
+    .await;
+    let refused = post(&small_body, "big-body").await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(refused.json()["code"], "request_body_too_large");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "not forwarded");
+
+    let small_store = sidecar(
+        &upstream,
+        &["--idempotency", "memory", "--max-stored-response", "8"],
+    )
+    .await;
+    let first = post(&small_store, "big-answer").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.json()["charge"], 1, "the first caller gets it whole");
+    let retry = post(&small_store, "big-answer").await;
+    assert_eq!(retry.status, StatusCode::GONE);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
