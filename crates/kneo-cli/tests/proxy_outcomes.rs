@@ -356,3 +356,79 @@ async fn the_idempotency_limits_are_flags() {
     assert_eq!(retry.status, StatusCode::GONE);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A keyed stream through `--idempotency memory` reaches the caller as the
+/// upstream produces it (it used to arrive whole, at the end): the upstream
+/// sends its second event only after the caller has read the first.
+#[tokio::test]
+async fn a_keyed_stream_reaches_the_caller_as_it_is_produced() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let gate = gate.clone();
+                        async move {
+                            let events = futures_util::stream::unfold(0, move |step| {
+                                let gate = gate.clone();
+                                async move {
+                                    let data = match step {
+                                        0 => "data: one\n\n",
+                                        1 => {
+                                            gate.notified().await;
+                                            "data: two\n\n"
+                                        }
+                                        _ => return None,
+                                    };
+                                    let frame = hyper::body::Frame::data(Bytes::from(data));
+                                    Some((Ok::<_, Infallible>(frame), step + 1))
+                                }
+                            });
+                            let res = Response::builder()
+                                .status(200)
+                                .header("content-type", "text/event-stream")
+                                .body(http_body_util::StreamBody::new(events))
+                                .expect("valid");
+                            Ok::<_, Infallible>(res)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    let proxy = sidecar(&format!("http://{addr}"), &["--idempotency", "memory"]).await;
+    guarded("the stream", async {
+        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/v1/chat/completions")
+            .header("host", "localhost")
+            .header("idempotency-key", "stream-1")
+            .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+            .expect("valid");
+        let res = sender.send_request(req).await.expect("the head");
+        let mut body = res.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "data: one\n\n");
+        // Only now may the upstream go on: the first event was not held back.
+        gate.notify_one();
+        let rest = body.collect().await.expect("the rest").to_bytes();
+        assert_eq!(rest, "data: two\n\n");
+    })
+    .await;
+    let replay = post(&proxy, "stream-1").await;
+    let _ = replay;
+}
