@@ -85,69 +85,40 @@ fn temp_dir(what: &str) -> PathBuf {
     dir
 }
 
-/// Runs `openssl` in `dir`; panics with its output when it fails.
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl` in `dir` with `args` (split on whitespace); panics with
+/// its output when it fails.
+fn openssl(dir: &Path, args: &str) {
     let output = Command::new("openssl")
-        .args(args)
+        .args(args.split_whitespace())
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
         .expect("openssl runs");
     assert!(
         output.status.success(),
-        "openssl {args:?}: {}",
+        "openssl {args}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
 }
 
-/// A key (P-256) and a certificate for `name`, signed by `ca.pem`, with the
-/// extensions in `extensions` (an `openssl x509 -extfile`).
+/// `openssl req` arguments for a new, unencrypted P-256 key.
+const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+
+/// `name.key` and `name.pem`, a certificate for `subject` signed by the CA in
+/// `dir`, with the `extensions` (the lines of an `openssl x509 -extfile`).
 fn signed_certificate(dir: &Path, name: &str, subject: &str, extensions: &str) {
-    let (key, csr, pem, ext) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-        format!("{name}.ext"),
-    );
-    std::fs::write(dir.join(&ext), extensions).expect("write the extensions");
+    std::fs::write(dir.join(format!("{name}.ext")), extensions).expect("write the extensions");
     openssl(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ],
+        &format!("req {NEW_KEY} -keyout {name}.key -out {name}.csr -subj {subject}"),
     );
-    let serial = format!("{}", fastrand::u32(1..));
+    let serial = fastrand::u32(1..);
     openssl(
         dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            &serial,
-            "-days",
-            "1",
-            "-out",
-            &pem,
-            "-extfile",
-            &ext,
-        ],
+        &format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 1 \
+             -out {name}.pem -extfile {name}.ext"
+        ),
     );
 }
 
@@ -158,27 +129,11 @@ impl Tls {
         let dir = temp_dir("redis-tls");
         openssl(
             &dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=kneo test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
+            &format!(
+                "req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 1 -subj /CN=kneo-test-CA \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
         );
         signed_certificate(
             &dir,
@@ -193,7 +148,7 @@ impl Tls {
             signed_certificate(
                 &dir,
                 "client",
-                "/CN=kneo test client",
+                "/CN=kneo-test-client",
                 "basicConstraints=CA:FALSE\n\
                  keyUsage=critical,digitalSignature\n\
                  extendedKeyUsage=clientAuth\n",
