@@ -312,6 +312,12 @@ impl RedisServer {
         self.tls.as_ref().map(|tls| tls.ca_pem.as_slice())
     }
 
+    /// The file of [`ca_pem`](Self::ca_pem), for what reads a CA from a file
+    /// (`SSL_CERT_FILE`, `redis-cli --cacert`).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.dir.join("ca.pem"))
+    }
+
     /// A [mutual TLS](Self::start_tls_mutual) server's client certificate
     /// and key (PEM), signed by its CA.
     pub fn client_certificate(&self) -> Option<(&[u8], &[u8])> {

@@ -85,7 +85,8 @@ pub(crate) struct ProxyArgs {
     /// Enforce Idempotency-Key in front of the upstream (kneo-server's
     /// layer): a retried POST is answered from the stored response, a
     /// concurrent one gets 409. `memory` for one sidecar, `redis://HOST:PORT`
-    /// for a fleet sharing one Redis.
+    /// for a fleet sharing one Redis, `rediss://USER:PASSWORD@HOST:PORT` for
+    /// managed Redis (TLS; a private CA's certificate in `SSL_CERT_FILE`).
     #[arg(long, value_name = "memory|redis://HOST:PORT", value_parser = parse_idempotency)]
     idempotency: Option<IdempotencyStore>,
 
@@ -143,7 +144,7 @@ async fn front(
         IdempotencyStore::Redis(url) => {
             let store = RedisStore::connect(url.clone())
                 .await
-                .map_err(|_| "cannot reach the Redis of --idempotency".to_owned())?;
+                .map_err(|e| format!("cannot reach the Redis of --idempotency: {e}"))?;
             kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
         }
     })
