@@ -406,11 +406,21 @@ where
         let original = req.uri().clone();
         let (mut parts, body) = req.into_parts();
         let upstream = &self.shared.upstream;
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // Origin-form (`/path`) or absolute-form (`http://host/path`) only;
+        // CONNECT is the proxy's to answer, not the upstream's.
+        let target = match parts.uri.path_and_query() {
+            Some(pq) => pq.as_str(),
+            None if parts.uri.scheme().is_some() => "/",
+            None => "",
+        };
         let uri = match upstream.uri_for(target) {
-            Ok(uri) if target.starts_with('/') => uri,
-            _ => {
-                let answer = ProblemAnswer::bad_request(None);
+            Ok(uri) if method != Method::CONNECT => uri,
+            refused => {
+                let answer = match refused {
+                    _ if method == Method::CONNECT => ProblemAnswer::method_not_allowed(),
+                    Err(e) => ProblemAnswer::bad_target(e),
+                    Ok(_) => ProblemAnswer::bad_request(None),
+                };
                 let res = finish_problem(&self.shared, answer, &method, &original, start);
                 return ResponseFuture {
                     inner: None,

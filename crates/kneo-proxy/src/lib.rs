@@ -65,6 +65,7 @@ mod detach;
 mod forward;
 pub mod headers;
 mod metrics;
+pub mod path;
 mod problem;
 mod server;
 
@@ -75,5 +76,5 @@ pub use forward::{
     ClientAddr, Exchange, ExchangeHook, Health, Incoming, Outcome, Proxy, ProxyBody, ResponseFuture,
 };
 pub use metrics::Metrics;
-pub use problem::TOO_MANY_CONNECTIONS;
+pub use problem::{METHOD_NOT_ALLOWED, TOO_MANY_CONNECTIONS};
 pub use server::{front, serve, serve_admin, serve_with, Drained, Front, FrontBody};
