@@ -100,6 +100,9 @@ return 0",
 /// [`client_certificate`](RedisStoreBuilder::client_certificate) presents a
 /// client certificate to a Redis that asks for one. The URL (its password)
 /// and the keys are never printed: not by `Debug`, nor in errors or logs.
+/// An application that picks its own rustls crypto provider installs it
+/// before connecting a `rediss://` store; otherwise the store installs ring
+/// as the process' default.
 ///
 /// ```no_run
 /// use kneo_server::{IdempotencyLayer, RedisStore};
