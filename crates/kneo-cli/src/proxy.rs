@@ -89,9 +89,10 @@ pub(crate) struct ProxyArgs {
     /// Enforce Idempotency-Key in front of the upstream (kneo-server's
     /// layer): a retried POST is answered from the stored response, a
     /// concurrent one gets 409. `memory` for one sidecar, `redis://HOST:PORT`
-    /// (or `rediss://`) for a fleet sharing one Redis, `postgres://…` for a
-    /// fleet sharing one database (its `kneo_idempotency` table is created
-    /// if missing).
+    /// (or `rediss://USER:PASSWORD@HOST:PORT` for managed Redis: TLS, a
+    /// private CA's certificate in `SSL_CERT_FILE`) for a fleet sharing one
+    /// Redis, `postgres://…` for a fleet sharing one database (its
+    /// `kneo_idempotency` table is created if missing).
     #[arg(long, value_name = "memory|redis://HOST:PORT|postgres://…", value_parser = parse_idempotency)]
     idempotency: Option<IdempotencyStore>,
 
@@ -167,13 +168,13 @@ async fn front(
         IdempotencyStore::Redis(url) => {
             let store = RedisStore::connect(url.clone())
                 .await
-                .map_err(|_| "cannot reach the Redis of --idempotency".to_owned())?;
+                .map_err(|e| format!("cannot reach the Redis of --idempotency: {e}"))?;
             kneo_proxy::front(args.idempotency_layer(store).layer(inner))
         }
         IdempotencyStore::Postgres(url) => {
             let store = PostgresStore::connect(url)
                 .await
-                .map_err(|_| "cannot reach the Postgres of --idempotency".to_owned())?;
+                .map_err(|e| format!("cannot reach the Postgres of --idempotency: {e}"))?;
             store.migrate().await.map_err(|_| {
                 "cannot create the kneo_idempotency table in the Postgres of --idempotency"
                     .to_owned()
