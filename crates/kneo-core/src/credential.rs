@@ -155,7 +155,12 @@ impl Credentials {
     pub fn write(&self, headers: &HeaderMap, mut sink: impl FnMut(&[u8])) {
         for name in &self.headers {
             let values = headers.get_all(name);
-            field(&mut sink, b"h", name.as_str().as_bytes(), values.iter().count());
+            field(
+                &mut sink,
+                b"h",
+                name.as_str().as_bytes(),
+                values.iter().count(),
+            );
             for value in values {
                 frame(&mut sink, value.as_bytes());
             }
@@ -264,7 +269,12 @@ mod tests {
     #[test]
     fn each_default_header_separates_callers() {
         let c = Credentials::new();
-        for name in ["authorization", "proxy-authorization", "x-api-key", "api-key"] {
+        for name in [
+            "authorization",
+            "proxy-authorization",
+            "x-api-key",
+            "api-key",
+        ] {
             let one = material(&c, &map(&[(name, b"tenant1")]));
             let two = material(&c, &map(&[(name, b"tenant2")]));
             let none = material(&c, &map(&[]));
@@ -326,7 +336,10 @@ mod tests {
     fn cookies_are_read_by_name_only_and_split_headers_are_one() {
         let c = Credentials::none().cookie("session");
         let one = material(&c, &map(&[("cookie", b"a=1; session=s1; b=2")]));
-        let split = material(&c, &map(&[("cookie", b"a=1"), ("cookie", b"session=s1; b=3")]));
+        let split = material(
+            &c,
+            &map(&[("cookie", b"a=1"), ("cookie", b"session=s1; b=3")]),
+        );
         assert_eq!(one, split);
         assert_ne!(one, material(&c, &map(&[("cookie", b"session=s2")])));
         assert_ne!(
