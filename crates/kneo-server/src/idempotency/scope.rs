@@ -34,7 +34,9 @@ impl Scope {
         Scope(Sha256::digest(bytes.as_ref()).into())
     }
 
-    /// The scope of requests that identify no caller: the digest of nothing.
+    /// The scope of requests that identify no caller, for a closure: the
+    /// digest of nothing. ([`CredentialScope`] gives requests without a
+    /// credential a keyed scope of their own.)
     pub fn anonymous() -> Self {
         Scope::of([])
     }
