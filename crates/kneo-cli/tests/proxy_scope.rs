@@ -316,3 +316,50 @@ async fn bad_scope_flags_and_secrets_exit_2_without_echoing_them() {
         assert!(!stderr.contains("hunter2"), "{args:?}: {stderr:?}");
     }
 }
+
+/// With Redis and no `KNEO_SCOPE_SECRET`, the sidecar says the scopes in the
+/// shared store are keyed with the public default; with one, it says nothing
+/// (and never prints it).
+#[tokio::test]
+async fn redis_without_a_secret_warns_and_with_one_does_not() {
+    let Some(redis) = kneo_tests::redis::RedisServer::start() else {
+        return;
+    };
+    for secret in [None, Some(SECRET)] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kneo"));
+        command
+            .args([
+                "proxy",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--idempotency", &redis.url()])
+            .env_remove("KNEO_SCOPE_SECRET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(secret) = secret {
+            command.env("KNEO_SCOPE_SECRET", secret);
+        }
+        let mut child = command.spawn().expect("spawn kneo proxy");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        guarded("the startup line", lines.next_line())
+            .await
+            .expect("read")
+            .expect("started");
+        child.start_kill().expect("kill");
+        let out = guarded("exit", child.wait_with_output())
+            .await
+            .expect("exited");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("KNEO_SCOPE_SECRET is not set"),
+            secret.is_none(),
+            "{secret:?}: {stderr:?}"
+        );
+        assert!(!stderr.contains(SECRET), "{stderr:?}");
+    }
+}
