@@ -17,6 +17,7 @@
 //! anything is bound. SIGTERM or SIGINT: stop accepting, `/readyz` answers
 //! 503, in-flight requests finish for up to `--drain-timeout`, exit 0.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,7 +25,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Args;
+use http::HeaderName;
 use kneo_proxy::{Admin, Exchange, Proxy, ProxyConfig, ServerConfig, Upstream};
+use kneo_server::idempotency::CredentialScope;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -92,7 +95,13 @@ pub(crate) struct ProxyArgs {
     /// (or `rediss://USER:PASSWORD@HOST:PORT` for managed Redis: TLS, a
     /// private CA's certificate in `SSL_CERT_FILE`) for a fleet sharing one
     /// Redis, `postgres://…` for a fleet sharing one database (its
-    /// `kneo_idempotency` table is created if missing).
+    /// `kneo_idempotency` table is created if missing). Keys are per caller:
+    /// a caller is an HMAC-SHA256 of its Authorization, Proxy-Authorization,
+    /// X-Api-Key and Api-Key values (and the --scope-header and
+    /// --scope-cookie ones), keyed with the secret in the environment
+    /// variable KNEO_SCOPE_SECRET (at least 16 bytes, the same on every
+    /// sidecar sharing a store; without it a public default, fine for
+    /// `memory` only).
     #[arg(long, value_name = "memory|redis://HOST:PORT|postgres://…", value_parser = parse_idempotency)]
     idempotency: Option<IdempotencyStore>,
 
@@ -106,6 +115,17 @@ pub(crate) struct ProxyArgs {
     /// its key is answered 410.
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     max_stored_response: usize,
+
+    /// Another header that identifies the caller for --idempotency, besides
+    /// Authorization, Proxy-Authorization, X-Api-Key and Api-Key (repeatable).
+    #[arg(long, value_name = "NAME", value_parser = parse_header_name)]
+    scope_header: Vec<HeaderName>,
+
+    /// A cookie, by name, that identifies the caller for --idempotency, such
+    /// as a session id (repeatable). Cookies are opt-in: other cookies never
+    /// count, as they change between retries.
+    #[arg(long, value_name = "NAME", value_parser = parse_cookie_name)]
+    scope_cookie: Vec<String>,
 
     /// Log retries (`kneo::retry` at INFO) on standard error.
     #[arg(short, long)]
@@ -148,10 +168,25 @@ fn parse_idempotency(s: &str) -> Result<IdempotencyStore, String> {
     }
 }
 
+/// The environment variable holding the secret of `--idempotency`'s scopes.
+/// Never a flag: flags show in `ps`.
+const SCOPE_SECRET: &str = "KNEO_SCOPE_SECRET";
+
+/// The shortest `KNEO_SCOPE_SECRET` accepted, in bytes.
+const MIN_SCOPE_SECRET: usize = 16;
+
+/// Who a key belongs to under `--idempotency`.
+struct Scoping {
+    scope: CredentialScope,
+    /// Whether `KNEO_SCOPE_SECRET` keyed it (else the public default).
+    keyed: bool,
+}
+
 /// The idempotency layer in front of the proxy, when asked for.
 async fn front(
     args: &ProxyArgs,
     store: &IdempotencyStore,
+    scoping: Scoping,
     proxy: &Proxy,
     config: &ProxyConfig,
 ) -> Result<kneo_proxy::Front, String> {
@@ -161,15 +196,27 @@ async fn front(
 
     let inner: Proxy<RequestBody<kneo_proxy::Incoming>> =
         proxy.with_body(config).map_err(|e| e.to_string())?;
-    Ok(match store {
-        IdempotencyStore::Memory => {
-            kneo_proxy::front(args.idempotency_layer(MemoryStore::new()).layer(inner))
+    // Once a shared store is reached (an unreachable one is the one error line).
+    let warn_unkeyed = || {
+        if !scoping.keyed {
+            eprintln!(
+                "kneo proxy: warning: {SCOPE_SECRET} is not set; callers' scopes in the shared \
+                 store are keyed with kneo's public default secret"
+            );
         }
+    };
+    let scope = &scoping.scope;
+    Ok(match store {
+        IdempotencyStore::Memory => kneo_proxy::front(
+            args.idempotency_layer(MemoryStore::new(), scope)
+                .layer(inner),
+        ),
         IdempotencyStore::Redis(url) => {
             let store = RedisStore::connect(url.clone())
                 .await
                 .map_err(|e| format!("cannot reach the Redis of --idempotency: {e}"))?;
-            kneo_proxy::front(args.idempotency_layer(store).layer(inner))
+            warn_unkeyed();
+            kneo_proxy::front(args.idempotency_layer(store, scope).layer(inner))
         }
         IdempotencyStore::Postgres(url) => {
             let store = PostgresStore::connect(url)
@@ -179,15 +226,82 @@ async fn front(
                 "cannot create the kneo_idempotency table in the Postgres of --idempotency"
                     .to_owned()
             })?;
-            kneo_proxy::front(args.idempotency_layer(store).layer(inner))
+            warn_unkeyed();
+            kneo_proxy::front(args.idempotency_layer(store, scope).layer(inner))
         }
     })
 }
 
+/// `--scope-header`: an HTTP header name. The message never quotes the value.
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.trim().as_bytes())
+        .map_err(|_| "not a valid HTTP header name".to_owned())
+}
+
+/// `--scope-cookie`: a cookie name (an RFC 6265 token). The message never
+/// quotes the value.
+fn parse_cookie_name(s: &str) -> Result<String, String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !s.is_empty() && s.bytes().all(tchar) {
+        Ok(s.to_owned())
+    } else {
+        Err("not a cookie name (letters, digits and !#$%&'*+-.^_`|~)".to_owned())
+    }
+}
+
+/// `KNEO_SCOPE_SECRET`, when set: at least 16 bytes of UTF-8. No message
+/// quotes it.
+fn parse_scope_secret(value: Option<OsString>) -> Result<Option<String>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let secret = value
+        .into_string()
+        .map_err(|_| format!("{SCOPE_SECRET} is not valid UTF-8"))?;
+    if secret.len() < MIN_SCOPE_SECRET {
+        return Err(format!(
+            "{SCOPE_SECRET} is shorter than {MIN_SCOPE_SECRET} bytes (use 32 random ones, e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(Some(secret))
+}
+
 impl ProxyArgs {
+    /// The scope of `--idempotency`, from the flags and `secret` (the value
+    /// of `KNEO_SCOPE_SECRET`, read only with `--idempotency`).
+    fn scoping(&self, secret: Option<OsString>) -> Result<Scoping, String> {
+        let mut scope = CredentialScope::new();
+        if self.idempotency.is_none() {
+            if !self.scope_header.is_empty() || !self.scope_cookie.is_empty() {
+                return Err("--scope-header and --scope-cookie need --idempotency".to_owned());
+            }
+            return Ok(Scoping {
+                scope,
+                keyed: false,
+            });
+        }
+        for name in &self.scope_header {
+            scope = scope.header(name.clone());
+        }
+        for name in &self.scope_cookie {
+            scope = scope.cookie(name.as_str());
+        }
+        let secret = parse_scope_secret(secret)?;
+        let keyed = secret.is_some();
+        if let Some(secret) = secret {
+            scope = scope.secret(secret);
+        }
+        Ok(Scoping { scope, keyed })
+    }
+
     /// kneo-server's layer over `store`, as the flags configure it.
-    fn idempotency_layer<St>(&self, store: St) -> kneo_server::IdempotencyLayer<St> {
+    fn idempotency_layer<St>(
+        &self,
+        store: St,
+        scope: &CredentialScope,
+    ) -> kneo_server::IdempotencyLayer<St> {
         kneo_server::IdempotencyLayer::new(store)
+            .scope(scope.clone())
             .max_body(self.max_idempotent_body)
             .max_response(self.max_stored_response)
     }
@@ -268,12 +382,16 @@ pub(crate) fn main(args: ProxyArgs) -> ExitCode {
         Ok(config) => config,
         Err(message) => return output::usage(&message),
     };
+    let scoping = match args.scoping(std::env::var_os(SCOPE_SECRET)) {
+        Ok(scoping) => scoping,
+        Err(message) => return output::usage(&message),
+    };
     crate::init_tracing(args.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
     match runtime {
-        Ok(runtime) => runtime.block_on(run(&args, &config)),
+        Ok(runtime) => runtime.block_on(run(&args, &config, scoping)),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::FAILURE
@@ -289,7 +407,7 @@ struct Listening {
     upstream: String,
 }
 
-async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
+async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCode {
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -327,7 +445,7 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
         }
     };
     let front = match &args.idempotency {
-        Some(store) => match front(args, store, &proxy, config).await {
+        Some(store) => match front(args, store, scoping, &proxy, config).await {
             Ok(front) => Some(front),
             Err(message) => return output::usage(&message),
         },
@@ -528,6 +646,36 @@ mod tests {
         assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
         for bad in ["", "MiB", "-1", "1 TB", "1.5MiB", "99999999999999999999GiB"] {
             assert!(parse_bytes(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn scope_names_and_secrets() {
+        assert_eq!(
+            parse_header_name("X-Tenant-Key"),
+            Ok(HeaderName::from_static("x-tenant-key"))
+        );
+        assert!(parse_header_name("bad name").is_err());
+        assert!(parse_header_name("").is_err());
+        assert_eq!(
+            parse_cookie_name("__Host-session"),
+            Ok("__Host-session".to_owned())
+        );
+        for bad in ["", "a b", "a=b", "a;b", "sé"] {
+            assert!(parse_cookie_name(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_scope_secret(None), Ok(None));
+        let long = "0123456789abcdef";
+        assert_eq!(
+            parse_scope_secret(Some(long.into())),
+            Ok(Some(long.to_owned()))
+        );
+        for short in ["", "hunter2"] {
+            let err = parse_scope_secret(Some(short.into())).expect_err("too short");
+            assert!(
+                err.contains("KNEO_SCOPE_SECRET") && (short.is_empty() || !err.contains(short)),
+                "{err}"
+            );
         }
     }
 }
