@@ -186,8 +186,11 @@ impl KillPoint {
 /// never answers. Later attempts with the key pass (the marker is there).
 pub struct KillPoints {
     dir: PathBuf,
-    on_stall: Box<dyn Fn(KillPoint, &str) + Send + Sync>,
+    on_stall: Box<OnStall>,
 }
+
+/// What [`KillPoints`] tells of each stall.
+type OnStall = dyn Fn(KillPoint, &str) + Send + Sync;
 
 impl std::fmt::Debug for KillPoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
