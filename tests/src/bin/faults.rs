@@ -79,6 +79,12 @@ async fn main() -> ExitCode {
         "faults: {} requests per workload, fault rate {}, seed {seed}",
         args.requests, args.fault_rate
     );
+    if args.workloads.contains(&5) {
+        println!(
+            "workload 5: kill rate {}, a random kill every {} ms on average (0: none), relay fault rate {}",
+            args.kill_rate, args.kill_every_ms, args.kill_fault_rate
+        );
+    }
     // Every workload's options first, so a missing binary is said before
     // minutes of the others have run.
     let mut runs = Vec::new();

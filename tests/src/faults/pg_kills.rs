@@ -6,7 +6,8 @@
 //! use kneo_tests::faults::pg_kills::{run_kills, Design, KillOptions};
 //!
 //! # async fn demo() {
-//! let options = KillOptions::new(env!("CARGO_BIN_EXE_pg_server"), 300, 5);
+//! // The `pg_server` binary of this package (`cargo build -p kneo-tests --bins`).
+//! let options = KillOptions::new("target/debug/pg_server", 300, 5);
 //! let report = run_kills(Design::Transactional, &options).await.expect("postgres here");
 //! println!("{report}");
 //! assert!(report.violations().is_empty(), "{:?}", report.violations());
