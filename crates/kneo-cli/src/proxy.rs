@@ -7,9 +7,13 @@
 //! ```
 //!
 //! Standard output: exactly one JSON line once both listeners are bound,
-//! then one JSON access-log line per request (the path without its query,
-//! which may carry keys). Diagnostics go to standard error. Bad flags or an
-//! unusable `--upstream`: one line on standard error and exit 2, before
+//! then one JSON access-log line per answered request, whoever answered it
+//! (the path without its query, which may carry keys; `upstream_request_id`
+//! only when the upstream answered with an id of its own; `outcome` one of
+//! `upstream`, `unreachable`, `timeout`, `overloaded`, `bad_request`,
+//! `rate_limited`, `replayed`, `idempotency`). Diagnostics go to standard
+//! error. Bad flags or an unusable `--upstream`: what is wrong (and the
+//! usage line) on standard error and exit 2, before
 //! anything is bound. SIGTERM or SIGINT: stop accepting, `/readyz` answers
 //! 503, in-flight requests finish for up to `--drain-timeout`, exit 0.
 
@@ -85,9 +89,22 @@ pub(crate) struct ProxyArgs {
     /// Enforce Idempotency-Key in front of the upstream (kneo-server's
     /// layer): a retried POST is answered from the stored response, a
     /// concurrent one gets 409. `memory` for one sidecar, `redis://HOST:PORT`
-    /// for a fleet sharing one Redis.
-    #[arg(long, value_name = "memory|redis://HOST:PORT", value_parser = parse_idempotency)]
+    /// (or `rediss://`) for a fleet sharing one Redis, `postgres://…` for a
+    /// fleet sharing one database (its `kneo_idempotency` table is created
+    /// if missing).
+    #[arg(long, value_name = "memory|redis://HOST:PORT|postgres://…", value_parser = parse_idempotency)]
     idempotency: Option<IdempotencyStore>,
+
+    /// With --idempotency: the largest keyed request body read (bytes, or
+    /// with KiB/MiB); a larger one is answered 413 and not forwarded.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    max_idempotent_body: usize,
+
+    /// With --idempotency: the largest response kept for replays (bytes, or
+    /// with KiB/MiB); a larger one still reaches its caller, and a retry of
+    /// its key is answered 410.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    max_stored_response: usize,
 
     /// Log retries (`kneo::retry` at INFO) on standard error.
     #[arg(short, long)]
@@ -101,6 +118,8 @@ pub(crate) enum IdempotencyStore {
     Memory,
     /// In Redis, at this URL.
     Redis(String),
+    /// In Postgres, at this URL.
+    Postgres(String),
 }
 
 /// Never prints the URL: it may carry a password.
@@ -109,6 +128,7 @@ impl std::fmt::Debug for IdempotencyStore {
         match self {
             IdempotencyStore::Memory => f.write_str("Memory"),
             IdempotencyStore::Redis(_) => f.write_str("Redis(..)"),
+            IdempotencyStore::Postgres(_) => f.write_str("Postgres(..)"),
         }
     }
 }
@@ -120,36 +140,57 @@ fn parse_idempotency(s: &str) -> Result<IdempotencyStore, String> {
         url if url.starts_with("redis://") || url.starts_with("rediss://") => {
             Ok(IdempotencyStore::Redis(url.to_owned()))
         }
-        _ => Err("must be memory or redis://HOST:PORT".to_owned()),
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(IdempotencyStore::Postgres(url.to_owned()))
+        }
+        _ => Err("must be memory, redis://HOST:PORT or postgres://…".to_owned()),
     }
 }
 
 /// The idempotency layer in front of the proxy, when asked for.
 async fn front(
+    args: &ProxyArgs,
     store: &IdempotencyStore,
     proxy: &Proxy,
     config: &ProxyConfig,
 ) -> Result<kneo_proxy::Front, String> {
     use kneo_server::idempotency::RequestBody;
-    use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
+    use kneo_server::{MemoryStore, PostgresStore, RedisStore};
     use tower::Layer;
 
     let inner: Proxy<RequestBody<kneo_proxy::Incoming>> =
         proxy.with_body(config).map_err(|e| e.to_string())?;
     Ok(match store {
         IdempotencyStore::Memory => {
-            kneo_proxy::front(IdempotencyLayer::new(MemoryStore::new()).layer(inner))
+            kneo_proxy::front(args.idempotency_layer(MemoryStore::new()).layer(inner))
         }
         IdempotencyStore::Redis(url) => {
             let store = RedisStore::connect(url.clone())
                 .await
                 .map_err(|_| "cannot reach the Redis of --idempotency".to_owned())?;
-            kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
+            kneo_proxy::front(args.idempotency_layer(store).layer(inner))
+        }
+        IdempotencyStore::Postgres(url) => {
+            let store = PostgresStore::connect(url)
+                .await
+                .map_err(|_| "cannot reach the Postgres of --idempotency".to_owned())?;
+            store.migrate().await.map_err(|_| {
+                "cannot create the kneo_idempotency table in the Postgres of --idempotency"
+                    .to_owned()
+            })?;
+            kneo_proxy::front(args.idempotency_layer(store).layer(inner))
         }
     })
 }
 
 impl ProxyArgs {
+    /// kneo-server's layer over `store`, as the flags configure it.
+    fn idempotency_layer<St>(&self, store: St) -> kneo_server::IdempotencyLayer<St> {
+        kneo_server::IdempotencyLayer::new(store)
+            .max_body(self.max_idempotent_body)
+            .max_response(self.max_stored_response)
+    }
+
     fn proxy_config(&self) -> Result<ProxyConfig, String> {
         let config = ProxyConfig::new(&self.upstream)
             .map_err(|e| format!("invalid value for --upstream: {e}"))?
@@ -176,6 +217,27 @@ impl ProxyArgs {
 fn parse_upstream(s: &str) -> Result<String, String> {
     Upstream::parse(s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
+}
+
+/// A size in bytes: `65536`, `64KiB`, `1MiB` (also `KB`/`MB` as 1000s).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| "not a size (bytes, or with KiB/MiB)".to_owned())?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err("unknown unit (use bytes, KiB, MiB or GiB)".to_owned()),
+    };
+    n.checked_mul(scale).ok_or_else(|| "too large".to_owned())
 }
 
 /// `IP:PORT`.
@@ -264,7 +326,7 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
         }
     };
     let front = match &args.idempotency {
-        Some(store) => match front(store, &proxy, config).await {
+        Some(store) => match front(args, store, &proxy, config).await {
             Ok(front) => Some(front),
             Err(message) => return output::usage(&message),
         },
@@ -364,10 +426,13 @@ impl Signals {
     }
 }
 
-/// One access-log line.
+/// One access-log line. `upstream_request_id` is there only when the
+/// upstream answered with an `X-Request-ID` of its own (not the one sent).
 #[derive(Serialize)]
 struct AccessLine<'a> {
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_request_id: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -419,6 +484,7 @@ impl AccessLog {
     fn write(&self, ex: &Exchange<'_>) {
         let line = AccessLine {
             request_id: ex.request_id(),
+            upstream_request_id: ex.upstream_request_id(),
             method: ex.method().as_str(),
             path: ex.path(),
             status: ex.status().as_u16(),
@@ -455,5 +521,12 @@ mod tests {
         assert!(parse_addr("127.0.0.1:0").is_ok());
         assert!(parse_addr("localhost:80").is_err());
         assert!(parse_upstream("http://u:secret@h/").is_err());
+        assert_eq!(parse_bytes("65536"), Ok(65_536));
+        assert_eq!(parse_bytes("64KiB"), Ok(65_536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        for bad in ["", "MiB", "-1", "1 TB", "1.5MiB", "99999999999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -303,3 +303,56 @@ async fn a_body_cut_by_the_upstream_keeps_the_key() {
     assert_eq!(retry.json()["code"], "idempotency_response_not_stored");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "not run again");
 }
+
+/// `--idempotency postgres://…`: the sidecar keeps its records in a
+/// Postgres table (created when missing), for a fleet without Redis.
+#[tokio::test]
+async fn postgres_keeps_the_records_of_a_fleet() {
+    let Some(pg) = kneo_tests::postgres::PostgresServer::start() else {
+        return;
+    };
+    let addr = free_port().await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    counting_upstream(addr, runs.clone()).await;
+    let upstream = format!("http://{addr}");
+    let args = ["--max-attempts", "1", "--idempotency", &pg.url()];
+    let a = sidecar(&upstream, &args).await;
+    let b = sidecar(&upstream, &args).await;
+    let first = post(&a, "pg-1").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let replay = post(&b, "pg-1").await;
+    assert!(replay.replayed(), "the other sidecar replays: one table");
+    assert_eq!(replay.json()["charge"], 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// `--max-idempotent-body` and `--max-stored-response` set the layer's two
+/// limits (1 MiB each by default).
+#[tokio::test]
+async fn the_idempotency_limits_are_flags() {
+    let addr = free_port().await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    counting_upstream(addr, runs.clone()).await;
+    let upstream = format!("http://{addr}");
+    let small_body = sidecar(
+        &upstream,
+        &["--idempotency", "memory", "--max-idempotent-body", "12"],
+    )
+    .await;
+    let refused = post(&small_body, "big-body").await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(refused.json()["code"], "request_body_too_large");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "not forwarded");
+
+    let small_store = sidecar(
+        &upstream,
+        &["--idempotency", "memory", "--max-stored-response", "8"],
+    )
+    .await;
+    let first = post(&small_store, "big-answer").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.json()["charge"], 1, "the first caller gets it whole");
+    let retry = post(&small_store, "big-answer").await;
+    assert_eq!(retry.status, StatusCode::GONE);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
