@@ -33,7 +33,11 @@
 //! - [`Options::crash`] runs workload 2's servers as processes
 //!   ([`ServerProcess`], the `fault_server` binary) and kills the one that
 //!   stalls on a chosen request, mid-handler.
+//! - Workload 5 ([`pg_kills`]) `SIGKILL`s ledger server processes whose
+//!   record commits in the handler's Postgres transaction, and the same
+//!   kills against a Redis-recorded ledger, counting rows per key.
 
+pub mod pg_kills;
 mod process;
 mod relay;
 mod server;
