@@ -47,6 +47,11 @@ impl<St: Store> Guard<St> {
         }
     }
 
+    /// The key the claim is on.
+    pub(crate) fn key(&self) -> &RecordKey {
+        &self.key
+    }
+
     pub(crate) async fn release(&mut self) {
         let result = self.store.release(&self.key, &self.claim).await;
         self.state = GuardState::Done;

@@ -218,6 +218,11 @@ impl RecordKey {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// The key, shared.
+    pub(crate) fn shared_key(&self) -> Arc<str> {
+        self.key.clone()
+    }
 }
 
 /// `<scope as hex>:<key>`, the form stores use as a name (Redis key suffix).

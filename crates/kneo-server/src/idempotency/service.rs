@@ -144,60 +144,26 @@ where
         Err(problem) => return answer(problem),
     };
     let (fingerprint, record_key) = identify(&config, &parts, &body, key.clone());
-
-    let claim = match claim_or_wait(&store, &record_key, fingerprint, &config).await {
-        Ok(Acquire::Claimed(claim)) => claim,
-        Ok(Acquire::InFlight(holder)) if holder == fingerprint => return answer(problems::in_use()),
-        Ok(Acquire::InFlight(_)) => return answer(problems::mismatch()),
-        Ok(Acquire::Completed(done)) if done.fingerprint() != fingerprint => {
-            return answer(problems::mismatch())
-        }
-        Ok(Acquire::Completed(done)) => {
-            return Ok(replay(done.into_outcome(), request_id.as_ref()))
-        }
-        // Open only when the store could not be reached: a full store or a
-        // record this version cannot read is an answer, not an outage.
-        Err(error) if config.fail_open && !error.is_full() && !error.is_corrupt() => {
-            tracing::warn!(
-                idempotency_key = %key,
-                %error,
-                "idempotency store unavailable; running the request without a claim (fail open)"
-            );
-            let req = Request::from_parts(parts, Either::Right(Full::new(body)));
-            let mut inner = inner;
-            return Ok(inner.call(req).await?.map(ResponseBody::inner));
-        }
-        Err(error) => {
-            tracing::error!(idempotency_key = %key, %error, "idempotency store unavailable; refusing the request");
-            return answer(problems::unavailable());
-        }
-    };
-
-    let guard = Guard::new(store, record_key, claim, &config);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // Nothing ran: give the key back.
         tracing::error!(idempotency_key = %key, "no tokio runtime to run the request on; refusing it");
-        let mut guard = guard;
-        guard.release().await;
         return answer(problems::unavailable());
     };
-    let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
-    let (late, late_answer) = late_answer(&config);
-    req.extensions_mut().insert(late);
-    req.extensions_mut()
-        .insert(IdempotencyKey::new(key.clone()));
+    let req = Request::from_parts(parts, Either::Right(Full::new(body)));
     let (tx, rx) = oneshot::channel();
     let work = Work {
         fingerprint,
         config,
         request_id: request_id.clone(),
     };
-    runtime.spawn(work.run(guard, inner, req, tx, late_answer));
+    // From the claim on, nothing is left to the caller's future: a hang-up
+    // while the claim is on its way to the store must not strand it.
+    runtime.spawn(work.claim_and_run(store, record_key, inner, req, tx));
     match rx.await {
         Ok(Answer::Response(res)) => Ok(res),
         Ok(Answer::Failed(error)) => Err(error),
         Ok(Answer::Panicked(panic)) => std::panic::resume_unwind(panic),
-        // The task was cancelled before it answered: the runtime is shutting down.
+        // The caller is still here: the task ended without a word, which
+        // only a runtime shutting down does.
         Err(_) => answer(problems::interrupted()),
     }
 }
@@ -268,6 +234,78 @@ struct Work {
 }
 
 impl Work {
+    /// Claims the key and, when it is ours and the caller still waits, runs
+    /// the work; otherwise answers as the claim says. A caller that hung up
+    /// before the handler began gets its claim released: nothing happened.
+    async fn claim_and_run<S, St, ReqBody, ResBody>(
+        self,
+        store: St,
+        key: RecordKey,
+        mut inner: S,
+        mut req: Request<RequestBody<ReqBody>>,
+        answer: oneshot::Sender<Answer<ResBody, S::Error>>,
+    ) where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        St: Store,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let fingerprint = self.fingerprint;
+        let id = self.request_id.as_ref();
+        let refuse = |problem| Answer::Response(respond(problem, id));
+        let claim = match claim_or_wait(&store, &key, fingerprint, &self.config).await {
+            Ok(Acquire::Claimed(claim)) => claim,
+            Ok(Acquire::InFlight(holder)) => {
+                let problem = if holder == fingerprint {
+                    problems::in_use()
+                } else {
+                    problems::mismatch()
+                };
+                let _ = answer.send(refuse(problem));
+                return;
+            }
+            Ok(Acquire::Completed(done)) if done.fingerprint() != fingerprint => {
+                let _ = answer.send(refuse(problems::mismatch()));
+                return;
+            }
+            Ok(Acquire::Completed(done)) => {
+                let _ = answer.send(Answer::Response(replay(done.into_outcome(), id)));
+                return;
+            }
+            // Open only when the store could not be reached: a full store or
+            // a record this version cannot read is an answer, not an outage.
+            Err(error) if self.config.fail_open && !error.is_full() && !error.is_corrupt() => {
+                tracing::warn!(
+                    idempotency_key = %key.key(),
+                    %error,
+                    "idempotency store unavailable; running the request without a claim (fail open)"
+                );
+                let result = match inner.call(req).await {
+                    Ok(res) => Answer::Response(res.map(ResponseBody::inner)),
+                    Err(error) => Answer::Failed(error),
+                };
+                let _ = answer.send(result);
+                return;
+            }
+            Err(error) => {
+                tracing::error!(idempotency_key = %key.key(), %error, "idempotency store unavailable; refusing the request");
+                let _ = answer.send(refuse(problems::unavailable()));
+                return;
+            }
+        };
+        let mut guard = Guard::new(store, key, claim, &self.config);
+        if answer.is_closed() {
+            tracing::debug!(idempotency_key = %guard.key().key(), "the caller hung up before the handler began; releasing its claim");
+            guard.release().await;
+            return;
+        }
+        let (late, late_answer) = late_answer(&self.config);
+        req.extensions_mut().insert(late);
+        req.extensions_mut()
+            .insert(IdempotencyKey::new(guard.key().shared_key()));
+        self.run(guard, inner, req, answer, late_answer).await;
+    }
+
     /// Runs the work to its end while the claim is renewed.
     async fn run<S, St, Req, ResBody>(
         self,
