@@ -19,9 +19,10 @@
 //!
 //! The server is a [`SlowServer`]: it waits, records one effect per run,
 //! waits again and streams its 201 in four chunks, all paced by the request
-//! body, so a hang-up lands before, inside and after the effect. What must hold: every request has exactly one
-//! effect (no duplicate, none lost), and every caller's final answer is the
-//! body of that one run, byte for byte, first answer or replay.
+//! body, so a hang-up lands before, inside and after the effect. What must
+//! hold: every request has exactly one effect (no duplicate, none lost), and
+//! every caller's final answer is the body of that one run, byte for byte,
+//! first answer or replay.
 
 use std::collections::BTreeMap;
 use std::fmt;
