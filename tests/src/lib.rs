@@ -12,6 +12,8 @@
 //! ```
 
 pub mod faults;
+pub mod ledger;
+pub mod postgres;
 pub mod proxy_rss;
 pub mod redis;
 pub mod sidecar;

@@ -102,6 +102,15 @@ impl Store for Watched {
         result
     }
 
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew(key, claim, lease).await
+    }
+
     async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
         let result = self.inner.release(key, claim).await;
         self.record();

@@ -138,7 +138,11 @@ async fn same_key_other_request_is_a_mismatch<St: Store>(store: St) {
 /// runs; the stale handler's late completion is refused by the fencing token.
 async fn lease_expiry_and_fencing<St: Store>(store: St) {
     let lease = Duration::from_millis(300);
-    let server = TestServer::start(App::Axum, IdempotencyLayer::new(store).lease(lease)).await;
+    // `max_hold` zero: the claim is never renewed, as for a wedged process.
+    let layer = IdempotencyLayer::new(store)
+        .lease(lease)
+        .max_hold(Duration::ZERO);
+    let server = TestServer::start(App::Axum, layer).await;
     let client = server.client("key-1", once());
     let stale = {
         let client = client.clone();
@@ -201,50 +205,96 @@ async fn a_500_is_stored_and_replayed<St: Store>(store: St) {
     assert_eq!(server.runs(), 1);
 }
 
-/// Behaviour 6: the client hangs up mid-request; the request future is
-/// dropped and its claim released (well before the 60 s lease).
-async fn a_dropped_request_releases_its_claim<St: Store>(store: St) {
+/// Behaviour 6: the client hangs up mid-request. The request runs on to its
+/// end on its own task (it may already have had its effect), the key stays
+/// busy meanwhile, and the retry gets its response: never a second run.
+async fn a_dropped_request_runs_to_completion<St: Store>(store: St) {
     let server = TestServer::start(App::Axum, IdempotencyLayer::new(store)).await;
     let impatient = server.client("key-1", once().attempt_timeout(Duration::from_millis(200)));
     let err = post(&impatient, "/block", "dropped", "{}")
         .await
         .expect_err("times out");
     assert!(err.is_timeout(), "{err}");
-    // The release is spawned when the server drops the future; kneo's client
-    // retries a 409 (1 s) while it is not done yet.
-    let client = server.client("key-1", fast().max_attempts(5));
+    // The abandoned request is still running: its key is in use.
+    let err = post(&server.client("key-1", once()), "/block", "dropped", "{}")
+        .await
+        .expect_err("in use");
+    assert_problem(&err, 409, "idempotency_key_in_use");
+    server.state.gate.notify_one();
+    let client = server.client("key-1", fast().max_attempts(10));
     let reply = post(&client, "/block", "dropped", "{}")
         .await
-        .expect("runs again: the claim was released");
-    assert_eq!(reply.json()["run"], 2);
-    assert_eq!(server.runs(), 2);
+        .expect("the retry gets the abandoned request's response");
+    assert!(reply.replayed());
+    assert_eq!(reply.json()["run"], 1);
+    assert_eq!(server.runs(), 1, "the handler ran once");
 }
 
-/// Behaviour 6: a panic in the handler releases the claim (and is re-raised:
-/// the connection closes).
-async fn a_panicking_handler_releases_its_claim<St: Store>(store: St) {
+/// Behaviour 6: a panic in the handler keeps the key (the handler began, so
+/// it may have had its effect): the caller's connection closes, and a retry
+/// is told `410`, never run again.
+async fn a_panicking_handler_keeps_its_key<St: Store>(store: St) {
     let server = TestServer::start(App::Axum, IdempotencyLayer::new(store)).await;
     let client = server.client("key-1", once());
-    for _ in 0..2 {
-        let err = post(&client, "/panic", "panic", "{}")
-            .await
-            .expect_err("no response");
-        assert_eq!(err.kind(), ErrorKind::Network);
-    }
-    assert_eq!(server.runs(), 2, "released after each panic");
+    let err = post(&client, "/panic", "panic", "{}")
+        .await
+        .expect_err("no response");
+    assert_eq!(err.kind(), ErrorKind::Network);
+    let err = post(&client, "/panic", "panic", "{}")
+        .await
+        .expect_err("not run again");
+    assert_problem(&err, 410, "idempotency_response_not_stored");
+    assert_eq!(server.runs(), 1, "run once");
 }
 
-/// Behaviour 6: the service returning `Err` releases the claim.
-async fn a_failing_service_releases_its_claim<St: Store>(store: St) {
+/// Behaviour 6: the service returning `Err` keeps the key, as a panic does.
+async fn a_failing_service_keeps_its_key<St: Store>(store: St) {
     let server = TestServer::start(App::Hyper, IdempotencyLayer::new(store)).await;
     let client = server.client("key-1", once());
-    for _ in 0..2 {
-        let err = post(&client, "/err", "err", "{}")
-            .await
-            .expect_err("no response");
-        assert_eq!(err.kind(), ErrorKind::Network);
-    }
-    assert_eq!(server.runs(), 2);
+    let err = post(&client, "/err", "err", "{}")
+        .await
+        .expect_err("no response");
+    assert_eq!(err.kind(), ErrorKind::Network);
+    let err = post(&client, "/err", "err", "{}")
+        .await
+        .expect_err("not run again");
+    assert_problem(&err, 410, "idempotency_response_not_stored");
+    assert_eq!(server.runs(), 1);
+}
+
+/// Behaviour 6: a handler slower than its lease keeps its claim (the layer
+/// renews it while the handler runs): a retry in the middle is `409`, the
+/// one after it the replay; one run.
+async fn a_handler_slower_than_its_lease_keeps_its_claim<St: Store>(store: St) {
+    let layer = IdempotencyLayer::new(store).lease(Duration::from_millis(300));
+    let server = TestServer::start(App::Axum, layer).await;
+    let first = {
+        let client = server.client("key-1", once());
+        tokio::spawn(async move { post(&client, "/pay?sleep_ms=1500", "slow", "{}").await })
+    };
+    // Well past the 300 ms lease, well before the handler ends.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let err = post(
+        &server.client("key-1", once()),
+        "/pay?sleep_ms=1500",
+        "slow",
+        "{}",
+    )
+    .await
+    .expect_err("still running");
+    assert_problem(&err, 409, "idempotency_key_in_use");
+    let first = first.await.expect("joined").expect("the first run answers");
+    assert_eq!(first.json()["run"], 1);
+    let retry = post(
+        &server.client("key-1", once()),
+        "/pay?sleep_ms=1500",
+        "slow",
+        "{}",
+    )
+    .await
+    .expect("replayed");
+    assert!(retry.replayed());
+    assert_eq!(server.runs(), 1);
 }
 
 /// Behaviour 3: two callers (different `Authorization`) with one key do not
@@ -433,6 +483,20 @@ macro_rules! suite {
                 }
             )*
         }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(pg) = kneo_tests::postgres::PostgresServer::start() else { return };
+                    let store = kneo_server::PostgresStore::connect(&pg.url())
+                        .await
+                        .expect("postgres is up")
+                        .timeout(std::time::Duration::from_millis(500));
+                    store.migrate().await.expect("the migration runs");
+                    super::$name(store).await
+                }
+            )*
+        }
     };
 }
 
@@ -444,9 +508,10 @@ suite!(
     lease_expiry_and_fencing,
     a_503_or_429_releases_the_claim,
     a_500_is_stored_and_replayed,
-    a_dropped_request_releases_its_claim,
-    a_panicking_handler_releases_its_claim,
-    a_failing_service_releases_its_claim,
+    a_dropped_request_runs_to_completion,
+    a_panicking_handler_keeps_its_key,
+    a_failing_service_keeps_its_key,
+    a_handler_slower_than_its_lease_keeps_its_claim,
     callers_do_not_share_keys,
     other_methods_and_unkeyed_requests_pass_through,
     methods_are_configurable,

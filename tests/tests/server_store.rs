@@ -224,10 +224,66 @@ macro_rules! suite {
                 }
             )*
         }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(pg) = kneo_tests::postgres::PostgresServer::start() else { return };
+                    super::$name(super::postgres_store(&pg).await).await
+                }
+            )*
+        }
     };
 }
 
+/// `renew` extends only the claim it names, and only while it holds.
+async fn renew_extends_only_its_own_live_claim<St: Store>(store: St) {
+    let c = claimed(&store, "renewed", SHORT).await;
+    assert!(store.renew(&key("renewed"), &c, LONG).await.expect("up"));
+    tokio::time::sleep(SHORT + Duration::from_millis(200)).await;
+    assert!(
+        matches!(
+            claim(&store, "renewed", "a", LONG).await,
+            Acquire::InFlight(_)
+        ),
+        "renewed past its first lease"
+    );
+    // A claim that ended cannot be brought back, nor can another's be renewed.
+    let old = claimed(&store, "lapsed", Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let new = claimed(&store, "lapsed", LONG).await;
+    assert!(!store.renew(&key("lapsed"), &old, LONG).await.expect("up"));
+    assert!(store
+        .complete(&key("lapsed"), &new, &record("a", 1), LONG)
+        .await
+        .expect("up"));
+    assert!(
+        !store.renew(&key("lapsed"), &new, LONG).await.expect("up"),
+        "a completed record is not a claim"
+    );
+}
+
+/// No duration a caller passes overflows a clock or a Redis command: the
+/// store keeps it within its bound instead of panicking or refusing.
+async fn huge_durations_are_bounded<St: Store>(store: St) {
+    let c = claimed(&store, "huge", Duration::MAX).await;
+    assert!(store
+        .renew(&key("huge"), &c, Duration::MAX)
+        .await
+        .expect("up"));
+    assert!(store
+        .complete(&key("huge"), &c, &record("a", 1), Duration::MAX)
+        .await
+        .expect("up"));
+    assert!(matches!(
+        claim(&store, "huge", "a", LONG).await,
+        Acquire::Completed(_)
+    ));
+}
+
 suite!(
+    renew_extends_only_its_own_live_claim,
+    huge_durations_are_bounded,
     claim_is_exclusive,
     completed_record_is_returned_until_its_ttl,
     release_frees_the_key_once,
@@ -235,6 +291,15 @@ suite!(
     scope_and_key_name_the_record,
     not_stored_outcome_round_trips,
 );
+
+async fn postgres_store(pg: &kneo_tests::postgres::PostgresServer) -> kneo_server::PostgresStore {
+    let store = kneo_server::PostgresStore::connect(&pg.url())
+        .await
+        .expect("postgres is up");
+    store.migrate().await.expect("the migration runs");
+    store.migrate().await.expect("and runs again");
+    store
+}
 
 async fn redis_store(redis: &RedisServer, prefix: &str) -> RedisStore {
     RedisStore::builder(redis.url())
@@ -322,4 +387,65 @@ async fn redis_garbage_value_is_corrupt() {
         .await
         .expect_err("corrupt");
     assert!(err.is_corrupt(), "{err}");
+}
+
+/// A claim whose `SET` timed out (Redis paused its writes past the store's
+/// timeout) lands late; the store takes it back, so the key is free again
+/// soon after, not locked for the whole lease by a claim nobody holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_claim_that_timed_out_does_not_strand_its_key() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = redis_store(&redis, "kneo:test:").await;
+    assert_eq!(redis.command("CLIENT PAUSE 1000 WRITE"), "OK");
+    let err = store
+        .claim(&key("paused"), fp("a"), LONG)
+        .await
+        .expect_err("timed out while paused");
+    assert!(err.is_timeout(), "{err}");
+    // The paused SET runs when the pause ends; the release follows it.
+    let mut free = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // While paused, later claims time out too (and are taken back too).
+        let attempt = store.claim(&key("paused"), fp("a"), LONG).await;
+        if matches!(attempt, Ok(Acquire::Claimed(_))) {
+            free = true;
+            break;
+        }
+    }
+    assert!(free, "the key was still held by the claim that timed out");
+}
+
+/// A Redis that may evict keys with a TTL (every claim and record has one)
+/// is refused at connect, unless explicitly allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_may_evict_claims_is_refused() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    assert_eq!(redis.command("CONFIG SET maxmemory 64mb"), "OK");
+    assert_eq!(
+        redis.command("CONFIG SET maxmemory-policy volatile-ttl"),
+        "OK"
+    );
+    let err = RedisStore::builder(redis.url())
+        .connect()
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("maxmemory-policy volatile-ttl"),
+        "{err}"
+    );
+    RedisStore::builder(redis.url())
+        .allow_eviction()
+        .connect()
+        .await
+        .expect("allowed explicitly");
+    assert_eq!(
+        redis.command("CONFIG SET maxmemory-policy noeviction"),
+        "OK"
+    );
+    redis_store(&redis, "kneo:test:").await;
 }

@@ -134,15 +134,56 @@ impl RequestArgs {
     }
 }
 
-/// The one line a usage error prints: what is wrong and with which flag,
-/// never the value given (a URL or a header may hold a secret).
+/// What a usage error prints: one line saying what is wrong and with which
+/// flag, never the value given (a URL or a header may hold a secret), then
+/// clap's usage line (names only) and where to read more.
 pub(crate) fn usage_message(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let usage = rendered
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .map(|l| l.trim_end().to_owned())
+        .or_else(command_usage);
+    let usage = usage.as_deref();
+    let problem = problem_line(e);
+    match usage {
+        Some(usage) => format!("{problem}\n\n{usage}\n\nFor more information, try '--help'."),
+        None => problem,
+    }
+}
+
+/// The usage line of the command named on the command line (`kneo proxy …`),
+/// for the errors clap renders without one.
+fn command_usage() -> Option<String> {
+    use clap::CommandFactory;
+    let name = std::env::args().nth(1)?;
+    let mut cli = Cli::command();
+    // Built, the subcommand's usage names the binary too (`kneo proxy …`).
+    cli.build();
+    let command = cli.find_subcommand_mut(&name)?;
+    Some(command.render_usage().to_string().trim_end().to_owned())
+}
+
+/// The first line of [`usage_message`].
+fn problem_line(e: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let context = |kind| match e.get(kind) {
         Some(ContextValue::String(s)) => Some(s.as_str()),
         _ => None,
     };
     match e.kind() {
+        // The names of the missing arguments: ours, never a caller's value.
+        ErrorKind::MissingRequiredArgument => match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::Strings(names)) if !names.is_empty() => format!(
+                "the following required arguments were not provided: {}",
+                names.join(", ")
+            ),
+            _ => "a required argument was not provided (see --help)".to_owned(),
+        },
+        ErrorKind::InvalidValue if context(ContextKind::InvalidValue) == Some("") => {
+            let arg = context(ContextKind::InvalidArg).unwrap_or("an argument");
+            format!("a value is required for {arg} but none was supplied")
+        }
         ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
             let arg = context(ContextKind::InvalidArg).unwrap_or("an argument");
             match std::error::Error::source(e) {
@@ -159,6 +200,11 @@ pub(crate) fn usage_message(e: &clap::Error) -> String {
             _ => "unexpected extra argument (see --help)".to_owned(),
         },
         ErrorKind::InvalidSubcommand => "unknown command (see --help)".to_owned(),
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            "a command is required: request or proxy".to_owned()
+        }
+        // Every other kind names arguments, not values (a conflict, a
+        // repeated flag): clap's first line is safe to show.
         _ => {
             let rendered = e.render().to_string();
             let line = rendered.lines().find(|l| !l.trim().is_empty());

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Exit status: 0 on success, 1 when the outcome is a [`kneo::Error`], 2 for
-//! a usage error (one line on standard error, nothing on standard output).
+//! a usage error (what is wrong and the usage line on standard error,
+//! nothing on standard output).
 //! Everything else (retries, waits, timeouts, error mapping) is the library's:
 //! this binary only parses arguments and prints.
 //!

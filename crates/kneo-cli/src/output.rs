@@ -154,7 +154,8 @@ pub(crate) fn print(line: &impl Serialize, code: u8) -> ExitCode {
     }
 }
 
-/// Reports a usage error: one line on standard error, exit status 2.
+/// Reports a usage error: `error: MESSAGE` on standard error (one line, or
+/// for an argument error that line and the usage), exit status 2.
 pub(crate) fn usage(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(2)

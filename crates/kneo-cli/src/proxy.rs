@@ -9,7 +9,7 @@
 //! Standard output: exactly one JSON line once both listeners are bound,
 //! then one JSON access-log line per request (the path without its query,
 //! which may carry keys). Diagnostics go to standard error. Bad flags or an
-//! unusable `--upstream`: one line on standard error and exit 2, before
+//! unusable `--upstream`: what is wrong (and the usage line) on standard error and exit 2, before
 //! anything is bound. SIGTERM or SIGINT: stop accepting, `/readyz` answers
 //! 503, in-flight requests finish for up to `--drain-timeout`, exit 0.
 
@@ -85,8 +85,10 @@ pub(crate) struct ProxyArgs {
     /// Enforce Idempotency-Key in front of the upstream (kneo-server's
     /// layer): a retried POST is answered from the stored response, a
     /// concurrent one gets 409. `memory` for one sidecar, `redis://HOST:PORT`
-    /// for a fleet sharing one Redis.
-    #[arg(long, value_name = "memory|redis://HOST:PORT", value_parser = parse_idempotency)]
+    /// (or `rediss://`) for a fleet sharing one Redis, `postgres://…` for a
+    /// fleet sharing one database (its `kneo_idempotency` table is created
+    /// if missing).
+    #[arg(long, value_name = "memory|redis://HOST:PORT|postgres://…", value_parser = parse_idempotency)]
     idempotency: Option<IdempotencyStore>,
 
     /// Log retries (`kneo::retry` at INFO) on standard error.
@@ -101,6 +103,8 @@ pub(crate) enum IdempotencyStore {
     Memory,
     /// In Redis, at this URL.
     Redis(String),
+    /// In Postgres, at this URL.
+    Postgres(String),
 }
 
 /// Never prints the URL: it may carry a password.
@@ -109,6 +113,7 @@ impl std::fmt::Debug for IdempotencyStore {
         match self {
             IdempotencyStore::Memory => f.write_str("Memory"),
             IdempotencyStore::Redis(_) => f.write_str("Redis(..)"),
+            IdempotencyStore::Postgres(_) => f.write_str("Postgres(..)"),
         }
     }
 }
@@ -120,7 +125,10 @@ fn parse_idempotency(s: &str) -> Result<IdempotencyStore, String> {
         url if url.starts_with("redis://") || url.starts_with("rediss://") => {
             Ok(IdempotencyStore::Redis(url.to_owned()))
         }
-        _ => Err("must be memory or redis://HOST:PORT".to_owned()),
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(IdempotencyStore::Postgres(url.to_owned()))
+        }
+        _ => Err("must be memory, redis://HOST:PORT or postgres://…".to_owned()),
     }
 }
 
@@ -131,7 +139,7 @@ async fn front(
     config: &ProxyConfig,
 ) -> Result<kneo_proxy::Front, String> {
     use kneo_server::idempotency::RequestBody;
-    use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
+    use kneo_server::{IdempotencyLayer, MemoryStore, PostgresStore, RedisStore};
     use tower::Layer;
 
     let inner: Proxy<RequestBody<kneo_proxy::Incoming>> =
@@ -144,6 +152,16 @@ async fn front(
             let store = RedisStore::connect(url.clone())
                 .await
                 .map_err(|_| "cannot reach the Redis of --idempotency".to_owned())?;
+            kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
+        }
+        IdempotencyStore::Postgres(url) => {
+            let store = PostgresStore::connect(url)
+                .await
+                .map_err(|_| "cannot reach the Postgres of --idempotency".to_owned())?;
+            store.migrate().await.map_err(|_| {
+                "cannot create the kneo_idempotency table in the Postgres of --idempotency"
+                    .to_owned()
+            })?;
             kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
         }
     })

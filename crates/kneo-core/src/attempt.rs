@@ -13,7 +13,11 @@ pub enum Outcome {
     /// The server answered with this status.
     Status(StatusCode),
     /// No response; the error was of this kind (always [`ErrorKind::Network`] today).
+    /// The request may have reached the server.
     Failed(ErrorKind),
+    /// No response, and the request never left this host (connect, DNS,
+    /// TLS): the server cannot have seen it.
+    NotSent,
 }
 
 /// One attempt of a logical request, as the retry layer recorded it.

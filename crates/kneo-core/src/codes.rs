@@ -63,3 +63,9 @@ pub const IDEMPOTENCY_STORE_UNAVAILABLE: &str = "idempotency_store_unavailable";
 pub const IDEMPOTENCY_RESPONSE_NOT_STORED: &str = "idempotency_response_not_stored";
 /// The request body is larger than the server accepts (HTTP 413).
 pub const REQUEST_BODY_TOO_LARGE: &str = "request_body_too_large";
+/// A gateway sent the request upstream and lost the answer (the connection
+/// was cut, or the attempt timed out and its late answer never came): the
+/// request **may have been applied**. Recorded under the request's
+/// idempotency key so that a retry is told so instead of running it again
+/// (HTTP 502 or 504, with `x-should-retry: false`).
+pub const UPSTREAM_OUTCOME_UNKNOWN: &str = "upstream_outcome_unknown";

@@ -57,6 +57,7 @@
 mod attempt;
 mod body;
 pub mod codes;
+pub mod delivery;
 mod error;
 pub mod mapping;
 mod problem;
@@ -68,6 +69,7 @@ mod text;
 
 pub use attempt::{Attempt, Outcome};
 pub use body::{ErrorBody, DEFAULT_BODY_CAP};
+pub use delivery::Delivery;
 pub use error::{BoxError, Error, ErrorKind, TimedOut};
 pub use mapping::{is_conditional, is_success, is_success_for, should_retry_advice};
 pub use problem::{Problem, PROBLEM_JSON};

@@ -33,6 +33,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::{ConfigError, ProxyConfig, Upstream};
+use crate::detach::Detach;
 use crate::headers::{rewrite, Hop};
 use crate::metrics::{CountingBudget, Metrics};
 use crate::problem::ProblemAnswer;
@@ -45,8 +46,9 @@ type Connector = HttpConnector;
 #[cfg(feature = "rustls")]
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// The transport under the stack.
-type Transport<B> = hyper_util::client::legacy::Client<Connector, ReplayBody<B>>;
+/// The transport under the stack: hyper-util's pooled client, whose calls
+/// for recorded requests outlive a timed-out attempt ([`Detach`]).
+type Transport<B> = Detach<hyper_util::client::legacy::Client<Connector, ReplayBody<B>>>;
 /// The kneo stack over the transport.
 type Stack<B> = <ClientLayer as Layer<Transport<B>>>::Service;
 
@@ -314,12 +316,12 @@ where
     };
     #[cfg(not(feature = "rustls"))]
     let connector = http;
-    Ok(
+    Ok(Detach::new(
         hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector),
-    )
+    ))
 }
 
 impl<B> Proxy<B> {
@@ -611,13 +613,19 @@ where
             }
             Err(err) => {
                 let answer = ProblemAnswer::from_error(&err);
-                finish_problem(
+                let mut res = finish_problem(
                     &state.shared,
                     answer,
                     &state.method,
                     &state.uri,
                     state.start,
-                )
+                );
+                // Whether the upstream may have seen it, for a layer in
+                // front that keeps records (kneo-server's idempotency layer).
+                if let Some(delivery) = kneo::core::Delivery::of(&err) {
+                    res.extensions_mut().insert(delivery);
+                }
+                res
             }
         };
         Poll::Ready(Ok(res))

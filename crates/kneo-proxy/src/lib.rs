@@ -61,6 +61,7 @@
 
 mod admin;
 mod config;
+mod detach;
 mod forward;
 pub mod headers;
 mod metrics;
@@ -69,6 +70,7 @@ mod server;
 
 pub use admin::Admin;
 pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream, DEFAULT_REPLAY_CAP};
+pub use detach::{Detach, DetachFuture};
 pub use forward::{
     ClientAddr, Exchange, ExchangeHook, Health, Incoming, Outcome, Proxy, ProxyBody, ResponseFuture,
 };

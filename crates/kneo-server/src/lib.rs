@@ -69,9 +69,13 @@ macro_rules! define_inner_service_accessors {
 pub mod idempotency;
 pub mod problem;
 pub mod store;
+#[cfg(feature = "postgres")]
+pub mod transactional;
 
 pub use idempotency::{Idempotency, IdempotencyLayer};
 pub use problem::ProblemResponse;
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{MemoryStore, Store};

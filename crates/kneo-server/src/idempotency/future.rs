@@ -11,6 +11,7 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use kneo_core::BoxError;
 use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
 
 /// The boxed future of a keyed request (one per request; see the module docs).
 pub(crate) type KeyedFuture<B, E> =
@@ -107,10 +108,10 @@ pin_project! {
     enum BodyKind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
-        // A response too big to store: what was buffered, then the rest.
+        // A response too big to keep: what was buffered, then the rest.
         Spill { prefix: Option<Bytes>, #[pin] rest: B },
-        // The handler's body failed while it was buffered.
-        Failed { prefix: Option<Bytes>, error: Option<BoxError> },
+        // The handler's body, relayed by the task that records it.
+        Channel { frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>, hint: SizeHint },
     }
 }
 
@@ -128,7 +129,10 @@ impl<B> ResponseBody<B> {
             },
         }
     }
+}
 
+impl<B> ResponseBody<B> {
+    /// `prefix`, then what is left of `rest`.
     pub(crate) fn spill(prefix: Bytes, rest: B) -> Self {
         ResponseBody {
             kind: BodyKind::Spill {
@@ -137,14 +141,24 @@ impl<B> ResponseBody<B> {
             },
         }
     }
+}
 
-    pub(crate) fn failed(prefix: Bytes, error: BoxError) -> Self {
-        ResponseBody {
-            kind: BodyKind::Failed {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                error: Some(error),
-            },
-        }
+/// Frames relayed at once between a request's work and its caller.
+const FRAMES_IN_FLIGHT: usize = 8;
+
+/// The sending half of [`ResponseBody::channel`].
+pub(crate) type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+impl<B> ResponseBody<B> {
+    /// A body fed frame by frame from another task, ending when the sender
+    /// is dropped; `hint` is the size hint of the body it relays (so an
+    /// exact length still becomes a `Content-Length`).
+    pub(crate) fn channel(hint: SizeHint) -> (FrameSender, Self) {
+        let (tx, frames) = mpsc::channel(FRAMES_IN_FLIGHT);
+        let body = ResponseBody {
+            kind: BodyKind::Channel { frames, hint },
+        };
+        (tx, body)
     }
 }
 
@@ -160,7 +174,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
             BodyKind::Inner { .. } => "inner",
             BodyKind::Full { .. } => "full",
             BodyKind::Spill { .. } => "spill",
-            BodyKind::Failed { .. } => "failed",
+            BodyKind::Channel { .. } => "channel",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
@@ -185,10 +199,7 @@ where
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => rest.poll_frame(cx).map_err(Into::into),
             },
-            BodyProj::Failed { prefix, error } => match prefix.take() {
-                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => Poll::Ready(error.take().map(Err)),
-            },
+            BodyProj::Channel { frames, .. } => frames.poll_recv(cx),
         }
     }
 
@@ -197,7 +208,8 @@ where
             BodyKind::Inner { body } => body.is_end_stream(),
             BodyKind::Full { data } => data.is_none(),
             BodyKind::Spill { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
-            BodyKind::Failed { prefix, error } => prefix.is_none() && error.is_none(),
+            // Ends when the recording task says so, after the record is kept.
+            BodyKind::Channel { .. } => false,
         }
     }
 
@@ -217,7 +229,7 @@ where
                 }
                 hint
             }
-            BodyKind::Failed { .. } => SizeHint::new(),
+            BodyKind::Channel { hint, .. } => *hint,
         }
     }
 }

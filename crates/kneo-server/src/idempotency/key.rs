@@ -33,15 +33,16 @@ impl KeyError {
             KeyError::Empty => "The Idempotency-Key header is empty.",
             KeyError::TooLong => "The Idempotency-Key is longer than 255 characters.",
             KeyError::Malformed => {
-                "The Idempotency-Key must be 1 to 255 visible ASCII characters, bare or as a quoted string."
+                "The Idempotency-Key must be 1 to 255 visible ASCII characters, or a quoted string (spaces allowed, parameters ignored)."
             }
         }
     }
 }
 
 /// Reads the `Idempotency-Key`: `Ok(None)` when absent, the key when it is a
-/// structured-field string (`"abc"`) or a bare token (`abc`) of 1 to 255
-/// visible ASCII characters after unquoting.
+/// structured-field string (`"abc"`, RFC 8941 §3.3.3: printable ASCII, spaces
+/// included, with parameters after it allowed and ignored, §3.1.2) or a bare
+/// token (`abc`) of visible ASCII, 1 to 255 characters after unquoting.
 pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<Arc<str>>, KeyError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
@@ -52,12 +53,12 @@ pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<Arc<str>>, KeyError> {
     }
     let raw = trim_ows(value.as_bytes());
     let unquoted;
-    let key: &[u8] = match raw.first() {
+    let (key, allowed): (&[u8], fn(&u8) -> bool) = match raw.first() {
         Some(b'"') => {
             unquoted = unquote(raw)?;
-            &unquoted
+            (&unquoted, |b| (0x20..=0x7e).contains(b))
         }
-        _ => raw,
+        _ => (raw, u8::is_ascii_graphic),
     };
     if key.is_empty() {
         return Err(KeyError::Empty);
@@ -65,7 +66,7 @@ pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<Arc<str>>, KeyError> {
     if key.len() > MAX_KEY_LEN {
         return Err(KeyError::TooLong);
     }
-    if !key.iter().all(u8::is_ascii_graphic) {
+    if !key.iter().all(allowed) {
         return Err(KeyError::Malformed);
     }
     // Visible ASCII is UTF-8.
@@ -84,19 +85,24 @@ fn trim_ows(mut b: &[u8]) -> &[u8] {
     b
 }
 
-/// RFC 8941 §4.2.5: a `"`-delimited string where `\` escapes only `"` and `\`;
-/// nothing may follow the closing quote (no parameters).
+/// RFC 8941 §4.2.5: a `"`-delimited string where `\` escapes only `"` and
+/// `\`; after the closing quote, only parameters (§4.2.3.2), which are
+/// checked and ignored.
 fn unquote(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
     let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.iter().skip(1);
-    while let Some(&b) = bytes.next() {
+    let mut i = 1;
+    while let Some(&b) = raw.get(i) {
+        i += 1;
         match b {
-            b'\\' => match bytes.next() {
-                Some(&c @ (b'"' | b'\\')) => out.push(c),
+            b'\\' => match raw.get(i) {
+                Some(&c @ (b'"' | b'\\')) => {
+                    out.push(c);
+                    i += 1;
+                }
                 _ => return Err(KeyError::Malformed),
             },
             b'"' => {
-                return if bytes.next().is_none() {
+                return if parameters(&raw[i..]) {
                     Ok(out)
                 } else {
                     Err(KeyError::Malformed)
@@ -107,6 +113,65 @@ fn unquote(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
         }
     }
     Err(KeyError::Malformed)
+}
+
+/// RFC 8941 parameters: `*( ";" *SP key [ "=" bare-item ] )`, where a key
+/// is `( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )` and a
+/// bare item is a string, or a token, number, boolean or byte sequence
+/// (checked for their characters only: the values are ignored).
+fn parameters(mut rest: &[u8]) -> bool {
+    while let [b';', after @ ..] = rest {
+        rest = after;
+        while let [b' ', after @ ..] = rest {
+            rest = after;
+        }
+        let key_len = rest
+            .iter()
+            .position(|b| !matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*'))
+            .unwrap_or(rest.len());
+        if !matches!(rest.first(), Some(b'a'..=b'z' | b'*')) {
+            return false;
+        }
+        rest = &rest[key_len..];
+        if let [b'=', after @ ..] = rest {
+            rest = after;
+            let value_len = match rest.first() {
+                Some(b'"') => match string_len(rest) {
+                    Some(len) => len,
+                    None => return false,
+                },
+                _ => rest
+                    .iter()
+                    .position(|&b| b == b';' || !b.is_ascii_graphic() || b == b'"')
+                    .unwrap_or(rest.len()),
+            };
+            if value_len == 0 {
+                return false;
+            }
+            rest = &rest[value_len..];
+        }
+    }
+    rest.is_empty()
+}
+
+/// The length of the sf-string at the start of `raw`, closing quote included.
+fn string_len(raw: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(&b) = raw.get(i) {
+        i += 1;
+        match b {
+            b'\\' => {
+                if !matches!(raw.get(i), Some(b'"' | b'\\')) {
+                    return None;
+                }
+                i += 1;
+            }
+            b'"' => return Some(i),
+            0x20..=0x7e => {}
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Where a store files a request: the caller's [`Scope`] and the key.
@@ -206,9 +271,16 @@ mod tests {
             (&[b"\"\""], Err(KeyError::Empty)),
             (&[b"a", b"a"], Err(KeyError::Repeated)),
             (&[b"a b"], Err(KeyError::Malformed)),
-            (&[b"\"a b\""], Err(KeyError::Malformed)),
+            // RFC 8941: a string may hold spaces, and carry parameters.
+            (&[b"\"a b\""], Ok(Some("a b"))),
+            (&[b"\"abc\";p=1"], Ok(Some("abc"))),
+            (&[b"\"abc\"; p=1;flag;s=\"x;y\";n=-1.5"], Ok(Some("abc"))),
             (&[b"\"abc"], Err(KeyError::Malformed)),
-            (&[b"\"abc\";p=1"], Err(KeyError::Malformed)),
+            (&[b"\"abc\" ;p=1"], Err(KeyError::Malformed)),
+            (&[b"\"abc\";P=1"], Err(KeyError::Malformed)),
+            (&[b"\"abc\";p="], Err(KeyError::Malformed)),
+            (&[b"\"abc\";p=\"x"], Err(KeyError::Malformed)),
+            (&[b"\"abc\"x"], Err(KeyError::Malformed)),
             (&[br#""a\nb""#], Err(KeyError::Malformed)),
             (&[b"caf\xc3\xa9"], Err(KeyError::Malformed)),
         ];

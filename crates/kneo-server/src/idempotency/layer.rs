@@ -18,6 +18,15 @@ pub const DEFAULT_MAX_RESPONSE: usize = 1 << 20;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// The default life of a completed record: 24 h.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default bound on how long one request's work keeps its claim alive
+/// by renewing it: 15 minutes.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(15 * 60);
+
+/// The shortest lease a layer uses (a shorter one is raised to it): 100 ms.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
+/// The longest lease, TTL or hold a layer uses (a longer one is lowered to
+/// it): 366 days, far from any clock's or store's overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// Configuration shared by every request through one layer.
 #[derive(Clone)]
@@ -29,6 +38,8 @@ pub(crate) struct Config {
     pub(crate) max_response: usize,
     pub(crate) lease: Duration,
     pub(crate) ttl: Duration,
+    pub(crate) max_hold: Duration,
+    pub(crate) wait_for_first: Duration,
     pub(crate) fail_open: bool,
 }
 
@@ -42,6 +53,8 @@ impl Default for Config {
             max_response: DEFAULT_MAX_RESPONSE,
             lease: DEFAULT_LEASE,
             ttl: DEFAULT_TTL,
+            max_hold: DEFAULT_MAX_HOLD,
+            wait_for_first: Duration::ZERO,
             fail_open: false,
         }
     }
@@ -56,6 +69,8 @@ impl fmt::Debug for Config {
             .field("max_response", &self.max_response)
             .field("lease", &self.lease)
             .field("ttl", &self.ttl)
+            .field("max_hold", &self.max_hold)
+            .field("wait_for_first", &self.wait_for_first)
             .field("fail_open", &self.fail_open)
             .finish_non_exhaustive()
     }
@@ -127,16 +142,49 @@ impl<St> IdempotencyLayer<St> {
         self
     }
 
-    /// How long a claim holds while its handler runs (default 60 s). Make it
-    /// longer than the slowest handler: after it, a retry runs again.
+    /// How long a claim holds without renewal (default 60 s), kept between
+    /// [`MIN_LEASE`] and [`MAX_DURATION`].
+    ///
+    /// While the request's work runs, the layer renews the claim every third
+    /// of the lease (for up to [`max_hold`](Self::max_hold)), so the lease
+    /// only bounds how long a key stays busy after the process holding it
+    /// crashed or stopped renewing: a shorter lease frees such keys sooner,
+    /// at the cost of more renewals.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.config().lease = lease;
+        self.config().lease = lease.clamp(MIN_LEASE, MAX_DURATION);
         self
     }
 
-    /// How long a completed record is kept (default 24 h).
+    /// How long a completed record is kept (default 24 h), at most
+    /// [`MAX_DURATION`]; zero keeps nothing (every retry runs again).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.config().ttl = ttl;
+        self.config().ttl = ttl.min(MAX_DURATION);
+        self
+    }
+
+    /// How long one request's work may keep its claim alive by renewing it
+    /// (default 15 minutes, at most [`MAX_DURATION`]).
+    ///
+    /// Past it the layer stops renewing: the work goes on, but once the lease
+    /// ends a retry may run the request again beside it. Set it above the
+    /// slowest request you serve (a long download or stream included).
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.config().max_hold = max_hold.min(MAX_DURATION);
+        self
+    }
+
+    /// Lets a duplicate that arrives while the first request with its key
+    /// still runs wait up to `max` for that run to end, and answer with its
+    /// response (or run, if the first gave its key back), instead of `409`
+    /// at once (default zero: no waiting; at most [`MAX_DURATION`]).
+    ///
+    /// The cost: a waiting duplicate holds its connection and asks the store
+    /// again 10 ms, 20 ms, … then every 200 ms (about 5 store calls a second
+    /// per waiter; for Redis, one `SET NX GET` each). A caller that sees the
+    /// `409` and retries after its `Retry-After` costs one call per retry
+    /// instead. Worth it for callers that do not retry a `409`.
+    pub fn wait_for_first(mut self, max: Duration) -> Self {
+        self.config().wait_for_first = max.min(MAX_DURATION);
         self
     }
 

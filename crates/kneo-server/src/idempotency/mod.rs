@@ -55,19 +55,32 @@
 //! carry an `Idempotency-Key`:
 //!
 //! - the handler runs **at most once per (scope, key)** while the record lives
-//!   (24 h by default), across every server sharing the store, provided it
-//!   finishes within its lease (60 s by default);
+//!   (24 h by default), across every server sharing the store;
+//! - **a started request runs to completion.** Once a request has claimed its
+//!   key, its handler, the reading of its response and the record run on a
+//!   task of their own: a caller that hangs up (a client timeout, a closed
+//!   tab) cancels none of it. A retry while it runs gets `409`, the one after
+//!   it the replay;
+//! - **the claim lives as long as the work.** The layer renews it every third
+//!   of the lease (60 s by default) while the work runs, for up to
+//!   [`max_hold`](IdempotencyLayer::max_hold) (15 min). So only a process that
+//!   crashed, or work that outlived `max_hold`, lets a lease end and a retry
+//!   run the request again;
 //! - a retry with the same method, path, query and body gets the first
-//!   response back byte for byte, with `Idempotent-Replayed: true`;
+//!   response back byte for byte, with `Idempotent-Replayed: true`, its own
+//!   `X-Request-ID`, and the first request's id as [`Original-Request`](ORIGINAL_REQUEST)
+//!   (when the first response's `X-Request-ID` echoed its request's; an id
+//!   the handler made itself is part of its answer and stays);
 //! - the handler never runs without a claim (unless built with
-//!   [`fail_open`](IdempotencyLayer::fail_open));
-//! - a response the store could not keep when the handler finished (the
-//!   store was down) is stored again in the background, with backoff, for as
-//!   long as the lease lasts; until it lands, retries get `409`. A store
-//!   outage longer than the lease, or a server killed between the handler's
-//!   work and the store's record, is the one way a retry can run again: the
-//!   record is not the handler's own transaction. (A Redis restart keeps the
-//!   records only as far as Redis persists them: an append-only file with
+//!   [`fail_open`](IdempotencyLayer::fail_open), which opens only when the
+//!   store cannot be reached);
+//! - a response the store could not keep when the work finished (the store
+//!   was down) is stored again in the background, with backoff, for as long
+//!   as the lease lasts; until it lands, retries get `409`. A store outage
+//!   longer than the lease, or a server killed between the handler's work and
+//!   the store's record, is the one way a retry can run again: the record is
+//!   not the handler's own transaction. (A Redis restart keeps the records
+//!   only as far as Redis persists them: an append-only file with
 //!   `appendfsync always` keeps every acknowledged one.)
 //!
 //! Requests of other methods, and requests without a key (unless
@@ -88,46 +101,69 @@
 //! The key is accepted as a structured-field string (`"8e03…"`) or bare
 //! (`8e03…`), 1 to 255 visible ASCII characters after unquoting.
 //!
-//! # What is stored
+//! # What is stored, and what frees a key
 //!
-//! Every response the handler produced, 5xx included, **except** `429` and
-//! `503`, which say the request was not processed: those release the claim, as
-//! do an `Err` from the service, a panic in the handler (re-raised after the
-//! release), an error in the response body, and the request future being
-//! dropped (the client hung up; the release is spawned on tokio). A response
-//! body over `max_response` (1 MiB) goes to the first caller in full but is
-//! not stored; its key is answered `410` afterwards, and never runs again.
-//! Trailers are dropped.
+//! A key is given back (its claim released, so a retry runs) **only when
+//! nothing can have happened**: the request was refused before its handler
+//! began, the handler answered `429` or `503` (which say the request was not
+//! processed), or a gateway below says the request never left
+//! ([`Delivery::NotSent`](kneo_core::Delivery) in the response's
+//! extensions: kneo proxy's "could not connect" `502`). Everything else is
+//! *maybe applied* and keeps the key:
 //!
-//! # Why a box
+//! | what the work came to | recorded | a retry gets |
+//! |---|---|---|
+//! | a response (any status but 429/503), read to its end | the response (trailers and the `Trailer` header are not stored) | the replay |
+//! | a response body over `max_response` (1 MiB) | that it was not stored | `410` `idempotency_response_not_stored` |
+//! | a response whose body broke off after its head | that it was not stored (the caller got the head and what arrived, then the error, as without a key) | `410` |
+//! | the handler returned `Err` or panicked (the caller's connection closes) | that it was not stored | `410` |
+//! | a gateway sent it and lost the answer ([`Delivery::Unknown`](kneo_core::Delivery) or `TimedOut`: kneo proxy's `502` after a cut, `504` after a timeout) | a problem with code [`upstream_outcome_unknown`](kneo_core::codes::UPSTREAM_OUTCOME_UNKNOWN), the status the caller got and `x-should-retry: false`: never the gateway's answer dressed as the upstream's | that problem |
 //!
-//! A keyed request awaits the store, buffers the request body, calls the
-//! handler, buffers its response and awaits the store again: a state machine
-//! of five steps over two generic futures. It is written as one `async fn`
-//! and boxed, once per keyed request ([`ResponseFuture`] is otherwise a named
-//! `pin_project` type, and requests the layer does not handle are not boxed).
-//! Next to the store round trips the allocation does not show in the
-//! benchmark.
+//! # Streams
+//!
+//! A response reaches its caller as the handler produces it (an SSE stream,
+//! a long download), frame by frame, while the layer records it up to
+//! `max_response`; its exact length, when known, is kept as the response's
+//! size. The caller's body ends only once the record is kept, so a caller
+//! that read its response to the end and retries finds the replay.
+//!
+//! # Why a box and a task
+//!
+//! A keyed request awaits the store, buffers the request body, then hands
+//! the rest to a spawned task (the handler, the response, the store again)
+//! so that a hang-up cannot cancel it, and waits for the response head. The
+//! waiting is one `async fn`, boxed once per keyed request
+//! ([`ResponseFuture`] is otherwise a named `pin_project` type, and requests
+//! the layer does not handle are neither boxed nor spawned). Next to the
+//! store round trips neither shows in the benchmark.
 //!
 //! [draft-ietf-httpapi-idempotency-key-header]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/
 
+pub(crate) mod answer;
+pub(crate) mod body;
+mod child;
 mod fingerprint;
 mod future;
+mod guard;
 mod key;
-mod layer;
+pub(crate) mod layer;
 mod record;
+pub(crate) mod request;
 mod scope;
 mod service;
 
+pub use answer::{IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST};
+pub use child::IdempotencyKey;
 pub use fingerprint::Fingerprint;
 pub use future::{ResponseBody, ResponseFuture};
 pub use key::{RecordKey, MAX_KEY_LEN};
 pub use layer::{
-    IdempotencyLayer, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_TTL,
+    IdempotencyLayer, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_HOLD, DEFAULT_MAX_RESPONSE,
+    DEFAULT_TTL, MAX_DURATION, MIN_LEASE,
 };
 pub use record::{Claim, Completed, DecodeError, FencingToken, Outcome, Record, StoredResponse};
 pub use scope::{AuthorizationScope, MakeScope, Scope};
-pub use service::{Idempotency, RequestBody, IDEMPOTENT_REPLAYED};
+pub use service::{Idempotency, RequestBody};
 
 /// Not public API: the header parsing the fuzz targets in `fuzz/` exercise.
 /// No semver guarantee; do not call it.

@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: records in this process, bounded.
 
-use std::collections::{hash_map, BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,15 +17,22 @@ pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 /// processes do not see each other's claims: behind a load balancer, use
 /// `RedisStore`.
 ///
-/// **Bound.** At most [`max_entries`](MemoryStore::max_entries) records (in-flight
-/// claims and completed records) are kept. When a new claim finds the store
-/// full, it evicts the oldest *completed* record (with one TTL for all, the
-/// first to expire, so expired records go first); when there is none, it
-/// drops the claims whose lease has ended. A live in-flight claim is never
-/// evicted; when every entry is one, the claim fails with
-/// [`StoreError::is_full`], which the layer answers with `503` (and
-/// `Retry-After`). Memory use is about `max_entries`
-/// times the stored response size (at most the layer's `max_response`).
+/// **Bound.** At most [`max_entries`](MemoryStore::max_entries) entries
+/// (in-flight claims and completed records) are kept. When a new claim finds
+/// the store full, it makes room for one, in this order:
+///
+/// 1. a claim whose lease has ended (its process crashed or gave up);
+/// 2. a completed record whose TTL has ended;
+/// 3. the oldest completed record **of the scope that holds the most
+///    completed records**: one caller filling the store pushes out its own
+///    records, never those of a caller with fewer (so nobody can evict
+///    another caller's records by sending many keys).
+///
+/// A live in-flight claim is never evicted; when every entry is one, the
+/// claim fails with [`StoreError::is_full`], which the layer answers with
+/// `503` (and `Retry-After`). Each step is O(log n). Memory use is about
+/// `max_entries` times the stored response size (at most the layer's
+/// `max_response`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -55,11 +62,20 @@ struct Inner {
     max_entries: usize,
 }
 
+/// A scope, as the indexes name it.
+type ScopeId = [u8; 32];
+
 #[derive(Default)]
 struct Map {
     entries: HashMap<RecordKey, Entry>,
-    /// Completed entries by completion order, oldest first.
+    /// In-flight claims by lease end: dead ones first.
+    claims: BTreeMap<(Instant, u64), RecordKey>,
+    /// Completed records by completion order, oldest first.
     completed: BTreeMap<u64, RecordKey>,
+    /// Each scope's completed records, oldest first.
+    scopes: HashMap<ScopeId, BTreeMap<u64, RecordKey>>,
+    /// Scopes by how many completed records they hold.
+    by_size: BTreeSet<(usize, ScopeId)>,
     next_seq: u64,
     next_token: u64,
 }
@@ -132,26 +148,89 @@ impl MemoryStore {
     }
 }
 
+/// `now + d`, saturating at [`MAX_DURATION`](crate::idempotency::MAX_DURATION)
+/// from now: no `Duration` a caller passes can overflow an `Instant`.
+fn later(now: Instant, d: Duration) -> Instant {
+    now + d.min(crate::idempotency::MAX_DURATION)
+}
+
 impl Map {
-    /// Makes room for one more entry, or says the store is full of claims.
-    ///
-    /// Completed records share the layer's TTL, so the oldest completed is
-    /// also the first to expire: evicting from the front of `completed` drops
-    /// expired records first, in O(log n). Only a store with no completed
-    /// record left is scanned for expired claims.
+    /// The entry of `key` if it is `claim`, still live.
+    fn live_claim(&mut self, key: &RecordKey, claim: &Claim, now: Instant) -> Option<&mut Entry> {
+        self.entries.get_mut(key).filter(|e| {
+            e.expires > now && matches!(&e.state, State::InFlight(c) if c.token() == claim.token())
+        })
+    }
+
+    /// Removes `key` and every index entry naming it.
+    fn remove(&mut self, key: &RecordKey) {
+        let Some(entry) = self.entries.remove(key) else {
+            return;
+        };
+        match entry.state {
+            State::InFlight(claim) => {
+                self.claims.remove(&(entry.expires, claim.token().get()));
+            }
+            State::Completed { seq, .. } => {
+                self.completed.remove(&seq);
+                self.unindex_completed(key.scope().as_bytes(), seq);
+            }
+        }
+    }
+
+    fn index_completed(&mut self, key: &RecordKey, seq: u64) {
+        let id = *key.scope().as_bytes();
+        let records = self.scopes.entry(id).or_default();
+        let before = records.len();
+        records.insert(seq, key.clone());
+        self.by_size.remove(&(before, id));
+        self.by_size.insert((before + 1, id));
+    }
+
+    fn unindex_completed(&mut self, id: &ScopeId, seq: u64) {
+        let Some(records) = self.scopes.get_mut(id) else {
+            return;
+        };
+        let before = records.len();
+        if records.remove(&seq).is_none() {
+            return;
+        }
+        self.by_size.remove(&(before, *id));
+        if before > 1 {
+            self.by_size.insert((before - 1, *id));
+        } else {
+            self.scopes.remove(id);
+        }
+    }
+
+    /// Makes room for one more entry (see [`MemoryStore`]'s bound), or
+    /// says the store is full of live claims.
     fn make_room(&mut self, max: usize, now: Instant) -> Result<(), StoreError> {
         if self.entries.len() < max {
             return Ok(());
         }
-        if let Some((_, oldest)) = self.completed.pop_first() {
-            self.entries.remove(&oldest);
-            return Ok(());
-        }
-        self.entries.retain(|_, e| e.expires > now);
-        if self.entries.len() < max {
-            Ok(())
-        } else {
-            Err(StoreError::full())
+        let dead_claim = self
+            .claims
+            .first_key_value()
+            .filter(|((ends, _), _)| *ends <= now)
+            .map(|(_, key)| key.clone());
+        let expired_record = || {
+            self.completed
+                .first_key_value()
+                .filter(|(_, key)| self.entries.get(*key).is_some_and(|e| e.expires <= now))
+                .map(|(_, key)| key.clone())
+        };
+        let heaviest_scope = || {
+            let (_, id) = self.by_size.last()?;
+            let (_, key) = self.scopes.get(id)?.first_key_value()?;
+            Some(key.clone())
+        };
+        match dead_claim.or_else(expired_record).or_else(heaviest_scope) {
+            Some(victim) => {
+                self.remove(&victim);
+                Ok(())
+            }
+            None => Err(StoreError::full()),
         }
     }
 }
@@ -166,33 +245,28 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock();
         let map = &mut *map;
-        if map.entries.len() >= self.inner.max_entries && !map.entries.contains_key(key) {
-            map.make_room(self.inner.max_entries, now)?;
-        }
-        let token = FencingToken::new(map.next_token);
-        let claim = Claim::new(token, fingerprint);
-        let fresh = Entry {
-            state: State::InFlight(claim),
-            expires: now + lease,
-        };
-        match map.entries.entry(key.clone()) {
-            hash_map::Entry::Occupied(mut held) if held.get().expires > now => {
-                return Ok(match &held.get_mut().state {
+        match map.entries.get(key) {
+            Some(held) if held.expires > now => {
+                return Ok(match &held.state {
                     State::InFlight(holder) => Acquire::InFlight(holder.fingerprint()),
                     State::Completed { record, .. } => Acquire::Completed(record.clone()),
                 });
             }
-            hash_map::Entry::Occupied(mut expired) => {
-                if let State::Completed { seq, .. } = expired.get().state {
-                    map.completed.remove(&seq);
-                }
-                expired.insert(fresh);
-            }
-            hash_map::Entry::Vacant(free) => {
-                free.insert(fresh);
-            }
+            Some(_) => map.remove(key),
+            None => map.make_room(self.inner.max_entries, now)?,
         }
+        let token = map.next_token;
         map.next_token += 1;
+        let claim = Claim::new(FencingToken::new(token), fingerprint);
+        let expires = later(now, lease);
+        map.entries.insert(
+            key.clone(),
+            Entry {
+                state: State::InFlight(claim),
+                expires,
+            },
+        );
+        map.claims.insert((expires, token), key.clone());
         Ok(Acquire::Claimed(claim))
     }
 
@@ -206,33 +280,51 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock();
         let map = &mut *map;
-        let Some(entry) = map.entries.get_mut(key) else {
+        let seq = map.next_seq;
+        let Some(entry) = map.live_claim(key, claim, now) else {
             return Ok(false);
         };
-        let holds = entry.expires > now
-            && matches!(&entry.state, State::InFlight(c) if c.token() == claim.token());
-        if !holds {
-            return Ok(false);
-        }
-        let seq = map.next_seq;
-        map.next_seq += 1;
+        let lease_ended = entry.expires;
         entry.state = State::Completed {
             record: record.clone(),
             seq,
         };
-        entry.expires = now + ttl;
+        entry.expires = later(now, ttl);
+        map.next_seq += 1;
+        map.claims.remove(&(lease_ended, claim.token().get()));
         map.completed.insert(seq, key.clone());
+        map.index_completed(key, seq);
+        Ok(true)
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let map = &mut *map;
+        let Some(entry) = map.live_claim(key, claim, now) else {
+            return Ok(false);
+        };
+        let old = entry.expires;
+        entry.expires = later(now, lease);
+        let new = entry.expires;
+        let token = claim.token().get();
+        if let Some(name) = map.claims.remove(&(old, token)) {
+            map.claims.insert((new, token), name);
+        }
         Ok(true)
     }
 
     async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut map = self.lock();
-        let holds = map.entries.get(key).is_some_and(|e| {
-            e.expires > now && matches!(&e.state, State::InFlight(c) if c.token() == claim.token())
-        });
+        let holds = map.live_claim(key, claim, now).is_some();
         if holds {
-            map.entries.remove(key);
+            map.remove(key);
         }
         Ok(holds)
     }
@@ -310,5 +402,79 @@ mod tests {
             Ok(Acquire::InFlight(_))
         ));
         assert_eq!(store.len(), 2);
+    }
+
+    fn scoped(scope: &str, k: &str) -> RecordKey {
+        RecordKey::new(Scope::of(scope), k)
+    }
+
+    async fn complete_new(store: &MemoryStore, key: &RecordKey) {
+        let Ok(Acquire::Claimed(c)) = store.claim(key, fp(), LONG).await else {
+            panic!("{key:?}: expected a claim");
+        };
+        assert!(store
+            .complete(key, &c, &done(), LONG)
+            .await
+            .expect("memory"));
+    }
+
+    #[tokio::test]
+    async fn one_caller_cannot_evict_another_s_records() {
+        let store = MemoryStore::new().max_entries(100);
+        let alice = scoped("Bearer alice", "K");
+        complete_new(&store, &alice).await;
+        for i in 0..1_000 {
+            complete_new(&store, &scoped("Bearer mallory", &format!("m-{i}"))).await;
+        }
+        assert_eq!(store.len(), 100);
+        assert!(
+            matches!(
+                store.claim(&alice, fp(), LONG).await,
+                Ok(Acquire::Completed(_))
+            ),
+            "alice's record outlived mallory's flood"
+        );
+        // Mallory's newest records are the ones kept.
+        assert!(matches!(
+            store
+                .claim(&scoped("Bearer mallory", "m-999"), fp(), LONG)
+                .await,
+            Ok(Acquire::Completed(_))
+        ));
+        assert!(matches!(
+            store
+                .claim(&scoped("Bearer mallory", "m-0"), fp(), LONG)
+                .await,
+            Ok(Acquire::Claimed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn dead_claims_go_before_live_records() {
+        let store = MemoryStore::new().max_entries(3);
+        complete_new(&store, &key("record-1")).await;
+        complete_new(&store, &key("record-2")).await;
+        let _dead = claimed(&store, "dead", Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let _new = claimed(&store, "new", LONG).await;
+        for k in ["record-1", "record-2"] {
+            assert!(
+                matches!(
+                    store.claim(&key(k), fp(), LONG).await,
+                    Ok(Acquire::Completed(_))
+                ),
+                "{k} was evicted before the dead claim"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewed_claim_is_not_dead() {
+        let store = MemoryStore::new().max_entries(1);
+        let c = claimed(&store, "a", Duration::from_millis(50)).await;
+        assert!(store.renew(&key("a"), &c, LONG).await.expect("memory"));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let err = store.claim(&key("b"), fp(), LONG).await.expect_err("full");
+        assert!(err.is_full(), "the renewed claim was kept");
     }
 }

@@ -45,10 +45,16 @@ use kneo_core::BoxError;
 use crate::idempotency::{Claim, Completed, Fingerprint, RecordKey};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES};
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::{redacted, secs};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, DEFAULT_POSTGRES_TIMEOUT, MIGRATION};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT};
 
@@ -130,6 +136,12 @@ impl StoreError {
             {
                 return true;
             }
+            #[cfg(feature = "redis")]
+            if e.downcast_ref::<::redis::RedisError>()
+                .is_some_and(::redis::RedisError::is_timeout)
+            {
+                return true;
+            }
             next = e.source();
         }
         false
@@ -164,9 +176,10 @@ impl StdError for StoreError {
 /// (and, for a shared store, by every server).
 ///
 /// The layer clones the store once per layer and calls it from many tasks at
-/// once; one request makes at most one `claim` followed by at most one
-/// `complete` or `release` with the claim it got (a `release` may be retried
-/// from a drop guard, so both must be safe to repeat).
+/// once; one request makes at most one `claim` followed by any number of
+/// `renew`s and at most one `complete` or `release` with the claim it got (a
+/// `complete` may be retried after a store error, so it must be safe to
+/// repeat).
 ///
 /// # Contract
 ///
@@ -192,10 +205,24 @@ impl StdError for StoreError {
 /// holds, returning `Ok(true)`; otherwise change nothing and return
 /// `Ok(false)`. A released key is free: the next `claim` succeeds.
 ///
+/// [`renew`](Store::renew) MUST extend the claim so that it holds for `lease`
+/// from now, **only if** that very claim still holds, atomically with that
+/// check, and return `Ok(true)`; otherwise change nothing and return
+/// `Ok(false)`. The layer renews a claim on a heartbeat while its work runs,
+/// so that only a crashed or wedged process lets a lease end.
+///
 /// A store MAY drop a completed record before its TTL ends (to stay within a
 /// memory bound, say); that only weakens replay to "run again". It MUST NOT
 /// drop an in-flight claim before its lease ends: that would let a second
-/// request run concurrently with the first.
+/// request run concurrently with the first (a Redis that evicts keys breaks
+/// this, so `RedisStore` refuses one). A store that bounds its memory MUST
+/// NOT let one scope's records push out another's while the pusher holds
+/// records of its own, and SHOULD drop claims whose lease ended before any
+/// live record.
+///
+/// A `claim` that returns an error MUST NOT leave a claim behind that nobody
+/// holds: if the backend may still execute it (a timed-out command), the
+/// store takes that very claim back (fenced by its token) once it lands.
 ///
 /// # Errors
 ///
@@ -220,6 +247,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         claim: &Claim,
         record: &Completed,
         ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Makes `claim` hold for `lease` from now, if it still holds.
+    fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Removes `claim`, if it still holds, so that the next request runs.

@@ -38,6 +38,17 @@ return 0",
     )
 });
 
+/// Extends the claim (the exact value `ARGV[1]`) to `ARGV[2]` ms from now;
+/// 1 when done, 0 when the claim no longer holds.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0",
+    )
+});
+
 /// A [`Store`] in Redis (7.0 or later, or Valkey), for servers that share keys.
 ///
 /// Each key is one Redis string, `<prefix><scope hex>:<key>`, holding the
@@ -49,6 +60,9 @@ return 0",
 /// - **complete**: a Lua script (by `EVALSHA`) that swaps the claim for the
 ///   record with `PX <ttl>` only if the key still holds *this* claim (its
 ///   fencing token is part of the value);
+/// - **renew**: a Lua script that moves the claim's expiry to `lease` from
+///   now only if the key still holds this claim (the layer's heartbeat, every
+///   third of the lease while the work runs);
 /// - **release**: a Lua script that deletes the key only if it still holds
 ///   this claim.
 ///
@@ -61,6 +75,20 @@ return 0",
 ///
 /// Fencing tokens are random 64-bit numbers: a claim is told apart from a
 /// later claim on the same key with odds of 2⁻⁶⁴ of a collision.
+///
+/// **Redis must not evict.** Every claim and record has a TTL, so any
+/// `maxmemory-policy` but `noeviction` (`volatile-ttl` first of all) may
+/// drop an in-flight claim under memory pressure and let a second request
+/// run beside the first. [`connect`](RedisStoreBuilder::connect) reads the
+/// policy (`INFO memory`) and refuses such a Redis when it has a memory limit
+/// (see [`allow_eviction`](RedisStoreBuilder::allow_eviction)). Run it with
+/// `maxmemory-policy noeviction`: when full, Redis then refuses new writes,
+/// which the layer answers with `503` (fail closed), and never forgets a claim.
+///
+/// **A claim that timed out is taken back.** When the claim's `SET` does not
+/// answer within the timeout (the layer answers `503`), it may still be
+/// executed later; the store then releases that very claim in the
+/// background, so it never locks the key for a lease nobody holds.
 ///
 /// ```no_run
 /// use kneo_server::{IdempotencyLayer, RedisStore};
@@ -95,6 +123,7 @@ pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
     timeout: Duration,
+    allow_eviction: bool,
 }
 
 impl RedisStoreBuilder {
@@ -111,10 +140,22 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects and loads the scripts.
+    /// Connects to a Redis that may evict keys under memory pressure (a
+    /// `maxmemory-policy` other than `noeviction`), with a warning instead
+    /// of an error. Only for a Redis whose memory limit you are sure is
+    /// never reached: an evicted claim lets a second request run beside the
+    /// first, an evicted record lets a retry run again.
+    pub fn allow_eviction(mut self) -> Self {
+        self.allow_eviction = true;
+        self
+    }
+
+    /// Connects, checks that Redis will not evict claims, and loads the scripts.
     ///
-    /// Fails when Redis cannot be reached now; once connected, the store
-    /// reconnects by itself after an outage.
+    /// Fails when Redis cannot be reached now, or when it may evict keys
+    /// (`maxmemory` set and a `maxmemory-policy` other than `noeviction`;
+    /// see [`allow_eviction`](Self::allow_eviction)); once connected, the
+    /// store reconnects by itself after an outage.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let client = Client::open(self.url.as_str()).map_err(StoreError::unavailable)?;
         let config = ConnectionManagerConfig::new()
@@ -132,7 +173,8 @@ impl RedisStoreBuilder {
             prefix: self.prefix.into(),
             timeout: self.timeout,
         };
-        for script in [&*COMPLETE, &*RELEASE] {
+        store.check_eviction(self.allow_eviction).await?;
+        for script in [&*COMPLETE, &*RENEW, &*RELEASE] {
             let mut conn = store.conn.clone();
             within(store.timeout, script.load_async(&mut conn)).await?;
         }
@@ -159,6 +201,51 @@ impl RedisStore {
             url: url.into(),
             prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             timeout: DEFAULT_REDIS_TIMEOUT,
+            allow_eviction: false,
+        }
+    }
+
+    /// Refuses (or, when allowed, warns about) a Redis that may evict keys:
+    /// every claim and record has a TTL, so every `volatile-*` and
+    /// `allkeys-*` policy can drop an in-flight claim. Read from
+    /// `INFO memory`, which managed Redis services allow where `CONFIG` is
+    /// renamed; when it cannot be read, a warning says so.
+    async fn check_eviction(&self, allow: bool) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let info: String = match within(
+            self.timeout,
+            redis::cmd("INFO").arg("memory").query_async(&mut conn),
+        )
+        .await
+        {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read Redis' maxmemory-policy; make sure it is noeviction");
+                return Ok(());
+            }
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let policy = field("maxmemory_policy").unwrap_or("noeviction");
+        let limited = field("maxmemory").is_some_and(|m| m != "0");
+        match (policy, limited, allow) {
+            ("noeviction", _, _) => Ok(()),
+            (policy, false, _) | (policy, true, true) => {
+                tracing::warn!(
+                    maxmemory_policy = policy,
+                    "Redis may evict idempotency claims and records under memory pressure \
+                     (a second request could then run beside the first); set maxmemory-policy noeviction"
+                );
+                Ok(())
+            }
+            (policy, true, false) => Err(StoreError::unavailable(format!(
+                "Redis has a memory limit and maxmemory-policy {policy}, so it may evict in-flight \
+                 claims and let a request run twice; set maxmemory-policy noeviction \
+                 (or build the store with allow_eviction)"
+            ))),
         }
     }
 
@@ -188,8 +275,42 @@ impl RedisStore {
     }
 }
 
+/// Whole milliseconds for `PX`/`PEXPIRE`: at least 1 (Redis refuses 0), at
+/// most [`MAX_DURATION`](crate::idempotency::MAX_DURATION) (Redis refuses
+/// what overflows its clock).
 fn millis(d: Duration) -> u64 {
+    let d = d.min(crate::idempotency::MAX_DURATION);
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// A claim whose `SET` timed out may still land after the caller was
+    /// told the store is unavailable: nobody would hold it, and it would
+    /// lock the key for its whole lease. So it is released in the
+    /// background, fenced by its own value (never anyone else's claim),
+    /// until that succeeds or the lease is over; a `SET` that never lands
+    /// costs a few `EVALSHA`s, backing off from 50 ms to 1 s.
+    fn take_back(&self, key: &RecordKey, claim: Claim, lease: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key) = (self.clone(), key.clone());
+        runtime.spawn(async move {
+            let until = tokio::time::Instant::now() + lease.min(crate::idempotency::MAX_DURATION);
+            let mut wait = Duration::from_millis(50);
+            while tokio::time::Instant::now() + wait < until {
+                tokio::time::sleep(wait).await;
+                if let Ok(true) = store.release(&key, &claim).await {
+                    tracing::info!(
+                        idempotency_key = %key.key(),
+                        "a claim that timed out landed late; released it"
+                    );
+                    return;
+                }
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        });
+    }
 }
 
 impl Store for RedisStore {
@@ -209,7 +330,14 @@ impl Store for RedisStore {
             .arg(millis(lease))
             .arg("GET");
         let mut conn = self.conn.clone();
-        let existing: Option<Vec<u8>> = within(self.timeout, cmd.query_async(&mut conn)).await?;
+        let existing: Option<Vec<u8>> = match within(self.timeout, cmd.query_async(&mut conn)).await
+        {
+            Ok(existing) => existing,
+            Err(error) => {
+                self.take_back(key, claim, lease);
+                return Err(error);
+            }
+        };
         let Some(bytes) = existing else {
             return Ok(Acquire::Claimed(claim));
         };
@@ -231,6 +359,17 @@ impl Store for RedisStore {
         let ttl = millis(ttl).to_string();
         self.script(&COMPLETE, key, &[&claim, &record, ttl.as_bytes()])
             .await
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let claim = claim.encode();
+        let lease = millis(lease).to_string();
+        self.script(&RENEW, key, &[&claim, lease.as_bytes()]).await
     }
 
     async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {

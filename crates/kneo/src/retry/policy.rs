@@ -131,6 +131,7 @@ impl RetryPolicy {
             hint: e.retry_after(),
             outcome: match e.status() {
                 Some(status) => Outcome::Status(status),
+                None if e.is_connect() => Outcome::NotSent,
                 None => Outcome::Failed(e.kind()),
             },
             request_id: e.request_id().map(str::to_owned),
@@ -193,7 +194,7 @@ impl RetryPolicy {
         }
         if let Some(buckets) = &self.buckets {
             let cause = match (v.outcome, v.hint) {
-                (Outcome::Failed(_), _) => Cause::Transport,
+                (Outcome::Failed(_) | Outcome::NotSent, _) => Cause::Transport,
                 (_, Some(_)) => Cause::Advised,
                 (_, None) => Cause::Status,
             };

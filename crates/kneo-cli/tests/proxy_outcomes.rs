@@ -1,0 +1,327 @@
+//! `kneo proxy --idempotency`: what the sidecar's own answers (502, 504)
+//! leave under the caller's key, through the built binary: a request that
+//! never reached the upstream frees its key, one whose attempt timed out is
+//! recorded with the upstream's late answer, one cut off is recorded as
+//! `upstream_outcome_unknown`. Never the gateway's answer as the upstream's.
+//!
+//! Timeouts around awaits are guards against a hang, not claims.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kneo_tests::sidecar::Sidecar;
+use kneo_tests::{Reply, ScriptedServer};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+
+const GUARD: Duration = Duration::from_secs(30);
+
+async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
+}
+
+async fn sidecar(upstream: &str, args: &[&str]) -> Sidecar {
+    let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
+    Sidecar::start(kneo, upstream, args)
+        .await
+        .expect("kneo proxy starts")
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    }
+}
+
+/// A keyed POST to the sidecar on a fresh connection.
+async fn post(proxy: &Sidecar, key: &str) -> Answer {
+    guarded("a keyed POST through the proxy", async {
+        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/charges")
+            .header("host", "localhost")
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
+            .expect("valid");
+        let res = sender.send_request(req).await.expect("an answer");
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.expect("a whole body").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+}
+
+/// A port with nothing listening on it (bound, then let go).
+async fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// An upstream on `addr` that counts its executions and answers 201.
+async fn counting_upstream(addr: SocketAddr, runs: Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("the port is free again");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    let body = format!(r#"{{"charge":{n}}}"#);
+                    async move {
+                        let res = Response::builder()
+                            .status(201)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("valid");
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Defect: the sidecar's "could not connect" 502 was stored under the
+/// caller's key and replayed for a day. Nothing was sent, so the key is free:
+/// once the upstream is up, the same key runs.
+#[tokio::test]
+async fn a_502_for_an_upstream_that_was_down_frees_the_key() {
+    let addr = free_port().await;
+    let proxy = sidecar(
+        &format!("http://{addr}"),
+        &[
+            "--max-attempts",
+            "2",
+            "--timeout",
+            "1",
+            "--idempotency",
+            "memory",
+        ],
+    )
+    .await;
+    let down = post(&proxy, "pay-1").await;
+    assert_eq!(down.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(down.json()["code"], "api_connection");
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    counting_upstream(addr, runs.clone()).await;
+    let up = post(&proxy, "pay-1").await;
+    assert_eq!(up.status, StatusCode::CREATED, "{:?}", up.body);
+    assert!(!up.replayed(), "the 502 was not stored");
+    assert_eq!(up.json()["charge"], 1);
+    let again = post(&proxy, "pay-1").await;
+    assert!(again.replayed());
+    assert_eq!(again.json()["charge"], 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// Defect: a 504 was stored and replayed. Now the caller gets its 504 at
+/// once, the upstream call goes on, a retry meanwhile is told 409, and the
+/// upstream's real answer is what later retries get.
+#[tokio::test]
+async fn a_504_is_followed_by_the_upstream_s_late_answer() {
+    let upstream = ScriptedServer::with(|_, _| {
+        Reply::json(201, r#"{"charge":"late"}"#).delay(Duration::from_millis(1500))
+    })
+    .await;
+    let proxy = sidecar(
+        &upstream.url(""),
+        &[
+            "--max-attempts",
+            "1",
+            "--timeout",
+            "0.3",
+            "--idempotency",
+            "memory",
+        ],
+    )
+    .await;
+    let first = post(&proxy, "pay-2").await;
+    assert_eq!(first.status, StatusCode::GATEWAY_TIMEOUT);
+    let meanwhile = post(&proxy, "pay-2").await;
+    assert_eq!(
+        meanwhile.status,
+        StatusCode::CONFLICT,
+        "{:?}",
+        meanwhile.body
+    );
+    assert_eq!(meanwhile.json()["code"], "idempotency_key_in_use");
+
+    let mut answer = meanwhile;
+    for _ in 0..100 {
+        if answer.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = post(&proxy, "pay-2").await;
+    }
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    assert!(answer.replayed());
+    assert_eq!(answer.json()["charge"], "late");
+    assert_eq!(upstream.count(), 1, "the upstream ran it once");
+}
+
+/// A request the upstream read and then hung up on may have been applied:
+/// the key is kept, and a retry is told so (`upstream_outcome_unknown`,
+/// `x-should-retry: false`), never given the 502 as the upstream's answer.
+#[tokio::test]
+async fn a_cut_connection_is_recorded_as_an_unknown_outcome() {
+    let upstream = ScriptedServer::with(|_, _| Reply::close()).await;
+    let proxy = sidecar(
+        &upstream.url(""),
+        &["--max-attempts", "1", "--idempotency", "memory"],
+    )
+    .await;
+    let first = post(&proxy, "pay-3").await;
+    assert_eq!(first.status, StatusCode::BAD_GATEWAY);
+    let retry = post(&proxy, "pay-3").await;
+    assert_eq!(retry.status, StatusCode::BAD_GATEWAY);
+    assert!(retry.replayed());
+    assert_eq!(retry.headers["x-should-retry"], "false");
+    assert_eq!(retry.json()["code"], "upstream_outcome_unknown");
+    assert_eq!(upstream.count(), 1, "never sent again");
+}
+
+/// An upstream whose body breaks off after its head (`Content-Length: 100`,
+/// 10 bytes, close) did the work: with a key the caller still gets the head
+/// and the 10 bytes (as without one), and a retry is told `410`, not run
+/// again (it used to get 0 bytes, and every retry ran the upstream again).
+#[tokio::test]
+async fn a_body_cut_by_the_upstream_keeps_the_key() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let runs = Arc::new(AtomicUsize::new(0));
+    {
+        let runs = runs.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let runs = runs.clone();
+                tokio::spawn(async move {
+                    // The whole request: a head and a 13-byte body.
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.ends_with(br#"{"amount":10}"#) {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+    }
+    let proxy = sidecar(
+        &format!("http://{addr}"),
+        &["--max-attempts", "1", "--idempotency", "memory"],
+    )
+    .await;
+
+    let (status, got, broke) = guarded("the cut response", async {
+        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/charges")
+            .header("host", "localhost")
+            .header("idempotency-key", "cut-1")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
+            .expect("valid");
+        let res = sender.send_request(req).await.expect("the head arrives");
+        let status = res.status();
+        let mut body = res.into_body();
+        let mut got = Vec::new();
+        let mut broke = false;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                Err(_) => {
+                    broke = true;
+                    break;
+                }
+            }
+        }
+        (status, got, broke)
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, b"0123456789", "the bytes that arrived");
+    assert!(broke, "the caller sees the body break off");
+
+    let retry = post(&proxy, "cut-1").await;
+    assert_eq!(retry.status, StatusCode::GONE, "{:?}", retry.body);
+    assert_eq!(retry.json()["code"], "idempotency_response_not_stored");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "not run again");
+}
+
+/// `--idempotency postgres://…`: the sidecar keeps its records in a
+/// Postgres table (created when missing), for a fleet without Redis.
+#[tokio::test]
+async fn postgres_keeps_the_records_of_a_fleet() {
+    let Some(pg) = kneo_tests::postgres::PostgresServer::start() else {
+        return;
+    };
+    let addr = free_port().await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    counting_upstream(addr, runs.clone()).await;
+    let upstream = format!("http://{addr}");
+    let args = ["--max-attempts", "1", "--idempotency", &pg.url()];
+    let a = sidecar(&upstream, &args).await;
+    let b = sidecar(&upstream, &args).await;
+    let first = post(&a, "pg-1").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let replay = post(&b, "pg-1").await;
+    assert!(replay.replayed(), "the other sidecar replays: one table");
+    assert_eq!(replay.json()["charge"], 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

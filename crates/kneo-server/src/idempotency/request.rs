@@ -1,0 +1,54 @@
+//! What a request is to the idempotency layers: passed through, refused at
+//! once, or keyed; and, once its body is read, the fingerprint and record
+//! key it is filed under. Shared by [`Idempotency`](super::Idempotency) and
+//! the transactional layer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::answer::{problems, request_id};
+use super::fingerprint::Fingerprint;
+use super::key::{self, RecordKey};
+use super::layer::Config;
+use crate::problem::ProblemResponse;
+
+/// What the layer does with a request, decided from its head.
+pub(crate) enum Route {
+    /// Not the layer's business: another method, or no key when none is required.
+    Pass,
+    /// Refused at once (a missing or malformed key), with the request's id.
+    Refuse(ProblemResponse, Option<HeaderValue>),
+    /// Keyed with this key.
+    Keyed(Arc<str>),
+}
+
+/// Routes a request by its method and headers.
+pub(crate) fn route(config: &Config, method: &Method, headers: &HeaderMap) -> Route {
+    if !config.methods.contains(method) {
+        return Route::Pass;
+    }
+    match key::parse(headers) {
+        Ok(Some(key)) => Route::Keyed(key),
+        Ok(None) if !config.require => Route::Pass,
+        Ok(None) => Route::Refuse(problems::missing(), request_id(headers)),
+        Err(e) => Route::Refuse(problems::invalid(e), request_id(headers)),
+    }
+}
+
+/// The fingerprint and record key of a keyed request whose body is `body`.
+pub(crate) fn identify(
+    config: &Config,
+    parts: &Parts,
+    body: &Bytes,
+    key: Arc<str>,
+) -> (Fingerprint, RecordKey) {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let content_type = parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let fingerprint = Fingerprint::of_request(&parts.method, path, content_type, body);
+    let record_key = RecordKey::from_shared(config.scope.scope(parts), key);
+    (fingerprint, record_key)
+}

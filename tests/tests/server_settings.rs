@@ -1,0 +1,146 @@
+//! kneo-server's `IdempotencyLayer` settings at their edges: durations
+//! nothing can overflow, a lease that cannot be born expired, and
+//! `fail_open` that opens only when the store cannot be reached.
+
+mod server_support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use kneo_server::{IdempotencyLayer, MemoryStore, Store};
+use server_support::*;
+
+/// `.ttl(Duration::MAX)` and `.lease(Duration::MAX)` are bounded, not a
+/// panic inside the store or a command Redis refuses.
+async fn huge_durations_work<St: Store>(store: St) {
+    let layer = IdempotencyLayer::new(store)
+        .ttl(Duration::MAX)
+        .lease(Duration::MAX)
+        .max_hold(Duration::MAX);
+    let server = TestServer::start(App::Axum, layer).await;
+    let client = server.client("key-1", once());
+    let first = post(&client, "/pay", "huge", "{}").await.expect("runs");
+    assert_eq!(first.json()["run"], 1);
+    let replay = post(&client, "/pay", "huge", "{}").await.expect("replayed");
+    assert!(replay.replayed());
+    assert_eq!(server.runs(), 1);
+}
+
+/// `.lease(Duration::ZERO)` used to make claims born expired, so concurrent
+/// duplicates all ran; it is raised to the minimum lease.
+async fn a_zero_lease_still_excludes_duplicates<St: Store>(store: St) {
+    let layer = IdempotencyLayer::new(store).lease(Duration::ZERO);
+    let server = TestServer::start(App::Axum, layer).await;
+    let client = server.client("key-1", once());
+    let replies = join_all((0..10).map(|_| post(&client, "/pay?sleep_ms=300", "zero", "{}"))).await;
+    let ran = replies.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ran, 1, "one request ran; the others were told 409");
+    for err in replies.iter().filter_map(|r| r.as_ref().err()) {
+        assert_problem(err, 409, "idempotency_key_in_use");
+    }
+    assert_eq!(server.runs(), 1);
+}
+
+/// With `wait_for_first`, a duplicate that arrives while the first runs
+/// waits and gets its response, not a `409`; without it, `409` at once.
+async fn a_duplicate_can_wait_for_the_first_run<St: Store>(store: St) {
+    let layer = IdempotencyLayer::new(store.clone()).wait_for_first(Duration::from_secs(10));
+    let server = TestServer::start(App::Axum, layer).await;
+    let client = server.client("key-1", once());
+    let (first, second) = tokio::join!(post(&client, "/pay?sleep_ms=500", "waits", "{}"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post(&client, "/pay?sleep_ms=500", "waits", "{}").await
+    });
+    let (first, second) = (first.expect("runs"), second.expect("waited, then replayed"));
+    assert_eq!(first.json()["run"], 1);
+    assert!(second.replayed());
+    assert_eq!(second.json()["run"], 1);
+    assert_eq!(server.runs(), 1);
+
+    let server = TestServer::start(App::Axum, IdempotencyLayer::new(store)).await;
+    let client = server.client("key-1", once());
+    let (_, second) = tokio::join!(post(&client, "/pay?sleep_ms=500", "no-wait", "{}"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post(&client, "/pay?sleep_ms=500", "no-wait", "{}").await
+    });
+    assert_problem(&second.expect_err("409"), 409, "idempotency_key_in_use");
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(kneo_server::MemoryStore::new()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(redis) = super::RedisServer::start() else { return };
+                    let store = kneo_server::RedisStore::builder(redis.url())
+                        .timeout(std::time::Duration::from_millis(500))
+                        .connect()
+                        .await
+                        .expect("redis-server is up");
+                    super::$name(store).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    huge_durations_work,
+    a_zero_lease_still_excludes_duplicates,
+    a_duplicate_can_wait_for_the_first_run,
+);
+
+/// `fail_open` opens on an unreachable store only: a store full of claims
+/// is an answer (503), not an outage to run unprotected through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_does_not_open_on_a_full_store() {
+    let layer = IdempotencyLayer::new(MemoryStore::new().max_entries(1)).fail_open();
+    let server = TestServer::start(App::Axum, layer).await;
+    let client = server.client("key-1", once());
+    let blocked = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, "/block", "holds-the-slot", "{}").await })
+    };
+    server.state.blocked.notified().await;
+    let err = post(&client, "/pay", "no-room", "{}")
+        .await
+        .expect_err("refused");
+    assert_problem(&err, 503, "idempotency_store_unavailable");
+    assert_eq!(
+        server.runs(),
+        1,
+        "the second request did not run unprotected"
+    );
+    server.state.gate.notify_one();
+    blocked
+        .await
+        .expect("joined")
+        .expect("the first one answers");
+}
+
+/// With `fail_open`, Redis down: the handler runs (unprotected, as asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_opens_when_redis_is_down() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let store = kneo_server::RedisStore::builder(redis.url())
+        .timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("redis-server is up");
+    redis.stop();
+    let server = TestServer::start(App::Axum, IdempotencyLayer::new(store).fail_open()).await;
+    let client = server.client("key-1", once());
+    let reply = post(&client, "/pay", "down", "{}").await.expect("runs");
+    assert_eq!(reply.json()["run"], 1);
+}
