@@ -12,11 +12,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kneo_server::{IdempotencyLayer, MemoryStore};
+use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
 use kneo_tests::faults::caller::{attempt, Abandon, Answer, Attempt, Point};
 use kneo_tests::faults::{
     run_hangup, Charge, Effects, HangupOptions, HangupReport, SlowServer, Target,
 };
+use kneo_tests::redis::RedisServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const REQUESTS: u64 = 400;
 
@@ -33,8 +36,20 @@ fn seed() -> u64 {
 async fn check(target: Target) -> Option<HangupReport> {
     let report = run_hangup(target, &HangupOptions::new(REQUESTS, seed())).await?;
     println!("{report}");
-    let violations = report.violations();
-    assert!(violations.is_empty(), "{violations:#?}\n{report}");
+    if target == Target::Redis {
+        // The promise, strictly; a caller left without its answer only as
+        // kneo-server's known issue leaves it (tests/FAULTS.md, "A hang-up
+        // during the Redis claim"): hung up on while its claim's `SET` was
+        // in flight, a request's key is held for the lease (60 s) with
+        // nothing running under it. Once fixed: `violations()`, as memory.
+        let violations = report.safety_violations();
+        assert!(violations.is_empty(), "{violations:#?}\n{report}");
+        assert_eq!(report.unfinished, report.held_without_run, "{report}");
+        assert_eq!(report.lost, report.held_without_run, "{report}");
+    } else {
+        let violations = report.violations();
+        assert!(violations.is_empty(), "{violations:#?}\n{report}");
+    }
     // The hang-ups happened, at every point, and the retries met both a run
     // still going and its record: a run without them would prove nothing.
     for point in Point::ALL {
@@ -187,4 +202,77 @@ async fn a_caller_that_hangs_up_while_the_response_streams_gets_the_whole_replay
     );
     assert_eq!(effects.of_request(3), 1);
     assert_eq!(server.runs(3).started, 1);
+}
+
+/// A loopback relay to `redis-server` that holds each of its replies for
+/// `delay` (a slow Redis), so a hang-up can land inside a claim's round trip.
+async fn slow_redis(port: u16, delay: Duration) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(redis) = TcpStream::connect(("127.0.0.1", port)).await else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_redis, mut to_redis) = redis.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_redis).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0; 16 * 1024];
+                while let Ok(n @ 1..) = from_redis.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The hang-up workload's one finding on the fixed layer, as a test: a
+/// caller hangs up while its claim's `SET NX` is on its way to Redis (the
+/// replies take 300 ms; the hang-up comes at 100 ms). The handler never
+/// began, so the key must be free again, and the retry run the request. It
+/// is not: the `SET` lands after the request future was dropped, nothing
+/// takes it back (only a claim that timed out is), and the key answers `409`
+/// for the whole lease (60 s) with nothing running under it. Never a
+/// duplicate; a caller left without its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "kneo-server: a claim whose SET lands after a hang-up is held for its lease (tests/FAULTS.md)"]
+async fn a_caller_that_hangs_up_during_the_redis_claim_leaves_the_key_free() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let slow = slow_redis(redis.port(), Duration::from_millis(300)).await;
+    let store = RedisStore::builder(format!("redis://{slow}/"))
+        .connect()
+        .await
+        .expect("redis store connects");
+    let effects = Arc::new(Effects::default());
+    let server = SlowServer::start(IdempotencyLayer::new(store), effects.clone()).await;
+    let charge = Charge::new(4, 0, 0, 0);
+    let hang_up = Abandon::InHandler {
+        after: Duration::from_millis(100),
+    };
+    let first = attempt(server.addr(), "K4", &charge.body(), Some(hang_up), GUARD).await;
+    assert!(
+        matches!(first, Attempt::Abandoned(Point::InHandler)),
+        "{first:?}"
+    );
+    assert_eq!(
+        server.runs(4).started,
+        0,
+        "hung up before the handler began"
+    );
+
+    let (answer, in_use) = retry_until_answered(&server, "K4", &charge).await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert!(!answer.replayed(), "the retry is the one run: {answer:?}");
+    assert_eq!(effects.of_request(4), 1, "after {in_use} 409s");
 }

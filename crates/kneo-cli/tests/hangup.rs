@@ -40,8 +40,18 @@ async fn check(target: Target) {
         return; // Redis without redis-server, outside CI.
     };
     println!("{report}");
-    let violations = report.violations();
-    assert!(violations.is_empty(), "{violations:#?}\n{report}");
+    if target == Target::ProxyRedis {
+        // The promise, strictly; a caller left without its answer only as
+        // kneo-server's known issue leaves it (tests/FAULTS.md, "A hang-up
+        // during the Redis claim"). Once fixed: `violations()`, as memory.
+        let violations = report.safety_violations();
+        assert!(violations.is_empty(), "{violations:#?}\n{report}");
+        assert_eq!(report.unfinished, report.held_without_run, "{report}");
+        assert_eq!(report.lost, report.held_without_run, "{report}");
+    } else {
+        let violations = report.violations();
+        assert!(violations.is_empty(), "{violations:#?}\n{report}");
+    }
     for point in Point::ALL {
         assert!(report.abandoned_at(point) > 0, "{point:?}: {report}");
     }

@@ -188,6 +188,10 @@ pub struct HangupReport {
     pub unexpected: BTreeMap<u16, u64>,
     /// Requests without a final answer within their bounds (must be 0).
     pub unfinished: u64,
+    /// Of those, requests whose handler never began while their key
+    /// answered `409 idempotency_key_in_use`: a claim that nothing runs
+    /// under, held until its lease ends.
+    pub held_without_run: u64,
     /// A few of the requests behind the figures that must be 0, for reading.
     pub examples: Vec<String>,
     /// Wall time.
@@ -205,25 +209,17 @@ impl HangupReport {
         self.abandoned.get(point.as_str()).copied().unwrap_or(0)
     }
 
-    /// Everything that breaks the promise; empty when the run proves it.
+    /// Everything that breaks the promise or leaves a caller without its
+    /// answer; empty when the run proves it.
     pub fn violations(&self) -> Vec<String> {
-        let mut v = Vec::new();
+        let mut v = self.safety_violations();
         let mut check = |n: u64, what: &str| {
             if n > 0 {
                 v.push(format!("hang-up {}: {n} {what}", self.target));
             }
         };
-        check(self.duplicates, "requests applied more than once");
-        check(self.duplicate_keys, "keys applied more than once");
         check(self.lost, "requests never applied");
-        check(self.wrong_body, "final answers with another body");
         check(self.unfinished, "requests without a final answer");
-        for (status, n) in &self.unexpected {
-            v.push(format!(
-                "hang-up {}: {n} requests ended on {status}",
-                self.target
-            ));
-        }
         let ended = self.first_answers
             + self.replays
             + self.wrong_body
@@ -233,6 +229,28 @@ impl HangupReport {
             v.push(format!(
                 "hang-up {}: {} requests sent, {ended} accounted for",
                 self.target, self.requests
+            ));
+        }
+        v
+    }
+
+    /// What breaks the promise itself: a request run twice, a caller handed
+    /// another body than its one run's, a request ended on a status it
+    /// should not have. (Not: a request that never got its answer.)
+    pub fn safety_violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut check = |n: u64, what: &str| {
+            if n > 0 {
+                v.push(format!("hang-up {}: {n} {what}", self.target));
+            }
+        };
+        check(self.duplicates, "requests applied more than once");
+        check(self.duplicate_keys, "keys applied more than once");
+        check(self.wrong_body, "final answers with another body");
+        for (status, n) in &self.unexpected {
+            v.push(format!(
+                "hang-up {}: {n} requests ended on {status}",
+                self.target
             ));
         }
         v
@@ -272,14 +290,15 @@ impl fmt::Display for HangupReport {
             .collect();
         write!(
             f,
-            "  effects {}, duplicates {} (requests) {} (keys), lost {}, wrong bodies {}, unexpected {}, unfinished {}",
+            "  effects {}, duplicates {} (requests) {} (keys), lost {}, wrong bodies {}, unexpected {}, unfinished {} (of which held by a claim that never ran {})",
             self.effects,
             self.duplicates,
             self.duplicate_keys,
             self.lost,
             self.wrong_body,
             if unexpected.is_empty() { "none".to_owned() } else { unexpected.join(", ") },
-            self.unfinished
+            self.unfinished,
+            self.held_without_run
         )?;
         for example in &self.examples {
             write!(f, "\n  e.g. {example}")?;
@@ -419,7 +438,11 @@ pub async fn run_hangup(target: Target, options: &HangupOptions) -> Option<Hangu
             End::Replay => report.replays += 1,
             End::WrongBody(body) => {
                 report.wrong_body += 1;
-                example(&mut report, format!("request {id}: final answer {body}"));
+                let first_line = body.lines().next().unwrap_or_default();
+                example(
+                    &mut report,
+                    format!("request {id}: final answer begins {first_line}"),
+                );
             }
             End::Unexpected(status, body) => {
                 *report.unexpected.entry(status).or_default() += 1;
@@ -427,11 +450,16 @@ pub async fn run_hangup(target: Target, options: &HangupOptions) -> Option<Hangu
             }
             End::Unfinished => {
                 report.unfinished += 1;
+                let runs = stack.server.runs(id).started;
+                if runs == 0 && logical.in_use > 0 {
+                    report.held_without_run += 1;
+                }
+                let hung_up: Vec<&str> = logical.abandoned.keys().map(|p| p.as_str()).collect();
                 example(
                     &mut report,
                     format!(
-                        "request {id}: unfinished after {} attempts",
-                        logical.attempts
+                        "request {id}: unfinished after {} attempts ({} answered 409), {runs} runs began (hung up {hung_up:?})",
+                        logical.attempts, logical.in_use
                     ),
                 );
             }
