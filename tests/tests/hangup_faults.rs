@@ -34,7 +34,13 @@ fn seed() -> u64 {
 }
 
 async fn check(target: Target) -> Option<HangupReport> {
-    let report = run_hangup(target, &HangupOptions::new(REQUESTS, seed())).await?;
+    // 12 attempts: a request needs its 2 hang-ups at most and a 409 or two;
+    // the bound ends the known held keys (below) after about 10 s.
+    let report = run_hangup(
+        target,
+        &HangupOptions::new(REQUESTS, seed()).max_attempts(12),
+    )
+    .await?;
     println!("{report}");
     if target == Target::Redis {
         // The promise, strictly; a caller left without its answer only as
@@ -76,8 +82,7 @@ async fn callers_hanging_up_on_a_redis_store_never_run_a_request_twice() {
 /// idempotency_key_in_use`, waiting each 409's `Retry-After` (which must be
 /// there, and 1 s); returns it and the 409s met.
 async fn retry_until_answered(server: &SlowServer, key: &str, charge: &Charge) -> (Answer, u32) {
-    let mut in_use = 0;
-    for _ in 0..20 {
+    for in_use in 0..20 {
         let answer = match attempt(server.addr(), key, &charge.body(), None, GUARD).await {
             Attempt::Answer(answer) => answer,
             other => panic!("the retry got no answer: {other:?}"),
@@ -95,7 +100,6 @@ async fn retry_until_answered(server: &SlowServer, key: &str, charge: &Charge) -
             Some(Duration::from_secs(1)),
             "{answer:?}"
         );
-        in_use += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     panic!("still 409 after 20 retries");

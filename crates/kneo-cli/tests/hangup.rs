@@ -35,7 +35,9 @@ async fn check(target: Target) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
-    let options = HangupOptions::new(300, seed).kneo(env!("CARGO_BIN_EXE_kneo"));
+    let options = HangupOptions::new(300, seed)
+        .max_attempts(12)
+        .kneo(env!("CARGO_BIN_EXE_kneo"));
     let Some(report) = run_hangup(target, &options).await else {
         return; // Redis without redis-server, outside CI.
     };

@@ -142,6 +142,12 @@ impl HangupOptions {
         self
     }
 
+    /// Sets the attempts per logical request at most (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
     /// Sets the mix: weights of no hang-up, before the body, in the handler,
     /// while streaming.
     pub fn mix(mut self, mix: [u32; 4]) -> Self {
