@@ -15,13 +15,32 @@
 //! Without `redis-server` on `PATH`, [`RedisServer::start`] prints
 //! `skipped: redis-server not on PATH` and returns `None`; under `CI=true` it
 //! panics instead, so CI never skips these tests silently.
+//!
+//! [`RedisServer::start_tls`] starts one as managed Redis services run: TLS
+//! only (no plain port), with certificates made for the test by `openssl`
+//! (a CA, and a server certificate for `127.0.0.1` and `localhost`), and
+//! only an ACL user ([`TLS_USER`] with [`TLS_PASSWORD`]; `default` is off):
+//!
+//! ```no_run
+//! use kneo_tests::redis::RedisServer;
+//!
+//! let Some(redis) = RedisServer::start_tls() else { return }; // skipped
+//! let url = redis.url(); // rediss://kneo:s3cret@127.0.0.1:PORT/
+//! let ca = redis.ca_pem().expect("a TLS server has a CA");
+//! # let _ = (url, ca);
+//! ```
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The ACL user of a [TLS server](RedisServer::start_tls).
+pub const TLS_USER: &str = "kneo";
+/// The password of [`TLS_USER`].
+pub const TLS_PASSWORD: &str = "s3cret";
 
 /// A running `redis-server` child process.
 #[derive(Debug)]
@@ -30,6 +49,120 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Durable servers: the directory of the append-only file.
     dir: Option<PathBuf>,
+    /// TLS servers: their certificates.
+    tls: Option<Tls>,
+}
+
+/// A TLS server's certificates, in a temporary directory of their own.
+#[derive(Debug)]
+struct Tls {
+    dir: PathBuf,
+    ca_pem: Vec<u8>,
+    /// Mutual TLS: the client's certificate and key, which the server requires.
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// `true` when `name` is on `PATH`; otherwise `false` after printing why the
+/// test is skipped, or a panic under `CI=true`.
+fn installed(name: &str) -> bool {
+    if find_on_path(name).is_some() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{name} not on PATH, and CI=true: the Redis tests must run in CI");
+    }
+    println!("skipped: {name} not on PATH");
+    false
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "kneo-{what}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory for redis");
+    dir
+}
+
+/// Runs `openssl` in `dir` with `args` (split on whitespace); panics with
+/// its output when it fails.
+fn openssl(dir: &Path, args: &str) {
+    let output = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    assert!(
+        output.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `openssl req` arguments for a new, unencrypted P-256 key.
+const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+
+/// `name.key` and `name.pem`, a certificate for `subject` signed by the CA in
+/// `dir`, with the `extensions` (the lines of an `openssl x509 -extfile`).
+fn signed_certificate(dir: &Path, name: &str, subject: &str, extensions: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), extensions).expect("write the extensions");
+    openssl(
+        dir,
+        &format!("req {NEW_KEY} -keyout {name}.key -out {name}.csr -subj {subject}"),
+    );
+    let serial = fastrand::u32(1..);
+    openssl(
+        dir,
+        &format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 1 \
+             -out {name}.pem -extfile {name}.ext"
+        ),
+    );
+}
+
+impl Tls {
+    /// A CA and a server certificate for `127.0.0.1` and `localhost`; with
+    /// `mutual`, a client certificate too.
+    fn generate(mutual: bool) -> Tls {
+        let dir = temp_dir("redis-tls");
+        openssl(
+            &dir,
+            &format!(
+                "req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 1 -subj /CN=kneo-test-CA \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
+        );
+        signed_certificate(
+            &dir,
+            "server",
+            "/CN=localhost",
+            "basicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        );
+        let client = mutual.then(|| {
+            signed_certificate(
+                &dir,
+                "client",
+                "/CN=kneo-test-client",
+                "basicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=clientAuth\n",
+            );
+            let read = |name: &str| std::fs::read(dir.join(name)).expect("the client's PEM");
+            (read("client.pem"), read("client.key"))
+        });
+        let ca_pem = std::fs::read(dir.join("ca.pem")).expect("the CA's PEM");
+        Tls {
+            dir,
+            ca_pem,
+            client,
+        }
+    }
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -52,23 +185,41 @@ impl RedisServer {
     /// write it acknowledged. What a fleet relying on Redis for idempotency
     /// runs: a restart that forgets claims and records would run retries again.
     pub fn start_durable() -> Option<RedisServer> {
-        let dir = std::env::temp_dir().join(format!(
-            "kneo-redis-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary directory for redis");
-        Self::start_in(Some(dir))
+        Self::start_in(Some(temp_dir("redis")))
+    }
+
+    /// Starts a server as managed Redis runs: TLS only (`--port 0`), a
+    /// certificate signed by a CA made for it ([`ca_pem`](Self::ca_pem)), and
+    /// one ACL user, [`TLS_USER`] with [`TLS_PASSWORD`] (`default` is off). Its
+    /// [`url`](Self::url) is `rediss://kneo:s3cret@127.0.0.1:PORT/`. `None`
+    /// (with a printed reason) without `redis-server` or `openssl`; a panic
+    /// under `CI=true`. [`command`](Self::command) is not available on it.
+    pub fn start_tls() -> Option<RedisServer> {
+        Self::start_tls_with(false)
+    }
+
+    /// [`start_tls`](Self::start_tls), and the server also requires a client
+    /// certificate signed by its CA (`--tls-auth-clients yes`): see
+    /// [`client_certificate`](Self::client_certificate).
+    pub fn start_tls_mutual() -> Option<RedisServer> {
+        Self::start_tls_with(true)
+    }
+
+    fn start_tls_with(mutual: bool) -> Option<RedisServer> {
+        if !installed("redis-server") || !installed("openssl") {
+            return None;
+        }
+        Some(Self::launch(None, Some(Tls::generate(mutual))))
     }
 
     fn start_in(dir: Option<PathBuf>) -> Option<RedisServer> {
-        if find_on_path("redis-server").is_none() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("redis-server not on PATH, and CI=true: the Redis tests must run in CI");
-            }
-            println!("skipped: redis-server not on PATH");
+        if !installed("redis-server") {
             return None;
         }
+        Some(Self::launch(dir, None))
+    }
+
+    fn launch(dir: Option<PathBuf>, tls: Option<Tls>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
@@ -77,14 +228,32 @@ impl RedisServer {
             port,
             child: None,
             dir,
+            tls,
         };
         server.spawn();
-        Some(server)
+        server
     }
 
     fn spawn(&mut self) {
         let mut command = Command::new("redis-server");
-        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(tls.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(tls.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(tls.dir.join("ca.pem"))
+                .args([
+                    "--tls-auth-clients",
+                    if tls.client.is_some() { "yes" } else { "no" },
+                ])
+                .args(["--user", TLS_USER, "on", &format!(">{TLS_PASSWORD}")])
+                .args(["~*", "&*", "+@all", "--user", "default", "off"]),
+        };
         match &self.dir {
             Some(dir) => command
                 .args([
@@ -108,7 +277,13 @@ impl RedisServer {
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if self.try_command("PING").is_ok_and(|r| r == "PONG") {
+            // A TLS server's plain `PING` would need a TLS client: it is up
+            // once its port accepts connections.
+            let up = match self.tls {
+                None => self.try_command("PING").is_ok_and(|r| r == "PONG"),
+                Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if up {
                 return;
             }
             assert!(
@@ -120,9 +295,34 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/`; for a [TLS server](Self::start_tls),
+    /// `rediss://kneo:s3cret@127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(_) => format!(
+                "rediss://{TLS_USER}:{TLS_PASSWORD}@127.0.0.1:{}/",
+                self.port
+            ),
+        }
+    }
+
+    /// A TLS server's CA certificate (PEM), which signed its certificate.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.tls.as_ref().map(|tls| tls.ca_pem.as_slice())
+    }
+
+    /// The file of [`ca_pem`](Self::ca_pem), for what reads a CA from a file
+    /// (`SSL_CERT_FILE`, `redis-cli --cacert`).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.dir.join("ca.pem"))
+    }
+
+    /// A [mutual TLS](Self::start_tls_mutual) server's client certificate
+    /// and key (PEM), signed by its CA.
+    pub fn client_certificate(&self) -> Option<(&[u8], &[u8])> {
+        let (chain, key) = self.tls.as_ref()?.client.as_ref()?;
+        Some((chain, key))
     }
 
     /// The port.
@@ -153,6 +353,10 @@ impl RedisServer {
     }
 
     fn try_command(&self, command: &str) -> std::io::Result<String> {
+        assert!(
+            self.tls.is_none(),
+            "RedisServer::command speaks plain RESP, not TLS"
+        );
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.write_all(format!("{command}\r\n").as_bytes())?;
@@ -199,6 +403,9 @@ impl Drop for RedisServer {
         self.stop();
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(tls) = &self.tls {
+            let _ = std::fs::remove_dir_all(&tls.dir);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The `Store` contract (see `kneo_server::store::Store`), as one suite run
-//! against every store: `MemoryStore`, and `RedisStore` on a real
-//! `redis-server` (skipped with a printed reason when it is not installed; a
-//! failure under `CI=true`).
+//! against every store: `MemoryStore`, `RedisStore` on a real `redis-server`,
+//! plain and as managed Redis runs (`rediss://` with an ACL user, on a
+//! TLS-only port), and `PostgresStore` (each skipped with a printed reason
+//! when its server is not installed; a failure under `CI=true`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use kneo_server::idempotency::{Completed, Fingerprint, Outcome, RecordKey, Scope, StoredResponse};
 use kneo_server::store::{Acquire, Store};
 use kneo_server::RedisStore;
-use kneo_tests::redis::RedisServer;
+use kneo_tests::redis::{RedisServer, TLS_PASSWORD, TLS_USER};
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(300);
@@ -221,6 +222,15 @@ macro_rules! suite {
                 async fn $name() {
                     let Some(redis) = super::RedisServer::start() else { return };
                     super::$name(super::redis_store(&redis, "kneo:test:").await).await
+                }
+            )*
+        }
+        mod redis_tls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(redis) = super::RedisServer::start_tls() else { return };
+                    super::$name(super::redis_tls_store(&redis).await).await
                 }
             )*
         }
@@ -448,4 +458,133 @@ async fn redis_that_may_evict_claims_is_refused() {
         "OK"
     );
     redis_store(&redis, "kneo:test:").await;
+}
+
+/// A store on a [TLS server](RedisServer::start_tls): `rediss://` as its ACL
+/// user, trusting the CA the test made.
+async fn redis_tls_store(redis: &RedisServer) -> RedisStore {
+    RedisStore::builder(redis.url())
+        .ca_certificate(redis.ca_pem().expect("a TLS server"))
+        .prefix("kneo:test:")
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("redis-server is up, over TLS")
+}
+
+/// `rediss://user:password@…` with the TLS server's CA: a store error that
+/// names neither the URL nor the password.
+async fn tls_connect_error(url: String, ca: &[u8]) -> String {
+    let builder = RedisStore::builder(url)
+        .ca_certificate(ca)
+        .timeout(Duration::from_millis(500));
+    let err = builder.connect().await.expect_err("refused");
+    let text = format!("{err} / {err:?}");
+    assert!(text.starts_with("idempotency store unavailable"), "{text}");
+    text
+}
+
+/// A wrong password is a clear store error, which does not carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_wrong_password_is_a_store_error_without_it() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let ca = redis.ca_pem().expect("a TLS server");
+    let wrong = "not-the-Pa55word";
+    let url = format!("rediss://{TLS_USER}:{wrong}@127.0.0.1:{}/", redis.port());
+    let text = tls_connect_error(url, ca).await;
+    assert!(text.contains("Password authentication failed"), "{text}");
+    assert!(!text.contains(wrong), "the password leaked: {text}");
+    // No user at all: `default` is off.
+    let url = format!("rediss://127.0.0.1:{}/", redis.port());
+    let text = tls_connect_error(url, ca).await;
+    assert!(text.contains("NOAUTH"), "{text}");
+}
+
+/// A plain `redis://` URL on the TLS-only port fails (within the store's
+/// timeout), and says nothing of the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_port_refuses_plain_redis() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let url = format!(
+        "redis://{TLS_USER}:{TLS_PASSWORD}@127.0.0.1:{}/",
+        redis.port()
+    );
+    let err = RedisStore::builder(url)
+        .timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .expect_err("not TLS");
+    let text = format!("{err} / {err:?}");
+    assert!(text.starts_with("idempotency store unavailable"), "{text}");
+    assert!(!text.contains(TLS_PASSWORD), "{text}");
+}
+
+/// The server's certificate is checked: without its CA (the platform's roots
+/// do not hold it), or with another CA, `rediss://` does not connect; and
+/// `rediss://` to a plain Redis fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_checks_the_server_certificate() {
+    let (Some(redis), Some(other)) = (RedisServer::start_tls(), RedisServer::start_tls()) else {
+        return;
+    };
+    let err = RedisStore::builder(redis.url())
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect_err("the platform's roots do not hold the test's CA");
+    assert!(!err.to_string().contains(TLS_PASSWORD), "{err}");
+    let text = tls_connect_error(redis.url(), other.ca_pem().expect("TLS")).await;
+    assert!(!text.contains(TLS_PASSWORD), "{text}");
+    redis_tls_store(&redis).await;
+
+    let Some(plain) = RedisServer::start() else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}/", plain.port());
+    tls_connect_error(url, redis.ca_pem().expect("TLS")).await;
+}
+
+/// Neither `Debug` of the builder nor of the store shows the URL's password
+/// or the client's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_debug_shows_no_secret() {
+    let Some(redis) = RedisServer::start_tls_mutual() else {
+        return;
+    };
+    let (chain, key) = redis.client_certificate().expect("mutual TLS");
+    let builder = RedisStore::builder(redis.url())
+        .ca_certificate(redis.ca_pem().expect("TLS"))
+        .client_certificate(chain, key);
+    let shown = format!("{builder:?}");
+    assert!(!shown.contains(TLS_PASSWORD), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(shown.contains("tls: true"), "{shown}");
+    let store = builder.connect().await.expect("mutual TLS connects");
+    let shown = format!("{store:?}");
+    assert!(!shown.contains(TLS_PASSWORD), "{shown}");
+}
+
+/// A Redis that requires a client certificate accepts the store that
+/// presents one signed by its CA, and refuses one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_mutual_needs_the_client_certificate() {
+    let Some(redis) = RedisServer::start_tls_mutual() else {
+        return;
+    };
+    let (chain, key) = redis.client_certificate().expect("mutual TLS");
+    let store = RedisStore::builder(redis.url())
+        .ca_certificate(redis.ca_pem().expect("TLS"))
+        .client_certificate(chain, key)
+        .connect()
+        .await
+        .expect("presents its certificate");
+    assert!(matches!(
+        claim(&store, "m", "a", LONG).await,
+        Acquire::Claimed(_)
+    ));
+    tls_connect_error(redis.url(), redis.ca_pem().expect("TLS")).await;
 }

@@ -186,3 +186,176 @@ async fn a_github_403_with_nothing_left_is_a_rate_limit() {
     assert_eq!(err.code(), codes::RATE_LIMITED_LOCALLY);
     assert_eq!(server.count(), 1);
 }
+
+/// A 200 with OpenAI's headers: no request left for six minutes.
+fn openai_exhausted() -> Reply {
+    Reply::json(200, "{}")
+        .header("x-ratelimit-limit-requests", "60")
+        .header("x-ratelimit-remaining-requests", "0")
+        .header("x-ratelimit-reset-requests", "6m0s")
+}
+
+fn get_with(
+    server: &ScriptedServer,
+    path: &str,
+    header: &str,
+    value: &str,
+) -> Request<Full<Bytes>> {
+    Request::get(server.url(path))
+        .header(header, value)
+        .body(Full::default())
+        .expect("valid")
+}
+
+/// An upstream whose quota is spent for `spent` (the value of `header`) only.
+async fn per_key_upstream(header: &'static str, spent: &'static str) -> ScriptedServer {
+    ScriptedServer::with(move |_, req| {
+        if req.header(header).as_deref() == Some(spent) {
+            openai_exhausted()
+        } else {
+            Reply::json(200, "{}")
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn one_keys_spent_quota_does_not_block_another_key() {
+    let server = per_key_upstream("authorization", "Bearer sk-A").await;
+    let svc = stack(fast());
+    let first = svc
+        .clone()
+        .oneshot(get_with(
+            &server,
+            "/v1/chat",
+            "authorization",
+            "Bearer sk-A",
+        ))
+        .await
+        .expect("200");
+    assert!(first
+        .extensions()
+        .get::<RateLimit>()
+        .expect("parsed")
+        .is_exhausted());
+
+    // Another key reaches the upstream.
+    let other = svc
+        .clone()
+        .oneshot(get_with(
+            &server,
+            "/v1/models",
+            "authorization",
+            "Bearer sk-B",
+        ))
+        .await
+        .expect("sk-B is not throttled by sk-A's quota");
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(server.count(), 2);
+    assert_eq!(
+        server.requests()[1].header("authorization").as_deref(),
+        Some("Bearer sk-B")
+    );
+
+    // sk-A itself is still refused, unsent.
+    let err = svc
+        .clone()
+        .oneshot(get_with(
+            &server,
+            "/v1/models",
+            "authorization",
+            "Bearer sk-A",
+        ))
+        .await
+        .expect_err("sk-A's six minutes are beyond max_wait");
+    assert_eq!(err.code(), codes::RATE_LIMITED_LOCALLY);
+    assert!(err.retry_after().expect("the wait") > Duration::from_secs(350));
+    assert_eq!(server.count(), 2, "sk-A was not sent again");
+
+    // And a request with no credential at all is a partition of its own.
+    svc.oneshot(get(&server))
+        .await
+        .expect("anonymous is not sk-A");
+    assert_eq!(server.count(), 3);
+}
+
+#[tokio::test]
+async fn one_x_api_keys_spent_quota_does_not_block_another() {
+    let server = per_key_upstream("x-api-key", "tenant1").await;
+    let svc = stack(fast());
+    svc.clone()
+        .oneshot(get_with(&server, "/v1/messages", "x-api-key", "tenant1"))
+        .await
+        .expect("200");
+    svc.clone()
+        .oneshot(get_with(&server, "/v1/messages", "x-api-key", "tenant2"))
+        .await
+        .expect("tenant2 is not throttled by tenant1's quota");
+    assert_eq!(server.count(), 2);
+    let err = svc
+        .oneshot(get_with(&server, "/v1/messages", "x-api-key", "tenant1"))
+        .await
+        .expect_err("tenant1 is still spent");
+    assert_eq!(err.code(), codes::RATE_LIMITED_LOCALLY);
+    assert_eq!(server.count(), 2);
+}
+
+#[tokio::test]
+async fn the_spent_key_waits_for_its_reset_and_the_other_is_sent() {
+    let server = ScriptedServer::with(|_, req| {
+        if req.header("authorization").as_deref() == Some("Bearer sk-A")
+            && req.uri.path() == "/first"
+        {
+            exhausted(1)
+        } else {
+            Reply::json(200, "{}")
+        }
+    })
+    .await;
+    let svc = stack(fast());
+    svc.clone()
+        .oneshot(get_with(&server, "/first", "authorization", "Bearer sk-A"))
+        .await
+        .expect("200");
+    svc.clone()
+        .oneshot(get_with(&server, "/b", "authorization", "Bearer sk-B"))
+        .await
+        .expect("sk-B sent");
+    let started = Instant::now();
+    svc.oneshot(get_with(&server, "/a", "authorization", "Bearer sk-A"))
+        .await
+        .expect("sk-A sent after its reset");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "sk-A was sent before its reset: after {:?}",
+        started.elapsed()
+    );
+    let paths: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.uri.path().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/first", "/b", "/a"],
+        "sk-B went first, without waiting for sk-A"
+    );
+}
+
+#[tokio::test]
+async fn credentials_none_shares_one_throttle_per_authority() {
+    let server = per_key_upstream("authorization", "Bearer sk-A").await;
+    let svc = stack(fast().throttle(
+        kneo::throttle::ThrottleLayer::new().credentials(kneo::credential::Credentials::none()),
+    ));
+    svc.clone()
+        .oneshot(get_with(&server, "/x", "authorization", "Bearer sk-A"))
+        .await
+        .expect("200");
+    let err = svc
+        .oneshot(get_with(&server, "/x", "authorization", "Bearer sk-B"))
+        .await
+        .expect_err("one partition for every caller");
+    assert_eq!(err.code(), codes::RATE_LIMITED_LOCALLY);
+    assert_eq!(server.count(), 1);
+}

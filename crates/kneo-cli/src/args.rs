@@ -30,7 +30,11 @@ pub(crate) enum Command {
     Request(RequestArgs),
     /// Run a gateway sidecar: plain HTTP in, the kneo stack out, upstream answers passed through.
     ///
-    /// Prints one JSON line once listening, then one JSON access-log line per request.
+    /// Prints one JSON line once listening, then one JSON access-log line per
+    /// answered request: request_id, upstream_request_id (only when the
+    /// upstream answered with an X-Request-ID of its own), method, path,
+    /// status, attempts, upstream_ms and outcome (upstream, unreachable,
+    /// timeout, overloaded, bad_request, rate_limited, replayed, idempotency).
     Proxy(crate::proxy::ProxyArgs),
 }
 

@@ -7,12 +7,17 @@
 //! ```
 //!
 //! Standard output: exactly one JSON line once both listeners are bound,
-//! then one JSON access-log line per request (the path without its query,
-//! which may carry keys). Diagnostics go to standard error. Bad flags or an
-//! unusable `--upstream`: what is wrong (and the usage line) on standard error and exit 2, before
+//! then one JSON access-log line per answered request, whoever answered it
+//! (the path without its query, which may carry keys; `upstream_request_id`
+//! only when the upstream answered with an id of its own; `outcome` one of
+//! `upstream`, `unreachable`, `timeout`, `overloaded`, `bad_request`,
+//! `rate_limited`, `replayed`, `idempotency`). Diagnostics go to standard
+//! error. Bad flags or an unusable `--upstream`: what is wrong (and the
+//! usage line) on standard error and exit 2, before
 //! anything is bound. SIGTERM or SIGINT: stop accepting, `/readyz` answers
 //! 503, in-flight requests finish for up to `--drain-timeout`, exit 0.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -20,7 +25,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Args;
+use http::HeaderName;
 use kneo_proxy::{Admin, Exchange, Proxy, ProxyConfig, ServerConfig, Upstream};
+use kneo_server::idempotency::CredentialScope;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -85,11 +92,40 @@ pub(crate) struct ProxyArgs {
     /// Enforce Idempotency-Key in front of the upstream (kneo-server's
     /// layer): a retried POST is answered from the stored response, a
     /// concurrent one gets 409. `memory` for one sidecar, `redis://HOST:PORT`
-    /// (or `rediss://`) for a fleet sharing one Redis, `postgres://…` for a
-    /// fleet sharing one database (its `kneo_idempotency` table is created
-    /// if missing).
+    /// (or `rediss://USER:PASSWORD@HOST:PORT` for managed Redis: TLS, a
+    /// private CA's certificate in `SSL_CERT_FILE`) for a fleet sharing one
+    /// Redis, `postgres://…` for a fleet sharing one database (its
+    /// `kneo_idempotency` table is created if missing). Keys are per caller:
+    /// a caller is an HMAC-SHA256 of its Authorization, Proxy-Authorization,
+    /// X-Api-Key and Api-Key values (and the --scope-header and
+    /// --scope-cookie ones), keyed with the secret in the environment
+    /// variable KNEO_SCOPE_SECRET (at least 16 bytes, the same on every
+    /// sidecar sharing a store; without it a public default, fine for
+    /// `memory` only).
     #[arg(long, value_name = "memory|redis://HOST:PORT|postgres://…", value_parser = parse_idempotency)]
     idempotency: Option<IdempotencyStore>,
+
+    /// With --idempotency: the largest keyed request body read (bytes, or
+    /// with KiB/MiB); a larger one is answered 413 and not forwarded.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    max_idempotent_body: usize,
+
+    /// With --idempotency: the largest response kept for replays (bytes, or
+    /// with KiB/MiB); a larger one still reaches its caller, and a retry of
+    /// its key is answered 410.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    max_stored_response: usize,
+
+    /// Another header that identifies the caller for --idempotency, besides
+    /// Authorization, Proxy-Authorization, X-Api-Key and Api-Key (repeatable).
+    #[arg(long, value_name = "NAME", value_parser = parse_header_name)]
+    scope_header: Vec<HeaderName>,
+
+    /// A cookie, by name, that identifies the caller for --idempotency, such
+    /// as a session id (repeatable). Cookies are opt-in: other cookies never
+    /// count, as they change between retries.
+    #[arg(long, value_name = "NAME", value_parser = parse_cookie_name)]
+    scope_cookie: Vec<String>,
 
     /// Log retries (`kneo::retry` at INFO) on standard error.
     #[arg(short, long)]
@@ -132,42 +168,144 @@ fn parse_idempotency(s: &str) -> Result<IdempotencyStore, String> {
     }
 }
 
+/// The environment variable holding the secret of `--idempotency`'s scopes.
+/// Never a flag: flags show in `ps`.
+const SCOPE_SECRET: &str = "KNEO_SCOPE_SECRET";
+
+/// The shortest `KNEO_SCOPE_SECRET` accepted, in bytes.
+const MIN_SCOPE_SECRET: usize = 16;
+
+/// Who a key belongs to under `--idempotency`.
+struct Scoping {
+    scope: CredentialScope,
+    /// Whether `KNEO_SCOPE_SECRET` keyed it (else the public default).
+    keyed: bool,
+}
+
 /// The idempotency layer in front of the proxy, when asked for.
 async fn front(
+    args: &ProxyArgs,
     store: &IdempotencyStore,
+    scoping: Scoping,
     proxy: &Proxy,
     config: &ProxyConfig,
 ) -> Result<kneo_proxy::Front, String> {
     use kneo_server::idempotency::RequestBody;
-    use kneo_server::{IdempotencyLayer, MemoryStore, PostgresStore, RedisStore};
+    use kneo_server::{MemoryStore, PostgresStore, RedisStore};
     use tower::Layer;
 
     let inner: Proxy<RequestBody<kneo_proxy::Incoming>> =
         proxy.with_body(config).map_err(|e| e.to_string())?;
-    Ok(match store {
-        IdempotencyStore::Memory => {
-            kneo_proxy::front(IdempotencyLayer::new(MemoryStore::new()).layer(inner))
+    // Once a shared store is reached (an unreachable one is the one error line).
+    let warn_unkeyed = || {
+        if !scoping.keyed {
+            eprintln!(
+                "kneo proxy: warning: {SCOPE_SECRET} is not set; callers' scopes in the shared \
+                 store are keyed with kneo's public default secret"
+            );
         }
+    };
+    let scope = &scoping.scope;
+    Ok(match store {
+        IdempotencyStore::Memory => kneo_proxy::front(
+            args.idempotency_layer(MemoryStore::new(), scope)
+                .layer(inner),
+        ),
         IdempotencyStore::Redis(url) => {
             let store = RedisStore::connect(url.clone())
                 .await
-                .map_err(|_| "cannot reach the Redis of --idempotency".to_owned())?;
-            kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
+                .map_err(|e| format!("cannot reach the Redis of --idempotency: {e}"))?;
+            warn_unkeyed();
+            kneo_proxy::front(args.idempotency_layer(store, scope).layer(inner))
         }
         IdempotencyStore::Postgres(url) => {
             let store = PostgresStore::connect(url)
                 .await
-                .map_err(|_| "cannot reach the Postgres of --idempotency".to_owned())?;
+                .map_err(|e| format!("cannot reach the Postgres of --idempotency: {e}"))?;
             store.migrate().await.map_err(|_| {
                 "cannot create the kneo_idempotency table in the Postgres of --idempotency"
                     .to_owned()
             })?;
-            kneo_proxy::front(IdempotencyLayer::new(store).layer(inner))
+            warn_unkeyed();
+            kneo_proxy::front(args.idempotency_layer(store, scope).layer(inner))
         }
     })
 }
 
+/// `--scope-header`: an HTTP header name. The message never quotes the value.
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.trim().as_bytes())
+        .map_err(|_| "not a valid HTTP header name".to_owned())
+}
+
+/// `--scope-cookie`: a cookie name (an RFC 6265 token). The message never
+/// quotes the value.
+fn parse_cookie_name(s: &str) -> Result<String, String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !s.is_empty() && s.bytes().all(tchar) {
+        Ok(s.to_owned())
+    } else {
+        Err("not a cookie name (letters, digits and !#$%&'*+-.^_`|~)".to_owned())
+    }
+}
+
+/// `KNEO_SCOPE_SECRET`, when set: at least 16 bytes of UTF-8. No message
+/// quotes it.
+fn parse_scope_secret(value: Option<OsString>) -> Result<Option<String>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let secret = value
+        .into_string()
+        .map_err(|_| format!("{SCOPE_SECRET} is not valid UTF-8"))?;
+    if secret.len() < MIN_SCOPE_SECRET {
+        return Err(format!(
+            "{SCOPE_SECRET} is shorter than {MIN_SCOPE_SECRET} bytes (use 32 random ones, e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(Some(secret))
+}
+
 impl ProxyArgs {
+    /// The scope of `--idempotency`, from the flags and `secret` (the value
+    /// of `KNEO_SCOPE_SECRET`, read only with `--idempotency`).
+    fn scoping(&self, secret: Option<OsString>) -> Result<Scoping, String> {
+        let mut scope = CredentialScope::new();
+        if self.idempotency.is_none() {
+            if !self.scope_header.is_empty() || !self.scope_cookie.is_empty() {
+                return Err("--scope-header and --scope-cookie need --idempotency".to_owned());
+            }
+            return Ok(Scoping {
+                scope,
+                keyed: false,
+            });
+        }
+        for name in &self.scope_header {
+            scope = scope.header(name.clone());
+        }
+        for name in &self.scope_cookie {
+            scope = scope.cookie(name.as_str());
+        }
+        let secret = parse_scope_secret(secret)?;
+        let keyed = secret.is_some();
+        if let Some(secret) = secret {
+            scope = scope.secret(secret);
+        }
+        Ok(Scoping { scope, keyed })
+    }
+
+    /// kneo-server's layer over `store`, as the flags configure it.
+    fn idempotency_layer<St>(
+        &self,
+        store: St,
+        scope: &CredentialScope,
+    ) -> kneo_server::IdempotencyLayer<St> {
+        kneo_server::IdempotencyLayer::new(store)
+            .scope(scope.clone())
+            .max_body(self.max_idempotent_body)
+            .max_response(self.max_stored_response)
+    }
+
     fn proxy_config(&self) -> Result<ProxyConfig, String> {
         let config = ProxyConfig::new(&self.upstream)
             .map_err(|e| format!("invalid value for --upstream: {e}"))?
@@ -194,6 +332,27 @@ impl ProxyArgs {
 fn parse_upstream(s: &str) -> Result<String, String> {
     Upstream::parse(s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
+}
+
+/// A size in bytes: `65536`, `64KiB`, `1MiB` (also `KB`/`MB` as 1000s).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| "not a size (bytes, or with KiB/MiB)".to_owned())?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err("unknown unit (use bytes, KiB, MiB or GiB)".to_owned()),
+    };
+    n.checked_mul(scale).ok_or_else(|| "too large".to_owned())
 }
 
 /// `IP:PORT`.
@@ -223,12 +382,16 @@ pub(crate) fn main(args: ProxyArgs) -> ExitCode {
         Ok(config) => config,
         Err(message) => return output::usage(&message),
     };
+    let scoping = match args.scoping(std::env::var_os(SCOPE_SECRET)) {
+        Ok(scoping) => scoping,
+        Err(message) => return output::usage(&message),
+    };
     crate::init_tracing(args.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
     match runtime {
-        Ok(runtime) => runtime.block_on(run(&args, &config)),
+        Ok(runtime) => runtime.block_on(run(&args, &config, scoping)),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::FAILURE
@@ -244,7 +407,7 @@ struct Listening {
     upstream: String,
 }
 
-async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
+async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCode {
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -282,7 +445,7 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig) -> ExitCode {
         }
     };
     let front = match &args.idempotency {
-        Some(store) => match front(store, &proxy, config).await {
+        Some(store) => match front(args, store, scoping, &proxy, config).await {
             Ok(front) => Some(front),
             Err(message) => return output::usage(&message),
         },
@@ -382,10 +545,13 @@ impl Signals {
     }
 }
 
-/// One access-log line.
+/// One access-log line. `upstream_request_id` is there only when the
+/// upstream answered with an `X-Request-ID` of its own (not the one sent).
 #[derive(Serialize)]
 struct AccessLine<'a> {
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_request_id: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -437,6 +603,7 @@ impl AccessLog {
     fn write(&self, ex: &Exchange<'_>) {
         let line = AccessLine {
             request_id: ex.request_id(),
+            upstream_request_id: ex.upstream_request_id(),
             method: ex.method().as_str(),
             path: ex.path(),
             status: ex.status().as_u16(),
@@ -473,5 +640,42 @@ mod tests {
         assert!(parse_addr("127.0.0.1:0").is_ok());
         assert!(parse_addr("localhost:80").is_err());
         assert!(parse_upstream("http://u:secret@h/").is_err());
+        assert_eq!(parse_bytes("65536"), Ok(65_536));
+        assert_eq!(parse_bytes("64KiB"), Ok(65_536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        for bad in ["", "MiB", "-1", "1 TB", "1.5MiB", "99999999999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn scope_names_and_secrets() {
+        assert_eq!(
+            parse_header_name("X-Tenant-Key"),
+            Ok(HeaderName::from_static("x-tenant-key"))
+        );
+        assert!(parse_header_name("bad name").is_err());
+        assert!(parse_header_name("").is_err());
+        assert_eq!(
+            parse_cookie_name("__Host-session"),
+            Ok("__Host-session".to_owned())
+        );
+        for bad in ["", "a b", "a=b", "a;b", "sé"] {
+            assert!(parse_cookie_name(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_scope_secret(None), Ok(None));
+        let long = "0123456789abcdef";
+        assert_eq!(
+            parse_scope_secret(Some(long.into())),
+            Ok(Some(long.to_owned()))
+        );
+        for short in ["", "hunter2"] {
+            let err = parse_scope_secret(Some(short.into())).expect_err("too short");
+            assert!(
+                err.contains("KNEO_SCOPE_SECRET") && (short.is_empty() || !err.contains(short)),
+                "{err}"
+            );
+        }
     }
 }

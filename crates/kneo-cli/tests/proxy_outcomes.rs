@@ -325,3 +325,110 @@ async fn postgres_keeps_the_records_of_a_fleet() {
     assert_eq!(replay.json()["charge"], 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// `--max-idempotent-body` and `--max-stored-response` set the layer's two
+/// limits (1 MiB each by default).
+#[tokio::test]
+async fn the_idempotency_limits_are_flags() {
+    let addr = free_port().await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    counting_upstream(addr, runs.clone()).await;
+    let upstream = format!("http://{addr}");
+    let small_body = sidecar(
+        &upstream,
+        &["--idempotency", "memory", "--max-idempotent-body", "12"],
+    )
+    .await;
+    let refused = post(&small_body, "big-body").await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(refused.json()["code"], "request_body_too_large");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "not forwarded");
+
+    let small_store = sidecar(
+        &upstream,
+        &["--idempotency", "memory", "--max-stored-response", "8"],
+    )
+    .await;
+    let first = post(&small_store, "big-answer").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.json()["charge"], 1, "the first caller gets it whole");
+    let retry = post(&small_store, "big-answer").await;
+    assert_eq!(retry.status, StatusCode::GONE);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A keyed stream through `--idempotency memory` reaches the caller as the
+/// upstream produces it (it used to arrive whole, at the end): the upstream
+/// sends its second event only after the caller has read the first.
+#[tokio::test]
+async fn a_keyed_stream_reaches_the_caller_as_it_is_produced() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let gate = gate.clone();
+                        async move {
+                            let events = futures_util::stream::unfold(0, move |step| {
+                                let gate = gate.clone();
+                                async move {
+                                    let data = match step {
+                                        0 => "data: one\n\n",
+                                        1 => {
+                                            gate.notified().await;
+                                            "data: two\n\n"
+                                        }
+                                        _ => return None,
+                                    };
+                                    let frame = hyper::body::Frame::data(Bytes::from(data));
+                                    Some((Ok::<_, Infallible>(frame), step + 1))
+                                }
+                            });
+                            let res = Response::builder()
+                                .status(200)
+                                .header("content-type", "text/event-stream")
+                                .body(http_body_util::StreamBody::new(events))
+                                .expect("valid");
+                            Ok::<_, Infallible>(res)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    let proxy = sidecar(&format!("http://{addr}"), &["--idempotency", "memory"]).await;
+    guarded("the stream", async {
+        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/v1/chat/completions")
+            .header("host", "localhost")
+            .header("idempotency-key", "stream-1")
+            .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+            .expect("valid");
+        let res = sender.send_request(req).await.expect("the head");
+        let mut body = res.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "data: one\n\n");
+        // Only now may the upstream go on: the first event was not held back.
+        gate.notify_one();
+        let rest = body.collect().await.expect("the rest").to_bytes();
+        assert_eq!(rest, "data: two\n\n");
+    })
+    .await;
+    let replay = post(&proxy, "stream-1").await;
+    let _ = replay;
+}

@@ -57,6 +57,7 @@
 mod attempt;
 mod body;
 pub mod codes;
+pub mod credential;
 pub mod delivery;
 mod error;
 pub mod mapping;

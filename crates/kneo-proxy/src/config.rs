@@ -5,6 +5,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use crate::path::PathError;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
@@ -109,20 +110,40 @@ impl Upstream {
         (host, self.authority.port_u16().unwrap_or(default))
     }
 
-    /// The upstream URI for a caller's `path_and_query` (`/runs?x=1`):
-    /// the prefix joined with the path, the query kept.
-    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let mut pq = String::with_capacity(self.prefix.len() + path_and_query.len() + 1);
+    /// The upstream URI for a caller's `path_and_query` (`/runs?x=1`): the
+    /// path [cleaned](crate::path::clean) (dot-segments resolved, slashes
+    /// merged; refused when it would leave the prefix), joined to the
+    /// prefix, the query kept.
+    ///
+    /// ```
+    /// use kneo_proxy::Upstream;
+    ///
+    /// let upstream = Upstream::parse("http://127.0.0.1:9000/api").unwrap();
+    /// assert_eq!(upstream.uri_for("/runs/./7?x=1").unwrap(), "http://127.0.0.1:9000/api/runs/7?x=1");
+    /// assert!(upstream.uri_for("/../admin").is_err());
+    /// assert!(upstream.uri_for("admin").is_err());
+    /// ```
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, PathError> {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let path = crate::path::clean(path)?;
+        let mut pq = String::with_capacity(
+            self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
         pq.push_str(&self.prefix);
-        if !path_and_query.starts_with('/') {
-            pq.push('/');
+        pq.push_str(&path);
+        if let Some(query) = query {
+            pq.push('?');
+            pq.push_str(query);
         }
-        pq.push_str(path_and_query);
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(pq)
             .build()
+            .map_err(|_| PathError::Invalid)
     }
 }
 

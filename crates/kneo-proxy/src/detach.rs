@@ -24,8 +24,12 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-/// Runs calls that carry a [`LateAnswer`] on their own task; see the
-/// [module docs](self).
+use crate::headers::{rewrite, Hop};
+
+/// Runs calls that carry a [`LateAnswer`] on their own task: when the
+/// attempt's timer runs out, the call goes on and its answer, read whole up
+/// to [`LateAnswer::max_body`] within [`LateAnswer::max_wait`], is handed to
+/// the `LateAnswer`. Requests without one are called in place.
 #[derive(Debug, Clone)]
 pub struct Detach<S> {
     inner: S,
@@ -70,7 +74,15 @@ where
             // The attempt takes the answer while it waits; once it has given
             // up, the answer goes to the layer that records it.
             if let Err(Ok(res)) = tx.send(result) {
-                let (parts, body) = res.into_parts();
+                let (mut parts, body) = res.into_parts();
+                // As the proxy passes any answer on: hop-by-hop headers
+                // stripped, its `Via` added.
+                rewrite(
+                    &mut parts.headers,
+                    &Hop::Response {
+                        version: parts.version,
+                    },
+                );
                 let body = Limited::new(body, late.max_body()).collect().await;
                 match body {
                     Ok(body) => late.deliver(Response::from_parts(parts, Some(body.to_bytes()))),

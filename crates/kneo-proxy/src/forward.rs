@@ -14,15 +14,16 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, VIA};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use kneo::core::{is_valid_request_id, X_REQUEST_ID};
 use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
-use kneo::request_id::RequestId;
+use kneo::request_id::{MakeRequestId, MakeUuidV4, RequestId};
 use kneo::retry::{RatioBudget, ReplayBody, RetryLayer};
 use kneo::{Attempts, BoxError, ClientLayer};
 use pin_project_lite::pin_project;
@@ -74,17 +75,26 @@ pub enum Outcome {
     /// A `429` problem: the upstream's rate-limit headers said nothing is
     /// left until a reset further away than `--max-retry-after`; not sent.
     RateLimited,
+    /// A stored answer replayed by the layer in front of the proxy (the
+    /// response says `Idempotent-Replayed: true`); not sent.
+    Replayed,
+    /// Any other answer the layer in front made by itself: the idempotency
+    /// layer's problems (`400`, `409`, `410`, `413`, `422`, and the `503`
+    /// when its store is unavailable); not sent.
+    Idempotency,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub(crate) const ALL: [Outcome; 6] = [
+    pub(crate) const ALL: [Outcome; 8] = [
         Outcome::Upstream,
         Outcome::Unreachable,
         Outcome::Timeout,
         Outcome::Overloaded,
         Outcome::BadRequest,
         Outcome::RateLimited,
+        Outcome::Replayed,
+        Outcome::Idempotency,
     ];
 
     /// The outcome as a stable snake_case string (`upstream`, `unreachable`...).
@@ -96,6 +106,8 @@ impl Outcome {
             Outcome::Overloaded => "overloaded",
             Outcome::BadRequest => "bad_request",
             Outcome::RateLimited => "rate_limited",
+            Outcome::Replayed => "replayed",
+            Outcome::Idempotency => "idempotency",
         }
     }
 }
@@ -105,6 +117,7 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Exchange<'a> {
     request_id: Option<&'a str>,
+    upstream_request_id: Option<&'a str>,
     method: &'a Method,
     path: &'a str,
     status: StatusCode,
@@ -114,9 +127,20 @@ pub struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    /// The request id sent upstream (or the caller's, for an overload answer).
+    /// This request's id: the caller's valid `X-Request-ID`, else the one
+    /// the proxy made; the id sent upstream, and the one the caller's answer
+    /// carries unless the upstream set its own.
     pub fn request_id(&self) -> Option<&str> {
         self.request_id
+    }
+
+    /// The upstream's own request id: the `X-Request-ID` of the answer when
+    /// it is not the [one sent](Self::request_id) (OpenAI answers
+    /// `x-request-id: req_…`, say), and a valid id (1–128 visible ASCII
+    /// characters). For a replay, the one the stored answer carries. The
+    /// caller gets the header unchanged either way.
+    pub fn upstream_request_id(&self) -> Option<&str> {
+        self.upstream_request_id
     }
 
     /// The method.
@@ -134,12 +158,14 @@ impl Exchange<'_> {
         self.status
     }
 
-    /// Requests sent upstream for this one (0 when none was).
+    /// Requests sent upstream for this one (0 when none was: a problem the
+    /// proxy made before sending, a replay, the idempotency layer's answers).
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
 
-    /// From the request's arrival to the response head: attempts and waits.
+    /// From the request's arrival to the response head: attempts and waits
+    /// (and, behind the idempotency layer, its store round trips).
     pub fn upstream_time(&self) -> Duration {
         self.upstream_time
     }
@@ -362,14 +388,8 @@ impl<B> Proxy<B> {
     /// `max_connections`: recorded and logged like any other answer.
     pub fn overloaded<T>(&self, req: &Request<T>) -> Response<ProxyBody> {
         let start = Instant::now();
-        let id = req
-            .headers()
-            .get(kneo::core::X_REQUEST_ID)
-            .filter(|v| kneo::core::is_valid_request_id(v.as_bytes()))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let answer = ProblemAnswer::overloaded(Some(id));
+        let id = request_id(req).and_then(|id| id.to_str().ok().map(str::to_owned));
+        let answer = ProblemAnswer::overloaded(id);
         finish_problem(&self.shared, answer, req.method(), req.uri(), start)
     }
 }
@@ -406,11 +426,27 @@ where
         let original = req.uri().clone();
         let (mut parts, body) = req.into_parts();
         let upstream = &self.shared.upstream;
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // Origin-form (`/path`) or absolute-form (`http://host/path`) only;
+        // CONNECT is the proxy's to answer, not the upstream's.
+        let target = match parts.uri.path_and_query() {
+            Some(pq) => pq.as_str(),
+            None if parts.uri.scheme().is_some() => "/",
+            None => "",
+        };
         let uri = match upstream.uri_for(target) {
-            Ok(uri) if target.starts_with('/') => uri,
-            _ => {
-                let answer = ProblemAnswer::bad_request(None);
+            Ok(uri) if method != Method::CONNECT => uri,
+            refused => {
+                let mut answer = match refused {
+                    _ if method == Method::CONNECT => ProblemAnswer::method_not_allowed(),
+                    Err(e) => ProblemAnswer::bad_target(e),
+                    Ok(_) => ProblemAnswer::bad_request(None),
+                };
+                answer.request_id = parts
+                    .headers
+                    .get(X_REQUEST_ID)
+                    .filter(|v| is_valid_request_id(v.as_bytes()))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let res = finish_problem(&self.shared, answer, &method, &original, start);
                 return ResponseFuture {
                     inner: None,
@@ -463,42 +499,160 @@ fn finish_problem(
     uri: &Uri,
     start: Instant,
 ) -> Response<ProxyBody> {
-    let elapsed = start.elapsed();
     record(
         shared,
-        answer.outcome,
-        answer.status,
-        answer.attempts,
-        elapsed,
-        answer.request_id.as_deref(),
-        method,
-        uri,
+        &Exchange {
+            request_id: answer.request_id.as_deref(),
+            upstream_request_id: None,
+            method,
+            path: uri.path(),
+            status: answer.status,
+            attempts: answer.attempts,
+            upstream_time: start.elapsed(),
+            outcome: answer.outcome,
+        },
     );
     answer.into_response().map(ProxyBody::full)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record(
-    shared: &Shared,
-    outcome: Outcome,
-    status: StatusCode,
-    attempts: u32,
-    elapsed: Duration,
-    request_id: Option<&str>,
-    method: &Method,
-    uri: &Uri,
-) {
-    shared.metrics.record(outcome, status, attempts, elapsed);
+/// Counts `exchange` in the metrics and hands it to the hook: once per
+/// answered request.
+fn record(shared: &Shared, exchange: &Exchange<'_>) {
+    shared.metrics.record(
+        exchange.outcome,
+        exchange.status,
+        exchange.attempts,
+        exchange.upstream_time,
+    );
     if let Some(hook) = &shared.on_exchange {
-        hook(&Exchange {
+        hook(exchange);
+    }
+}
+
+/// The upstream's own request id in an answer's `headers`: their
+/// `X-Request-ID` when it is valid and not `sent`.
+fn upstream_request_id<'h>(headers: &'h HeaderMap, sent: Option<&HeaderValue>) -> Option<&'h str> {
+    headers
+        .get(X_REQUEST_ID)
+        .filter(|v| Some(*v) != sent && is_valid_request_id(v.as_bytes()))
+        .and_then(|v| v.to_str().ok())
+}
+
+/// This request's id: its `X-Request-ID` when that is valid, else a new one
+/// from kneo's id maker, as kneo's `RequestIdLayer` would send it (and, as
+/// it does, a replaced malformed id is logged at WARN without its bytes).
+pub(crate) fn request_id<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let existing = req.headers().get(X_REQUEST_ID);
+    if let Some(id) = existing.filter(|v| is_valid_request_id(v.as_bytes())) {
+        return Some(id.clone());
+    }
+    let made = MakeUuidV4
+        .make_request_id(req)
+        .map(RequestId::into_header_value)
+        .filter(|v| is_valid_request_id(v.as_bytes()));
+    if existing.is_some() {
+        tracing::warn!(
+            target: "kneo::request_id",
+            header = %X_REQUEST_ID,
+            replacement = ?made,
+            "replaced a malformed request id"
+        );
+    }
+    made
+}
+
+/// Settles `req`'s id before anything else sees it: [`request_id`], set as
+/// its only `X-Request-ID`. The layer in front, the kneo stack (which keeps
+/// a valid id) and the upstream then all see this one id.
+pub(crate) fn settle_request_id<B>(req: &mut Request<B>) -> Option<HeaderValue> {
+    let id = request_id(req);
+    match &id {
+        // `insert` also drops any duplicate values.
+        Some(id) => req.headers_mut().insert(X_REQUEST_ID, id.clone()),
+        None => req.headers_mut().remove(X_REQUEST_ID),
+    };
+    id
+}
+
+/// Marks a response that left a [`ResponseFuture`], which recorded it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recorded;
+
+/// `Idempotent-Replayed` (kneo-server's header; this crate does not depend
+/// on kneo-server).
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// A request handed to a layer in front of the proxy, as it arrived: what
+/// recording its answer needs when that layer answered by itself.
+pub(crate) struct Arrival {
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    request_id: Option<HeaderValue>,
+    start: Instant,
+}
+
+impl Arrival {
+    /// `req`'s arrival now; `request_id` is its [settled](settle_request_id) id.
+    pub(crate) fn new<B>(
+        shared: &Arc<Shared>,
+        req: &Request<B>,
+        request_id: Option<HeaderValue>,
+    ) -> Arrival {
+        Arrival {
+            shared: shared.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             request_id,
-            method,
-            path: uri.path(),
-            status,
-            attempts,
-            upstream_time: elapsed,
-            outcome,
-        });
+            start: Instant::now(),
+        }
+    }
+
+    /// Finishes `res`, the front's answer: one the proxy forwarded was
+    /// recorded already (its mark is taken off). Any other is recorded here,
+    /// [`Outcome::Replayed`] or [`Outcome::Idempotency`] with no attempts,
+    /// and gets the headers the proxy's own answers carry: this request's
+    /// `X-Request-ID` when it has none, and the response rules of
+    /// [`rewrite`] (this hop's `Via`) unless it has a `Via` already (a
+    /// replay of an answer this proxy forwarded keeps the one it had).
+    pub(crate) fn finish<B>(self, res: &mut Response<B>) {
+        if res.extensions_mut().remove::<Recorded>().is_some() {
+            return;
+        }
+        let replayed = res
+            .headers()
+            .get(IDEMPOTENT_REPLAYED)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let outcome = if replayed {
+            Outcome::Replayed
+        } else {
+            Outcome::Idempotency
+        };
+        let headers = res.headers_mut();
+        if let Some(id) = &self.request_id {
+            headers.entry(X_REQUEST_ID).or_insert_with(|| id.clone());
+        }
+        if !headers.contains_key(VIA) {
+            rewrite(
+                headers,
+                &Hop::Response {
+                    version: Version::HTTP_11,
+                },
+            );
+        }
+        record(
+            &self.shared,
+            &Exchange {
+                request_id: self.request_id.as_ref().and_then(|id| id.to_str().ok()),
+                upstream_request_id: upstream_request_id(res.headers(), self.request_id.as_ref()),
+                method: &self.method,
+                path: self.uri.path(),
+                status: res.status(),
+                attempts: 0,
+                upstream_time: self.start.elapsed(),
+                outcome,
+            },
+        );
     }
 }
 
@@ -562,7 +716,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(res) = this.ready.take() {
+        if let Some(mut res) = this.ready.take() {
+            res.extensions_mut().insert(Recorded);
             return Poll::Ready(Ok(res));
         }
         let Some(inner) = this.inner.as_pin_mut() else {
@@ -577,7 +732,7 @@ where
             .take()
             .expect("invariant: state is taken once, when the stack answers");
         let elapsed = state.start.elapsed();
-        let res = match result {
+        let mut res = match result {
             Ok(res) => {
                 state.shared.health.mark_upstream_seen();
                 let attempts = res
@@ -592,22 +747,26 @@ where
                         version: parts.version,
                     },
                 );
-                if let Some(id) = &id {
+                let sent = id.as_ref().map(RequestId::header_value);
+                if let Some(sent) = sent {
                     parts
                         .headers
-                        .entry(kneo::core::X_REQUEST_ID)
-                        .or_insert_with(|| id.header_value().clone());
+                        .entry(X_REQUEST_ID)
+                        .or_insert_with(|| sent.clone());
                 }
                 parts.version = Version::HTTP_11;
                 record(
                     &state.shared,
-                    Outcome::Upstream,
-                    parts.status,
-                    attempts,
-                    elapsed,
-                    id.as_ref().and_then(|id| id.header_value().to_str().ok()),
-                    &state.method,
-                    &state.uri,
+                    &Exchange {
+                        request_id: sent.and_then(|v| v.to_str().ok()),
+                        upstream_request_id: upstream_request_id(&parts.headers, sent),
+                        method: &state.method,
+                        path: state.uri.path(),
+                        status: parts.status,
+                        attempts,
+                        upstream_time: elapsed,
+                        outcome: Outcome::Upstream,
+                    },
                 );
                 Response::from_parts(parts, ProxyBody::upstream(body))
             }
@@ -628,6 +787,8 @@ where
                 res
             }
         };
+        // For the layer in front: this answer is recorded already.
+        res.extensions_mut().insert(Recorded);
         Poll::Ready(Ok(res))
     }
 }
@@ -663,5 +824,145 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         self.0.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the hook saw: request id, upstream id, status, attempts, outcome.
+    type Line = (Option<String>, Option<String>, u16, u32, &'static str);
+
+    fn proxy() -> (Proxy<Full<Bytes>>, Arc<Mutex<Vec<Line>>>) {
+        let seen: Arc<Mutex<Vec<Line>>> = Arc::default();
+        let hook: ExchangeHook = {
+            let seen = seen.clone();
+            Box::new(move |ex: &Exchange<'_>| {
+                seen.lock().expect("not poisoned").push((
+                    ex.request_id().map(str::to_owned),
+                    ex.upstream_request_id().map(str::to_owned),
+                    ex.status().as_u16(),
+                    ex.attempts(),
+                    ex.outcome().as_str(),
+                ));
+            })
+        };
+        let config = ProxyConfig::new("http://127.0.0.1:1").expect("a valid upstream");
+        let proxy = Proxy::new(&config, Some(hook)).expect("the proxy builds");
+        (proxy, seen)
+    }
+
+    fn with_ids(ids: &[&'static [u8]]) -> Request<()> {
+        let mut req = Request::new(());
+        for id in ids {
+            let value = HeaderValue::from_bytes(id).expect("a header value");
+            req.headers_mut().append(X_REQUEST_ID, value);
+        }
+        req
+    }
+
+    #[test]
+    fn the_callers_valid_id_is_kept_else_one_is_made() {
+        let mut kept = with_ids(&[b"order-7", b"order-8"]);
+        assert_eq!(
+            settle_request_id(&mut kept).expect("an id"),
+            "order-7",
+            "the first valid one"
+        );
+        let all: Vec<_> = kept.headers().get_all(X_REQUEST_ID).iter().collect();
+        assert_eq!(all, ["order-7"], "one header, no duplicates");
+
+        for ids in [&[][..], &[&b"has spaces"[..]], &[&b"caf\xc3\xa9"[..]]] {
+            let mut req = with_ids(ids);
+            let made = settle_request_id(&mut req).expect("an id is made");
+            assert_eq!(made.len(), 36, "a UUID: {made:?}");
+            assert_eq!(req.headers()[X_REQUEST_ID], made);
+            assert_ne!(
+                settle_request_id(&mut with_ids(ids)),
+                Some(made),
+                "each one new"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_the_front_made_are_recorded_once_with_this_requests_id() {
+        let (proxy, seen) = proxy();
+        let arrive = |id: &'static str| {
+            let req = Request::post("/charges")
+                .header(X_REQUEST_ID, id)
+                .body(())
+                .expect("valid");
+            Arrival::new(proxy.shared(), &req, Some(HeaderValue::from_static(id)))
+        };
+
+        // A replay of an answer this proxy forwarded: its Via is kept.
+        let mut replay = Response::builder()
+            .status(201)
+            .header("idempotent-replayed", "true")
+            .header("original-request", "first-1")
+            .header(VIA, "1.1 kneo")
+            .body(())
+            .expect("valid");
+        arrive("retry-2").finish(&mut replay);
+        assert_eq!(replay.headers()[X_REQUEST_ID], "retry-2");
+        assert_eq!(replay.headers()["original-request"], "first-1");
+        assert_eq!(replay.headers()[VIA], "1.1 kneo");
+
+        // A replay of an answer whose id the upstream set: kept, and logged.
+        let mut own = Response::builder()
+            .status(200)
+            .header("idempotent-replayed", "true")
+            .header(X_REQUEST_ID, "req_upstream1")
+            .body(())
+            .expect("valid");
+        arrive("retry-3").finish(&mut own);
+        assert_eq!(own.headers()[X_REQUEST_ID], "req_upstream1");
+        assert_eq!(own.headers()[VIA], "1.1 kneo");
+
+        // The layer's own problem: gets this request's id and Via.
+        let mut problem = Response::builder().status(422).body(()).expect("valid");
+        arrive("other-4").finish(&mut problem);
+        assert_eq!(problem.headers()[X_REQUEST_ID], "other-4");
+        assert_eq!(problem.headers()[VIA], "1.1 kneo");
+
+        // One the proxy forwarded was recorded by it: not again, unmarked.
+        let mut forwarded = Response::new(());
+        forwarded.extensions_mut().insert(Recorded);
+        arrive("first-1").finish(&mut forwarded);
+        assert!(forwarded.extensions().get::<Recorded>().is_none());
+        assert!(!forwarded.headers().contains_key(VIA));
+
+        let id = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            *seen.lock().expect("not poisoned"),
+            [
+                (id("retry-2"), None, 201, 0, "replayed"),
+                (id("retry-3"), id("req_upstream1"), 200, 0, "replayed"),
+                (id("other-4"), None, 422, 0, "idempotency"),
+            ]
+        );
+        let metrics = proxy.metrics().encode();
+        for series in [
+            r#"kneo_proxy_requests_total{outcome="replayed",class="2xx"} 2"#,
+            r#"kneo_proxy_requests_total{outcome="idempotency",class="4xx"} 1"#,
+            r#"kneo_proxy_requests_total{outcome="idempotency",class="5xx"} 0"#,
+            "kneo_proxy_upstream_attempts_total 0",
+        ] {
+            assert!(metrics.contains(series), "{series} in\n{metrics}");
+        }
+    }
+
+    #[test]
+    fn outcome_names_are_distinct() {
+        let mut names: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Outcome::ALL.len());
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "ALL is in declaration order");
+        }
     }
 }

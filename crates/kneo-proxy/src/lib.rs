@@ -58,6 +58,46 @@
 //!
 //! Each has `title`, `status`, `detail`, and the extensions `code`, `kind`,
 //! `request_id` and `attempts`, and carries `X-Request-ID`.
+//!
+//! # One request id, every answer recorded
+//!
+//! [`serve`] settles each request's id before anything else sees it: the
+//! caller's `X-Request-ID` when it is valid (1–128 visible ASCII
+//! characters), else a new UUID v4 made as kneo's `RequestIdLayer` makes
+//! them. A layer in front ([`serve_with`]), the kneo stack and the upstream
+//! all see that one id, and every answer carries it, unless the upstream
+//! answered with an `X-Request-ID` of its own, which the caller gets
+//! unchanged (the [`Exchange`] has both: [`Exchange::request_id`] and
+//! [`Exchange::upstream_request_id`]).
+//!
+//! Every answer is recorded once, in the [`Metrics`]
+//! (`kneo_proxy_requests_total{outcome, class}`) and the [`Exchange`] hook,
+//! whoever made it: [`Outcome::as_str`] names it.
+//!
+//! | outcome | answer | attempts |
+//! |---|---|---|
+//! | `upstream` | the upstream's, passed on | 1 or more |
+//! | `unreachable`, `timeout`, `overloaded`, `bad_request`, `rate_limited` | the problems above | as made |
+//! | `replayed` | a stored answer replayed by the layer in front (`Idempotent-Replayed: true`) | 0 |
+//! | `idempotency` | the idempotency layer's own problems: `400`, `409`, `410`, `413`, `422`, `503` | 0 |
+//!
+//! Answers the layer in front made by itself also get this request's
+//! `X-Request-ID` when they carry none, and `Via` when they carry none (a
+//! replay keeps the `Via` of the answer it replays).
+//!
+//! With kneo-server's idempotency layer in front, a replay answers with the
+//! **retry's** `X-Request-ID`; the id of the request whose answer it is, when
+//! that answer only echoed it, is under `Original-Request` (Stripe's
+//! header). An `X-Request-ID` the upstream set itself is part of its answer
+//! and is replayed as it was:
+//!
+//! ```http
+//! HTTP/1.1 201 Created
+//! idempotent-replayed: true
+//! original-request: order-7
+//! x-request-id: order-7-retry
+//! via: 1.1 kneo
+//! ```
 
 mod admin;
 mod config;
@@ -65,6 +105,7 @@ mod detach;
 mod forward;
 pub mod headers;
 mod metrics;
+pub mod path;
 mod problem;
 mod server;
 
@@ -75,5 +116,5 @@ pub use forward::{
     ClientAddr, Exchange, ExchangeHook, Health, Incoming, Outcome, Proxy, ProxyBody, ResponseFuture,
 };
 pub use metrics::Metrics;
-pub use problem::TOO_MANY_CONNECTIONS;
+pub use problem::{METHOD_NOT_ALLOWED, TOO_MANY_CONNECTIONS};
 pub use server::{front, serve, serve_admin, serve_with, Drained, Front, FrontBody};

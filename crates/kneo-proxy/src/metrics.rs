@@ -21,8 +21,10 @@ type Labels = [(&'static str, &'static str); 2];
 
 /// Every metric the proxy keeps, registered under the prefix `kneo_proxy`.
 ///
-/// - `kneo_proxy_requests_total{outcome, class}`: requests answered, by
-///   [outcome](Outcome::as_str) and status class (`2xx`...);
+/// - `kneo_proxy_requests_total{outcome, class}`: requests answered, every
+///   one once, by [outcome](Outcome::as_str) (`upstream`, `unreachable`,
+///   `timeout`, `overloaded`, `bad_request`, `rate_limited`, `replayed`,
+///   `idempotency`) and status class (`2xx`...);
 /// - `kneo_proxy_upstream_attempts_total`: requests sent upstream, retries included;
 /// - `kneo_proxy_retries_total`: of those, retries;
 /// - `kneo_proxy_budget_refusals_total`: retries the budget refused;
@@ -60,8 +62,9 @@ impl Metrics {
             .map(|&outcome| {
                 CLASSES.map(|class| {
                     let occurs = match outcome {
-                        Outcome::Upstream => true,
+                        Outcome::Upstream | Outcome::Replayed => true,
                         Outcome::BadRequest | Outcome::RateLimited => class == "4xx",
+                        Outcome::Idempotency => class == "4xx" || class == "5xx",
                         _ => class == "5xx",
                     };
                     occurs.then(|| {

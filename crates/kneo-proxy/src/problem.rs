@@ -6,7 +6,8 @@
 //! | 502 | the upstream could not be reached, or hung up | `urn:kneo:problem:upstream-unreachable` | `api_connection` |
 //! | 504 | the per-attempt timeout or the deadline ran out | `urn:kneo:problem:upstream-timeout` | `api_timeout` |
 //! | 503 | the proxy is at `max_connections` | `urn:kneo:problem:overloaded` | `too_many_connections` |
-//! | 400 | the request cannot be forwarded | `urn:kneo:problem:bad-request` | `invalid_request` |
+//! | 400 | the request cannot be forwarded: a target that is not a path or an absolute URL, or a path that would leave the upstream's prefix (see [`path`](crate::path)) | `urn:kneo:problem:bad-request` | `invalid_request` |
+//! | 405 | `CONNECT` (with `Allow`) | `urn:kneo:problem:bad-request` | `method_not_allowed` |
 //! | 429 | the upstream's rate-limit headers said nothing is left until a reset further than `--max-retry-after` (or past the deadline): not sent, with `Retry-After` | `urn:kneo:problem:rate-limited` | `rate_limited_locally` |
 //!
 //! Extensions: `code`, `kind` (kneo's [`ErrorKind`](kneo::ErrorKind) as a
@@ -26,6 +27,9 @@ use crate::forward::Outcome;
 
 /// `code` of a 503 at `max_connections`.
 pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+
+/// `code` of the 405 for `CONNECT`.
+pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 
 /// One problem answer, before it is a response.
 #[derive(Debug, Clone)]
@@ -119,6 +123,26 @@ impl ProblemAnswer {
         }
     }
 
+    /// A target that would leave the upstream's prefix, or is not a path.
+    pub(crate) fn bad_target(e: crate::path::PathError) -> ProblemAnswer {
+        ProblemAnswer {
+            detail: format!("the request target cannot be forwarded: {e}"),
+            ..ProblemAnswer::bad_request(None)
+        }
+    }
+
+    /// `CONNECT`: the proxy forwards requests, it does not open tunnels.
+    pub(crate) fn method_not_allowed() -> ProblemAnswer {
+        ProblemAnswer {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            detail:
+                "kneo proxy forwards requests to its upstream; it does not open tunnels (CONNECT)"
+                    .to_owned(),
+            code: METHOD_NOT_ALLOWED.to_owned(),
+            ..ProblemAnswer::bad_request(None)
+        }
+    }
+
     fn type_and_title(&self) -> (&'static str, &'static str) {
         match self.outcome {
             Outcome::Timeout => ("urn:kneo:problem:upstream-timeout", "Upstream timed out"),
@@ -158,6 +182,13 @@ impl ProblemAnswer {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.outcome == Outcome::Overloaded {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            // Every method but CONNECT is forwarded.
+            headers.insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
+            );
         }
         if let Some(wait) = self.retry_after {
             // Whole seconds, rounded up: never tell a caller to come back early.

@@ -6,8 +6,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use kneo::BoxError;
+use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
@@ -28,7 +31,7 @@ use tower::ServiceExt as _;
 
 use crate::admin::Admin;
 use crate::config::ServerConfig;
-use crate::forward::{ClientAddr, Proxy, ProxyBody, ResponseFuture};
+use crate::forward::{settle_request_id, Arrival, ClientAddr, Proxy, ProxyBody, ResponseFuture};
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,9 @@ impl Drained {
 
 /// Serves `proxy` on `listener` until `shutdown` resolves, then drains.
 ///
+/// - Each request's id is settled first: a valid `X-Request-ID` of the
+///   caller's is kept, else one is made (as kneo's `RequestIdLayer` makes
+///   them) and set, so that everything after sees one id.
 /// - Each caller connection gets the [`ClientAddr`] of its peer in every
 ///   request's extensions (for `X-Forwarded-For`).
 /// - A caller has [`header_read_timeout`](ServerConfig::header_read_timeout)
@@ -99,6 +105,15 @@ where
 /// [`serve`], with every request that is not refused at the connection
 /// limit handed to `front` instead of straight to `proxy` (which still
 /// answers the overload, probes the upstream and keeps the health state).
+///
+/// Every answer is recorded once, in `proxy`'s metrics and access-log hook:
+/// those `proxy` forwarded by `proxy` itself, and those `front` made by
+/// itself here, as [`Outcome::Replayed`](crate::Outcome::Replayed) (the
+/// response says `Idempotent-Replayed: true`) or
+/// [`Outcome::Idempotency`](crate::Outcome::Idempotency), with no attempts.
+/// Those also get this request's `X-Request-ID` when they carry none, and a
+/// `Via` when they carry none (a replay keeps the one of the answer it
+/// replays).
 pub async fn serve_with(
     listener: TcpListener,
     proxy: Proxy,
@@ -226,7 +241,7 @@ struct PerConnection {
 }
 
 type ProxyFuture = <Proxy as tower_service::Service<Request<Incoming>>>::Future;
-type FrontFuture = tower::util::Oneshot<Front, Request<Incoming>>;
+type FrontFuture = Observed<tower::util::Oneshot<Front, Request<Incoming>>>;
 
 impl hyper::service::Service<Request<Incoming>> for PerConnection {
     type Response = Response<Either<ProxyBody, FrontBody>>;
@@ -239,15 +254,49 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let direct: fn(Response<ProxyBody>) -> Self::Response = |res| res.map(Either::Left);
         let fronted: fn(Response<FrontBody>) -> Self::Response = |res| res.map(Either::Right);
+        let id = settle_request_id(&mut req);
         if self.overloaded {
             let answer = ResponseFuture::ready(self.proxy.overloaded(&req));
             return future::Either::Left(answer.map_ok(direct));
         }
         req.extensions_mut().insert(ClientAddr(self.peer));
         match &self.front {
-            Some(front) => future::Either::Right(front.clone().oneshot(req).map_ok(fronted)),
+            Some(front) => {
+                let arrival = Arrival::new(self.proxy.shared(), &req, id);
+                let answer = Observed {
+                    inner: front.clone().oneshot(req),
+                    arrival: Some(arrival),
+                };
+                future::Either::Right(answer.map_ok(fronted))
+            }
             None => future::Either::Left(self.proxy.forward(req).map_ok(direct)),
         }
+    }
+}
+
+pin_project! {
+    /// A front's response future: the answer finished by its [`Arrival`]
+    /// (recorded, when the proxy did not forward it).
+    struct Observed<F> {
+        #[pin]
+        inner: F,
+        arrival: Option<Arrival>,
+    }
+}
+
+impl<F, B> Future for Observed<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut res) = ready!(this.inner.poll(cx));
+        if let Some(arrival) = this.arrival.take() {
+            arrival.finish(&mut res);
+        }
+        Poll::Ready(Ok(res))
     }
 }
 

@@ -57,10 +57,10 @@
 //!   rate-limit headers ([`kneo_core::rate_limit`]: the IETF draft's fields,
 //!   GitHub's, OpenAI's, Anthropic's). A success response gets the parsed
 //!   [`RateLimit`] in its extensions.
-//! - When the last response of a partition (the request's authority,
-//!   `host:port`) said nothing is left and the reset is in the future, the
-//!   next request waits until the reset before it is sent, logged at INFO
-//!   (target `kneo::throttle`) with the request id.
+//! - When the last response of a partition said nothing is left and the
+//!   reset is in the future, the next request of that partition waits until
+//!   the reset before it is sent, logged at INFO (target `kneo::throttle`)
+//!   with the request id. Other partitions are not held up.
 //! - A wait longer than [`max_wait`](ThrottleLayer::max_wait) (the retry
 //!   layer's `max_retry_after`, 60 s by default, inside `ClientLayer`), or one
 //!   that would pass the request's deadline, is not waited: the request fails
@@ -71,13 +71,42 @@
 //!   of up to a tenth of its wait (at least 100 ms, at most 1 s).
 //! - Clones of one service share what they learned; services made by
 //!   separate `layer` calls do not.
-//! - While no server sends these headers, a request costs one atomic load.
+//! - While no partition is blocked, a request costs one atomic load and a
+//!   copy of its credential headers (the values share their bytes); nothing
+//!   is hashed until a response carries rate-limit headers.
 //!
 //! `Retry-After` keeps precedence: it is the retry layer's business, and a
 //! 429 is retried as it asks.
+//!
+//! # Partitions: per authority and per credential
+//!
+//! OpenAI's, Anthropic's and GitHub's limits are per key (or per
+//! organisation), not per host: one key's spent quota says nothing of
+//! another's. So a partition is the request's authority (`host:port`) and
+//! its credential: the headers of [`Credentials`] (`Authorization`,
+//! `Proxy-Authorization`, `X-Api-Key`, `Api-Key` by default; see
+//! [`ThrottleLayer::credentials`]), written by
+//! [`Credentials::write`](kneo_core::credential::Credentials::write), the
+//! rule kneo-server's idempotency scope uses too. A request without any of
+//! them is the authority's anonymous partition.
+//!
+//! The credential is never kept: the partition holds a 64-bit SipHash of it
+//! (std's `RandomState`, keyed at random per [`layer`](ThrottleLayer)
+//! call). The digest never leaves the process, so it needs no stable or
+//! shared key, and the random key means a memory dump of the map cannot be
+//! checked against a dictionary of keys. Two credentials colliding in 64
+//! bits would share a throttle, never a response. Partitions whose reset
+//! has passed are dropped whenever another is blocked, so the map holds
+//! about as many entries as there are blocked partitions.
+//!
+//! Keys of one organisation sharing one limit each learn it on their own:
+//! the upstream's refusal of the second key blocks that key too. To share
+//! one throttle across every caller of an authority, as before, use
+//! [`Credentials::none()`](kneo_core::credential::Credentials::none).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,7 +114,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
+use kneo_core::credential::Credentials;
 use kneo_core::rate_limit::{self, RateLimit};
 use kneo_core::Error;
 use pin_project_lite::pin_project;
@@ -101,14 +131,17 @@ use crate::sent::SentHeaders;
 pub struct ThrottleLayer {
     max_wait: Duration,
     deadline: Option<Duration>,
+    credentials: Credentials,
 }
 
 impl ThrottleLayer {
-    /// Waits up to 60 s for a reset.
+    /// Waits up to 60 s for a reset; partitions by authority and the
+    /// [default credential headers](kneo_core::credential::DEFAULT_HEADERS).
     pub fn new() -> Self {
         ThrottleLayer {
             max_wait: Duration::from_secs(60),
             deadline: None,
+            credentials: Credentials::new(),
         }
     }
 
@@ -122,6 +155,15 @@ impl ThrottleLayer {
     /// it (`ClientLayer` passes the retry layer's deadline).
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// Which headers (and cookies) tell callers apart: one partition per
+    /// authority and credential (default [`Credentials::new`]: the four
+    /// usual headers). [`Credentials::none`] shares one partition per
+    /// authority among all callers.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
         self
     }
 }
@@ -139,7 +181,7 @@ impl<S> Layer<S> for ThrottleLayer {
         Throttle {
             inner,
             layer: self.clone(),
-            state: Arc::default(),
+            state: Arc::new(State::new(self.credentials.clone())),
         }
     }
 }
@@ -156,12 +198,19 @@ impl<S> Throttle<S> {
     define_inner_service_accessors!();
 }
 
+/// A partition: the authority, and a digest of the credential.
+type Partition = (Option<Authority>, u64);
+
 /// What the service learned, per partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// How many partitions are blocked: zero is the fast path.
     blocked: AtomicUsize,
-    partitions: Mutex<HashMap<String, Blocked>>,
+    partitions: Mutex<HashMap<Partition, Blocked>>,
+    /// Which headers carry the credential.
+    credentials: Credentials,
+    /// The random key of the credential digests.
+    hasher: RandomState,
 }
 
 #[derive(Debug, Clone)]
@@ -171,18 +220,36 @@ struct Blocked {
 }
 
 impl State {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Blocked>> {
+    fn new(credentials: Credentials) -> Self {
+        State {
+            blocked: AtomicUsize::new(0),
+            partitions: Mutex::default(),
+            credentials,
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Partition, Blocked>> {
         // Nothing panics while holding the lock; a poisoned map is still a map.
         self.partitions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether any partition is blocked: the one atomic load of the fast path.
+    fn any_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire) > 0
+    }
+
+    /// The digest of the credential in `headers`.
+    fn digest(&self, headers: &HeaderMap) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        self.credentials.write(headers, |bytes| hasher.write(bytes));
+        hasher.finish()
+    }
+
     /// How long a request to `partition` must wait, and what said so.
-    fn wait(&self, partition: &str) -> Option<(Duration, RateLimit)> {
-        if self.blocked.load(Ordering::Acquire) == 0 {
-            return None;
-        }
+    fn wait(&self, partition: &Partition) -> Option<(Duration, RateLimit)> {
         let mut map = self.lock();
         let blocked = map.get(partition)?;
         let now = Instant::now();
@@ -194,28 +261,60 @@ impl State {
         Some((blocked.until - now, blocked.rate_limit.clone()))
     }
 
+    /// Whether a response saying `rate_limit` changes anything: it blocks a
+    /// partition, or may unblock one.
+    fn would_learn(&self, rate_limit: &RateLimit) -> bool {
+        blocks(rate_limit).is_some() || self.any_blocked()
+    }
+
     /// Records what a response said of the partition's quota.
-    fn learn(&self, partition: &str, rate_limit: &RateLimit) {
-        let reset = rate_limit.reset_after().filter(|r| !r.is_zero());
-        match reset {
-            Some(reset) if rate_limit.is_exhausted() => {
+    fn learn(&self, partition: Partition, rate_limit: &RateLimit) {
+        match blocks(rate_limit) {
+            Some(reset) => {
                 let mut map = self.lock();
+                let now = Instant::now();
+                map.retain(|_, blocked| blocked.until > now);
                 map.insert(
-                    partition.to_owned(),
+                    partition,
                     Blocked {
-                        until: Instant::now() + reset,
+                        until: now + reset,
                         rate_limit: rate_limit.clone(),
                     },
                 );
                 self.blocked.store(map.len(), Ordering::Release);
             }
             // Quota left (or a reset already due): nothing to wait for.
-            _ if self.blocked.load(Ordering::Acquire) > 0 => {
+            None if self.any_blocked() => {
                 let mut map = self.lock();
-                map.remove(partition);
+                map.remove(&partition);
                 self.blocked.store(map.len(), Ordering::Release);
             }
-            _ => {}
+            None => {}
+        }
+    }
+}
+
+/// How long a response saying `rate_limit` blocks its partition, if it does.
+fn blocks(rate_limit: &RateLimit) -> Option<Duration> {
+    rate_limit
+        .reset_after()
+        .filter(|reset| !reset.is_zero() && rate_limit.is_exhausted())
+}
+
+/// The credential of a request in flight, as the response future keeps it.
+enum Credential {
+    /// Copied, not hashed (the fast path): hashed only if the response
+    /// carries rate-limit headers. Never printed.
+    Unhashed(HeaderMap),
+    /// Already hashed, to look the partition up.
+    Hashed(u64),
+}
+
+impl Credential {
+    fn digest(&self, state: &State) -> u64 {
+        match self {
+            Credential::Unhashed(headers) => state.digest(headers),
+            Credential::Hashed(digest) => *digest,
         }
     }
 }
@@ -226,9 +325,9 @@ fn jitter(wait: Duration) -> Duration {
     spread.mul_f64(fastrand::f64())
 }
 
-/// The partition a request belongs to: its authority, `host:port` (the
-/// `Client` has taken any userinfo off by then).
-fn partition(authority: Option<&Authority>) -> &str {
+/// The authority of a partition, as printed: `host:port` (the `Client` has
+/// taken any userinfo off by then).
+fn authority(authority: Option<&Authority>) -> &str {
     authority.map_or("", Authority::as_str)
 }
 
@@ -249,13 +348,28 @@ where
             Deadline::start(&mut req, deadline);
         }
         let authority = req.uri().authority().cloned();
-        let Some((wait, rate_limit)) = self.state.wait(partition(authority.as_ref())) else {
+        if !self.state.any_blocked() {
+            let credential = Credential::Unhashed(self.state.credentials.select(req.headers()));
             return ResponseFuture {
                 state: Phase::Calling {
                     future: self.inner.call(req),
                 },
                 shared: self.state.clone(),
                 authority,
+                credential,
+            };
+        }
+        let digest = self.state.digest(req.headers());
+        let credential = Credential::Hashed(digest);
+        let partition = (authority, digest);
+        let Some((wait, rate_limit)) = self.state.wait(&partition) else {
+            return ResponseFuture {
+                state: Phase::Calling {
+                    future: self.inner.call(req),
+                },
+                shared: self.state.clone(),
+                authority: partition.0,
+                credential,
             };
         };
         let wait = wait + jitter(wait);
@@ -266,7 +380,8 @@ where
             return ResponseFuture {
                 state: Phase::Refused { error: Some(err) },
                 shared: self.state.clone(),
-                authority,
+                authority: partition.0,
+                credential,
             };
         }
         tracing::info!(
@@ -285,7 +400,8 @@ where
                 parked: Some(Box::new((service, req))),
             },
             shared: self.state.clone(),
-            authority,
+            authority: partition.0,
+            credential,
         }
     }
 }
@@ -300,6 +416,7 @@ pin_project! {
         state: Phase<S, B>,
         shared: Arc<State>,
         authority: Option<Authority>,
+        credential: Credential,
     }
 }
 
@@ -325,7 +442,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("partition", &partition(self.authority.as_ref()))
+            .field("authority", &authority(self.authority.as_ref()))
             .finish_non_exhaustive()
     }
 }
@@ -342,16 +459,22 @@ where
             match this.state.as_mut().project() {
                 PhaseProj::Calling { future } => {
                     let mut result = ready!(future.poll(cx));
+                    let learn = |rl: &RateLimit| {
+                        if this.shared.would_learn(rl) {
+                            let digest = this.credential.digest(this.shared);
+                            this.shared.learn((this.authority.clone(), digest), rl);
+                        }
+                    };
                     match &mut result {
                         Ok(res) => {
                             if let Some(rl) = rate_limit::from_headers(res.headers()) {
-                                this.shared.learn(partition(this.authority.as_ref()), &rl);
+                                learn(&rl);
                                 res.extensions_mut().insert(rl);
                             }
                         }
                         Err(e) => {
                             if let Some(rl) = e.rate_limit() {
-                                this.shared.learn(partition(this.authority.as_ref()), rl);
+                                learn(rl);
                             }
                         }
                     }
@@ -373,5 +496,72 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn exhausted(reset_secs: u64) -> RateLimit {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0));
+        headers.insert(
+            "x-ratelimit-reset-requests",
+            HeaderValue::try_from(format!("{reset_secs}s")).expect("valid"),
+        );
+        let rl = rate_limit::from_headers(&headers).expect("OpenAI's headers");
+        assert!(rl.is_exhausted());
+        rl
+    }
+
+    fn key(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static(value));
+        headers
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_credential_blocks_only_itself_and_expired_partitions_go() {
+        let state = State::new(Credentials::new());
+        let host: Option<Authority> = Some(Authority::from_static("api.example:443"));
+        let a = (host.clone(), state.digest(&key("Bearer sk-A")));
+        let b = (host.clone(), state.digest(&key("Bearer sk-B")));
+        assert_ne!(a.1, b.1);
+        assert_eq!(
+            a.1,
+            state.digest(&key("Bearer sk-A")),
+            "one digest per credential"
+        );
+        assert!(!state.any_blocked());
+
+        state.learn(a.clone(), &exhausted(360));
+        assert!(state.any_blocked());
+        assert!(state
+            .wait(&a)
+            .is_some_and(|(w, _)| w > Duration::from_secs(350)));
+        assert!(state.wait(&b).is_none(), "sk-B is not held up by sk-A");
+        let other_host = (Some(Authority::from_static("other:443")), a.1);
+        assert!(state.wait(&other_host).is_none(), "nor is sk-A elsewhere");
+
+        // Once sk-A's reset has passed, blocking sk-B drops sk-A's entry.
+        tokio::time::advance(Duration::from_secs(361)).await;
+        state.learn(b.clone(), &exhausted(60));
+        assert_eq!(state.lock().len(), 1);
+        assert!(state.wait(&a).is_none());
+        assert!(state.wait(&b).is_some());
+    }
+
+    #[test]
+    fn the_map_keeps_digests_not_credentials() {
+        let state = State::new(Credentials::new());
+        state.learn(
+            (None, state.digest(&key("Bearer sk-secret"))),
+            &exhausted(60),
+        );
+        let debug = format!("{state:?}");
+        assert!(!debug.contains("sk-secret"), "{debug}");
     }
 }

@@ -5,6 +5,10 @@
 //!
 //! Workload 4 runs the real `kneo` binary as the proxy: by default the one
 //! next to this executable, so build it first (`cargo build -p kneo-cli`).
+//! Workload 5 (`--workloads 5`, not in the default set) kills `pg_server`
+//! processes (next to this executable: `cargo build -p kneo-tests --bins`)
+//! and runs on a Postgres it starts, with the transactional design and then
+//! the Redis one; only the first promises no duplicates (`tests/tests/pg_faults.rs`).
 //!
 //! `--hangup` runs the hang-up workload instead (`tests/tests/hangup_faults.rs`,
 //! `crates/kneo-cli/tests/hangup.rs`): `--requests` per target, callers that
@@ -16,6 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use kneo_tests::faults::pg_kills::{run_kills, Design, KillOptions};
 use kneo_tests::faults::{run, run_hangup, HangupOptions, Options, Target, Workload};
 
 /// Exactly-once under injected faults, as a soak.
@@ -34,7 +39,8 @@ struct Args {
     #[arg(long)]
     concurrency: Option<usize>,
     /// Workloads to run (1 keyed/memory, 2 keyed/redis, 3 unkeyed, 4
-    /// keyed/memory through `kneo proxy`).
+    /// keyed/memory through `kneo proxy`, 5 ledger servers killed: not by
+    /// default).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4])]
     workloads: Vec<u8>,
     /// The `kneo` binary for workload 4 [default: `kneo` next to this one].
@@ -56,6 +62,18 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_target,
           default_values = ["memory", "redis", "proxy-memory", "proxy-redis"])]
     targets: Vec<Target>,
+    /// Workload 5: the share of requests with a planned kill point.
+    #[arg(long, default_value_t = 0.02)]
+    kill_rate: f64,
+    /// Workload 5: the mean time between kills at random times (0: none).
+    #[arg(long, value_name = "MS", default_value_t = 1_000)]
+    kill_every_ms: u64,
+    /// Workload 5: the relay's fault rate (its own, not `--fault-rate`).
+    #[arg(long, default_value_t = 0.0)]
+    kill_fault_rate: f64,
+    /// Workload 5: the designs to run (transactional, redis).
+    #[arg(long, value_delimiter = ',', default_values_t = [String::from("transactional"), String::from("redis")])]
+    kill_designs: Vec<String>,
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
@@ -82,10 +100,23 @@ async fn main() -> ExitCode {
         "faults: {} requests per workload, fault rate {}, seed {seed}",
         args.requests, args.fault_rate
     );
+    if args.workloads.contains(&5) {
+        println!(
+            "workload 5: kill rate {}, a random kill every {} ms on average (0: none), relay fault rate {}",
+            args.kill_rate, args.kill_every_ms, args.kill_fault_rate
+        );
+    }
     // Every workload's options first, so a missing binary is said before
     // minutes of the others have run.
     let mut runs = Vec::new();
-    for n in &args.workloads {
+    let kill_runs = match kill_options(&args, seed) {
+        Ok(runs) => runs,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::from(2);
+        }
+    };
+    for n in args.workloads.iter().filter(|n| **n != 5) {
         match options(*n, &args, seed) {
             Ok(run) => runs.push(run),
             Err(why) => {
@@ -97,6 +128,16 @@ async fn main() -> ExitCode {
     let mut failed = false;
     for (workload, options) in runs {
         let Some(report) = run(workload, &options).await else {
+            continue;
+        };
+        println!("{report}");
+        for violation in report.violations() {
+            eprintln!("VIOLATION {violation}");
+            failed = true;
+        }
+    }
+    for (design, options) in kill_runs {
+        let Some(report) = run_kills(design, &options).await else {
             continue;
         };
         println!("{report}");
@@ -119,7 +160,7 @@ fn options(n: u8, args: &Args, seed: u64) -> Result<(Workload, Options), String>
         2 => Workload::KeyedRedis,
         3 => Workload::Unkeyed,
         4 => Workload::Proxied,
-        other => return Err(format!("no workload {other}: 1, 2, 3 or 4")),
+        other => return Err(format!("no workload {other}: 1, 2, 3, 4 or 5")),
     };
     let mut options = Options::new(args.requests, args.fault_rate, seed)
         .concurrency(args.concurrency.unwrap_or(16));
@@ -184,6 +225,30 @@ async fn hangup(args: &Args, seed: u64) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Workload 5's runs, one per design, when `--workloads` has 5.
+fn kill_options(args: &Args, seed: u64) -> Result<Vec<(Design, KillOptions)>, String> {
+    if !args.workloads.contains(&5) {
+        return Ok(Vec::new());
+    }
+    let bin = sibling("pg_server").ok_or(
+        "workload 5 needs pg_server next to this binary (cargo build -p kneo-tests --bins)",
+    )?;
+    let random = (args.kill_every_ms > 0).then(|| Duration::from_millis(args.kill_every_ms));
+    let options = KillOptions::new(bin, args.requests, seed)
+        .concurrency(args.concurrency.unwrap_or(16))
+        .kill_rate(args.kill_rate)
+        .random_kills(random)
+        .fault_rate(args.kill_fault_rate);
+    args.kill_designs
+        .iter()
+        .map(|name| match name.as_str() {
+            "transactional" => Ok((Design::Transactional, options.clone())),
+            "redis" => Ok((Design::Redis, options.clone())),
+            other => Err(format!("no design {other:?}: transactional or redis")),
+        })
+        .collect()
 }
 
 /// The executable `name` in the directory of this one (`target/<profile>/`),

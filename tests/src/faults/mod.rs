@@ -37,9 +37,13 @@
 //!   keyed requests themselves ([`caller`]: before the body is sent, while
 //!   the handler runs, while the response streams) and retry with the same
 //!   key, against a [`SlowServer`] in process or behind `kneo proxy`.
+//! - Workload 5 ([`pg_kills`]) `SIGKILL`s ledger server processes whose
+//!   record commits in the handler's Postgres transaction, and the same
+//!   kills against a Redis-recorded ledger, counting rows per key.
 
 pub mod caller;
 mod hangup;
+pub mod pg_kills;
 mod process;
 mod relay;
 mod server;

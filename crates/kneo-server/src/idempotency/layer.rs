@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Method;
 use tower_layer::Layer;
 
-use super::scope::{AuthorizationScope, MakeScope};
+use super::scope::{CredentialScope, MakeScope};
 use super::service::Idempotency;
 
 /// The default cap on a keyed request's body: 1 MiB.
@@ -48,7 +48,7 @@ impl Default for Config {
         Config {
             methods: vec![Method::POST, Method::PATCH],
             require: false,
-            scope: Arc::new(AuthorizationScope),
+            scope: Arc::new(CredentialScope::new()),
             max_body: DEFAULT_MAX_BODY,
             max_response: DEFAULT_MAX_RESPONSE,
             lease: DEFAULT_LEASE,
@@ -95,7 +95,7 @@ impl<St: fmt::Debug> fmt::Debug for IdempotencyLayer<St> {
 
 impl<St> IdempotencyLayer<St> {
     /// A layer keeping its records in `store`, with the defaults: POST and
-    /// PATCH, key optional, scope from `Authorization`, 1 MiB request and
+    /// PATCH, key optional, scope from every credential header, 1 MiB request and
     /// response caps, 60 s lease, 24 h TTL, fail closed.
     pub fn new(store: St) -> Self {
         IdempotencyLayer {
@@ -122,7 +122,9 @@ impl<St> IdempotencyLayer<St> {
         self
     }
 
-    /// Whose key it is (default [`AuthorizationScope`]).
+    /// Whose key it is (default [`CredentialScope::new`]: every credential
+    /// header, keyed with the public default secret; give a shared store
+    /// `CredentialScope::new().secret(..)`).
     pub fn scope(mut self, scope: impl MakeScope) -> Self {
         self.config().scope = Arc::new(scope);
         self

@@ -35,10 +35,13 @@
 //!
 //! # Where it goes
 //!
-//! Inside authentication (the default scope is the `Authorization` value, so
-//! only authenticated callers should reach it) and inside request-id,
-//! tracing and CORS layers, whose headers are per attempt; around the
-//! routes that create things. With axum: `Router::new().route(..).layer(IdempotencyLayer::new(store))`.
+//! Inside authentication (the default scope, [`CredentialScope`], is a keyed
+//! hash of the request's `Authorization`, `Proxy-Authorization`, `X-Api-Key`
+//! and `Api-Key` values, and of the cookies you name, so only authenticated
+//! callers should reach it; give it your deployment's
+//! [secret](CredentialScope::secret) when the store is shared) and inside
+//! request-id, tracing and CORS layers, whose headers are per attempt; around
+//! the routes that create things. With axum: `Router::new().route(..).layer(IdempotencyLayer::new(store))`.
 //! Everything the handler puts in the response, headers included, is stored
 //! and replayed.
 //!
@@ -162,7 +165,7 @@ pub use layer::{
     DEFAULT_TTL, MAX_DURATION, MIN_LEASE,
 };
 pub use record::{Claim, Completed, DecodeError, FencingToken, Outcome, Record, StoredResponse};
-pub use scope::{AuthorizationScope, MakeScope, Scope};
+pub use scope::{CredentialScope, MakeScope, Scope, DEFAULT_SCOPE_SECRET};
 pub use service::{Idempotency, RequestBody};
 
 /// Not public API: the header parsing the fuzz targets in `fuzz/` exercise.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::aio::ConnectionManagerConfig;
-use redis::{Client, Script};
+use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::{Acquire, Store, StoreError};
 use crate::idempotency::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey};
@@ -90,6 +92,18 @@ return 0",
 /// executed later; the store then releases that very claim in the
 /// background, so it never locks the key for a lease nobody holds.
 ///
+/// **Managed Redis** (Azure Cache, ElastiCache with in-transit encryption,
+/// Upstash) takes TLS and an ACL user: `rediss://user:password@host:port/`
+/// connects over TLS (rustls), checking the server's certificate against the
+/// platform's roots; [`ca_certificate`](RedisStoreBuilder::ca_certificate)
+/// trusts a private CA instead, and
+/// [`client_certificate`](RedisStoreBuilder::client_certificate) presents a
+/// client certificate to a Redis that asks for one. The URL (its password)
+/// and the keys are never printed: not by `Debug`, nor in errors or logs.
+/// An application that picks its own rustls crypto provider installs it
+/// before connecting a `rediss://` store; otherwise the store installs ring
+/// as the process' default.
+///
 /// ```no_run
 /// use kneo_server::{IdempotencyLayer, RedisStore};
 ///
@@ -99,6 +113,13 @@ return 0",
 ///     .connect()
 ///     .await?;
 /// let layer = IdempotencyLayer::new(store);
+///
+/// // Over TLS, as an ACL user, with a private CA.
+/// let ca = std::fs::read("/etc/redis/ca.pem").expect("the CA certificate");
+/// let store = RedisStore::builder("rediss://app:s3cret@redis.internal:6380/")
+///     .ca_certificate(ca)
+///     .connect()
+///     .await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -118,12 +139,39 @@ impl fmt::Debug for RedisStore {
 }
 
 /// Configures and connects a [`RedisStore`].
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows neither the URL (it may carry a password) nor the
+/// certificates and key: only whether they are set.
+#[derive(Clone)]
 pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
     timeout: Duration,
     allow_eviction: bool,
+    ca: Option<Vec<u8>>,
+    client: Option<ClientTlsConfig>,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field must be placed here on purpose.
+        let Self {
+            url,
+            prefix,
+            timeout,
+            allow_eviction,
+            ca,
+            client,
+        } = self;
+        f.debug_struct("RedisStoreBuilder")
+            .field("tls", &is_tls(url))
+            .field("prefix", prefix)
+            .field("timeout", timeout)
+            .field("allow_eviction", allow_eviction)
+            .field("ca_certificate", &ca.is_some())
+            .field("client_certificate", &client.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisStoreBuilder {
@@ -150,6 +198,69 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts the CA certificates in `pem` (one or more PEM blocks) to sign
+    /// the server's certificate, **instead of** the platform's roots: for a
+    /// Redis behind a private CA, or a test's. Needs a `rediss://` URL.
+    ///
+    /// Without it, a `rediss://` URL is checked against the platform's roots
+    /// (or the PEM file `SSL_CERT_FILE` names), which is what managed Redis
+    /// services need.
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and its private key (both PEM)
+    /// to a Redis that authenticates clients by certificate (mutual TLS,
+    /// `tls-auth-clients yes`). Needs a `rediss://` URL. The key is never
+    /// printed.
+    pub fn client_certificate(
+        mut self,
+        chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client = Some(ClientTlsConfig {
+            client_cert: chain_pem.into(),
+            client_key: key_pem.into(),
+        });
+        self
+    }
+
+    /// The redis-rs client: plain, or TLS with the certificates given.
+    fn client(&self) -> Result<Client, StoreError> {
+        let tls = is_tls(&self.url);
+        if tls {
+            ensure_crypto_provider();
+        }
+        if self.ca.is_none() && self.client.is_none() {
+            return Client::open(self.url.as_str()).map_err(StoreError::unavailable);
+        }
+        if !tls {
+            return Err(StoreError::unavailable(
+                "a CA or client certificate needs a rediss:// URL",
+            ));
+        }
+        if let Some(ca) = &self.ca {
+            // redis-rs would take a PEM without a certificate as an empty
+            // set of roots, and every handshake would then fail as untrusted.
+            let certificates = CertificateDer::pem_slice_iter(ca)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    StoreError::unavailable(format!("the CA certificate is not valid PEM: {e}"))
+                })?;
+            if certificates.is_empty() {
+                return Err(StoreError::unavailable(
+                    "the CA certificate PEM holds no certificate",
+                ));
+            }
+        }
+        let certificates = TlsCertificates {
+            client_tls: self.client.clone(),
+            root_cert: self.ca.clone(),
+        };
+        Client::build_with_tls(self.url.as_str(), certificates).map_err(StoreError::unavailable)
+    }
+
     /// Connects, checks that Redis will not evict claims, and loads the scripts.
     ///
     /// Fails when Redis cannot be reached now, or when it may evict keys
@@ -157,7 +268,7 @@ impl RedisStoreBuilder {
     /// see [`allow_eviction`](Self::allow_eviction)); once connected, the
     /// store reconnects by itself after an outage.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let client = Client::open(self.url.as_str()).map_err(StoreError::unavailable)?;
+        let client = self.client()?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
@@ -182,6 +293,25 @@ impl RedisStoreBuilder {
     }
 }
 
+/// `true` for a `rediss://` (or `valkeys://`) URL: TLS.
+fn is_tls(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    })
+}
+
+/// redis-rs builds its TLS configuration with the process' default rustls
+/// crypto provider, and rustls can only choose one by itself when a single
+/// provider is compiled in. So, unless the application installed one (it
+/// then keeps it), ring is installed: the TLS connection never panics
+/// because another crate of the application compiled in a second provider.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one first: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// Runs a redis future within `limit`; a timeout or an error is "unavailable".
 async fn within<T>(
     limit: Duration,
@@ -195,13 +325,17 @@ async fn within<T>(
 }
 
 impl RedisStore {
-    /// Starts configuring a store for the Redis at `url` (`redis://host:port/db`).
+    /// Starts configuring a store for the Redis at `url`:
+    /// `redis://host:port/db`, or `rediss://user:password@host:port/db` for
+    /// TLS and an ACL user (managed Redis). The URL is never printed.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
             prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             timeout: DEFAULT_REDIS_TIMEOUT,
             allow_eviction: false,
+            ca: None,
+            client: None,
         }
     }
 
@@ -375,5 +509,70 @@ impl Store for RedisStore {
     async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
         let claim = claim.encode();
         self.script(&RELEASE, key, &[&claim]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "rediss://app:Pa55-word@redis.example:6380/";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIE1vcmUgc2VjcmV0IHRoYW4gYSBwYXNzd29yZA==\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn debug_shows_neither_the_url_nor_the_key() {
+        let builder = RedisStore::builder(URL)
+            .ca_certificate("ca")
+            .client_certificate("chain", KEY);
+        let shown = format!("{builder:?}");
+        for secret in [
+            "Pa55-word",
+            "app:",
+            "redis.example",
+            "PRIVATE KEY",
+            "MC4CAQ",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("tls: true"), "{shown}");
+        assert!(shown.contains("client_certificate: true"), "{shown}");
+    }
+
+    #[test]
+    fn tls_is_told_by_the_scheme() {
+        assert!(is_tls(URL));
+        assert!(is_tls("REDISS://h/") && is_tls("valkeys://h/"));
+        assert!(!is_tls("redis://h/") && !is_tls("rediss") && !is_tls(""));
+    }
+
+    #[test]
+    fn tls_options_are_checked_before_connecting() {
+        let err = RedisStore::builder("redis://app:Pa55-word@127.0.0.1:1/")
+            .ca_certificate("ca")
+            .client()
+            .expect_err("a CA certificate needs rediss://");
+        let text = format!("{err} {err:?}");
+        assert!(
+            text.contains("rediss://") && !text.contains("Pa55"),
+            "{text}"
+        );
+
+        let err = RedisStore::builder(URL)
+            .ca_certificate("no PEM block here")
+            .client()
+            .expect_err("no certificate");
+        assert!(err.to_string().contains("holds no certificate"), "{err}");
+
+        let err = RedisStore::builder(URL)
+            .ca_certificate("-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n")
+            .client()
+            .expect_err("not base64");
+        assert!(err.to_string().contains("not valid PEM"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_client_has_a_crypto_provider() {
+        RedisStore::builder(URL).client().expect("a client");
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
     }
 }

@@ -1,0 +1,100 @@
+//! `kneo proxy --idempotency rediss://USER:PASSWORD@HOST:PORT`: the sidecar
+//! keeps its records in Redis run as managed Redis is (TLS only, an ACL
+//! user), through the built binary. The test's CA reaches it as a private
+//! CA would: in `SSL_CERT_FILE`.
+//!
+//! Timeouts around awaits are guards against a hang, not claims.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use kneo_tests::redis::{RedisServer, TLS_PASSWORD};
+use kneo_tests::sidecar::Sidecar;
+use kneo_tests::{Reply, ScriptedServer};
+use tokio::net::TcpStream;
+
+const GUARD: Duration = Duration::from_secs(30);
+
+async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
+}
+
+/// A keyed POST to the sidecar: its status, whether it was replayed, its body.
+async fn post(proxy: &Sidecar, key: &str) -> (StatusCode, bool, Bytes) {
+    guarded("a keyed POST through the proxy", async {
+        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/charges")
+            .header("host", "localhost")
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
+            .expect("valid");
+        let res = sender.send_request(req).await.expect("an answer");
+        let replayed = res
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        let status = res.status();
+        let body = res.into_body().collect().await.expect("a body").to_bytes();
+        (status, replayed, body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_sidecar_keeps_its_records_in_managed_redis() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let upstream =
+        ScriptedServer::with(|n, _| Reply::json(201, &format!(r#"{{"charge":{n}}}"#))).await;
+    let kneo = Path::new(env!("CARGO_BIN_EXE_kneo"));
+
+    // The platform's roots do not hold the test's CA: the sidecar refuses to
+    // start, and says why without the password.
+    let refused = guarded(
+        "kneo proxy without the CA",
+        tokio::process::Command::new(kneo)
+            .args(["proxy", "--upstream", &upstream.url(""), "--listen"])
+            .args(["127.0.0.1:0", "--idempotency", &redis.url()])
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .output(),
+    )
+    .await
+    .expect("kneo runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the Redis of --idempotency")
+            && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TLS_PASSWORD), "{stderr}");
+
+    // With it, through the environment the sidecar inherits (the only test
+    // of this binary, so no other test sees it).
+    std::env::set_var("SSL_CERT_FILE", redis.ca_file().expect("a TLS server"));
+    let proxy = Sidecar::start(kneo, &upstream.url(""), &["--idempotency", &redis.url()])
+        .await
+        .expect("kneo proxy starts on managed Redis");
+    let (status, replayed, body) = post(&proxy, "pay-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    assert!(!replayed);
+    let (status, replayed, again) = post(&proxy, "pay-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{again:?}");
+    assert!(replayed, "answered from the record in Redis");
+    assert_eq!(again, body);
+    assert_eq!(upstream.count(), 1, "the upstream ran it once");
+}
