@@ -220,6 +220,12 @@ impl StdError for StoreError {
 /// records of its own, and SHOULD drop claims whose lease ended before any
 /// live record.
 ///
+/// A store MUST treat the [`RecordKey`]'s scope as an opaque digest and MAY
+/// show it in names (a Redis key, a table row): the default scope is an
+/// HMAC under the deployment's secret, so a name never reveals, and cannot be
+/// checked against, the credential it was made from. A store MUST NOT keep
+/// anything of the request but the key, the fingerprint and the record.
+///
 /// A `claim` that returns an error MUST NOT leave a claim behind that nobody
 /// holds: if the backend may still execute it (a timed-out command), the
 /// store takes that very claim back (fenced by its token) once it lands.
