@@ -9,6 +9,11 @@
 //! processes (next to this executable: `cargo build -p kneo-tests --bins`)
 //! and runs on a Postgres it starts, with the transactional design and then
 //! the Redis one; only the first promises no duplicates (`tests/tests/pg_faults.rs`).
+//!
+//! `--hangup` runs the hang-up workload instead (`tests/tests/hangup_faults.rs`,
+//! `crates/kneo-cli/tests/hangup.rs`): `--requests` per target, callers that
+//! give up and retry with the same key, no relay; `--targets` picks from
+//! `memory,redis,proxy-memory,proxy-redis` (all by default).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +21,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kneo_tests::faults::pg_kills::{run_kills, Design, KillOptions};
-use kneo_tests::faults::{run, Options, Workload};
+use kneo_tests::faults::{run, run_hangup, HangupOptions, Options, Target, Workload};
 
 /// Exactly-once under injected faults, as a soak.
 #[derive(Debug, Parser)]
@@ -30,9 +35,9 @@ struct Args {
     /// The relay's seed (default: random, printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    /// Requests in flight at once [default: 16; 64 with --hangup].
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Workloads to run (1 keyed/memory, 2 keyed/redis, 3 unkeyed, 4
     /// keyed/memory through `kneo proxy`, 5 ledger servers killed: not by
     /// default).
@@ -49,6 +54,14 @@ struct Args {
     /// it (durable) MS milliseconds later.
     #[arg(long, value_name = "N:MS", value_parser = parse_outage)]
     outage: Option<(u64, u64)>,
+    /// Run the hang-up workload (callers that give up, then retry with the
+    /// same key) instead of the relay's workloads.
+    #[arg(long)]
+    hangup: bool,
+    /// With --hangup: the targets (memory, redis, proxy-memory, proxy-redis).
+    #[arg(long, value_delimiter = ',', value_parser = parse_target,
+          default_values = ["memory", "redis", "proxy-memory", "proxy-redis"])]
+    targets: Vec<Target>,
     /// Workload 5: the share of requests with a planned kill point.
     #[arg(long, default_value_t = 0.02)]
     kill_rate: f64,
@@ -63,6 +76,11 @@ struct Args {
     kill_designs: Vec<String>,
 }
 
+fn parse_target(s: &str) -> Result<Target, String> {
+    Target::from_name(s)
+        .ok_or_else(|| format!("no target {s:?}: memory, redis, proxy-memory or proxy-redis"))
+}
+
 fn parse_outage(s: &str) -> Result<(u64, u64), String> {
     let (after, ms) = s
         .split_once(':')
@@ -75,6 +93,9 @@ fn parse_outage(s: &str) -> Result<(u64, u64), String> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    if args.hangup {
+        return hangup(&args, seed).await;
+    }
     println!(
         "faults: {} requests per workload, fault rate {}, seed {seed}",
         args.requests, args.fault_rate
@@ -141,8 +162,8 @@ fn options(n: u8, args: &Args, seed: u64) -> Result<(Workload, Options), String>
         4 => Workload::Proxied,
         other => return Err(format!("no workload {other}: 1, 2, 3, 4 or 5")),
     };
-    let mut options =
-        Options::new(args.requests, args.fault_rate, seed).concurrency(args.concurrency);
+    let mut options = Options::new(args.requests, args.fault_rate, seed)
+        .concurrency(args.concurrency.unwrap_or(16));
     if workload == Workload::Proxied {
         let kneo = args
             .kneo
@@ -168,6 +189,44 @@ fn options(n: u8, args: &Args, seed: u64) -> Result<(Workload, Options), String>
     Ok((workload, options))
 }
 
+/// The hang-up workload against each of `args.targets`.
+async fn hangup(args: &Args, seed: u64) -> ExitCode {
+    println!(
+        "hang-up: {} requests per target, seed {seed}",
+        args.requests
+    );
+    let mut options =
+        HangupOptions::new(args.requests, seed).concurrency(args.concurrency.unwrap_or(64));
+    if args.targets.iter().any(|t| t.proxied()) {
+        let Some(kneo) = args
+            .kneo
+            .clone()
+            .or_else(|| sibling("kneo"))
+            .filter(|p| p.is_file())
+        else {
+            eprintln!("the proxy targets need the kneo binary: build it (cargo build -p kneo-cli) or pass --kneo PATH");
+            return ExitCode::from(2);
+        };
+        options = options.kneo(kneo);
+    }
+    let mut failed = false;
+    for target in &args.targets {
+        let Some(report) = run_hangup(*target, &options).await else {
+            continue;
+        };
+        println!("{report}");
+        for violation in report.violations() {
+            eprintln!("VIOLATION {violation}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// Workload 5's runs, one per design, when `--workloads` has 5.
 fn kill_options(args: &Args, seed: u64) -> Result<Vec<(Design, KillOptions)>, String> {
     if !args.workloads.contains(&5) {
@@ -178,7 +237,7 @@ fn kill_options(args: &Args, seed: u64) -> Result<Vec<(Design, KillOptions)>, St
     )?;
     let random = (args.kill_every_ms > 0).then(|| Duration::from_millis(args.kill_every_ms));
     let options = KillOptions::new(bin, args.requests, seed)
-        .concurrency(args.concurrency)
+        .concurrency(args.concurrency.unwrap_or(16))
         .kill_rate(args.kill_rate)
         .random_kills(random)
         .fault_rate(args.kill_fault_rate);

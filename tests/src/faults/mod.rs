@@ -33,17 +33,26 @@
 //! - [`Options::crash`] runs workload 2's servers as processes
 //!   ([`ServerProcess`], the `fault_server` binary) and kills the one that
 //!   stalls on a chosen request, mid-handler.
+//! - [The hang-up workload](run_hangup) has no relay: its callers give up on
+//!   keyed requests themselves ([`caller`]: before the body is sent, while
+//!   the handler runs, while the response streams) and retry with the same
+//!   key, against a [`SlowServer`] in process or behind `kneo proxy`.
 //! - Workload 5 ([`pg_kills`]) `SIGKILL`s ledger server processes whose
 //!   record commits in the handler's Postgres transaction, and the same
 //!   kills against a Redis-recorded ledger, counting rows per key.
 
+pub mod caller;
+mod hangup;
 pub mod pg_kills;
 mod process;
 mod relay;
 mod server;
+mod slow;
 mod workload;
 
+pub use hangup::{run_hangup, HangupOptions, HangupReport, Target};
 pub use process::ServerProcess;
 pub use relay::{Fault, FaultConfig, FaultCounts, FaultRelay};
 pub use server::{Effects, FaultServer, Stall};
+pub use slow::{Charge, Runs, SlowServer};
 pub use workload::{run, CrashReport, Options, Outage, OutageReport, Report, Workload};

@@ -105,7 +105,7 @@ impl Effects {
         dups
     }
 
-    fn apply(&self, id: u64, key: Option<&str>) -> u32 {
+    pub(super) fn apply(&self, id: u64, key: Option<&str>) -> u32 {
         if self.journal {
             journal(&format!("effect {id} {}", key.unwrap_or("-")));
         }

@@ -1,0 +1,215 @@
+//! A caller that gives up must not make its request run twice, through the
+//! real `kneo proxy --idempotency` (memory and Redis) in front of an
+//! upstream that records its effects: the hang-up workload
+//! (`kneo_tests::faults::run_hangup`, 300 requests per store; the seed is
+//! printed and `HANGUP_SEED` replays it), and the defect as reported (`curl
+//! -m 0.5 …`, then the same command without `-m`).
+
+use std::future::Future;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use kneo_tests::faults::caller::Point;
+use kneo_tests::faults::{run_hangup, Charge, Effects, HangupOptions, SlowServer, Target};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// A guard against a hang, never a claim about speed.
+const GUARD: Duration = Duration::from_secs(30);
+
+async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
+}
+
+async fn check(target: Target) {
+    let seed = std::env::var("HANGUP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    let options = HangupOptions::new(300, seed)
+        .max_attempts(12)
+        .kneo(env!("CARGO_BIN_EXE_kneo"));
+    let Some(report) = run_hangup(target, &options).await else {
+        return; // Redis without redis-server, outside CI.
+    };
+    println!("{report}");
+    if target == Target::ProxyRedis {
+        // The promise, strictly; a caller left without its answer only as
+        // kneo-server's known issue leaves it (tests/FAULTS.md, "A hang-up
+        // during the Redis claim"). Once fixed: `violations()`, as memory.
+        let violations = report.safety_violations();
+        assert!(violations.is_empty(), "{violations:#?}\n{report}");
+        assert_eq!(report.unfinished, report.held_without_run, "{report}");
+        assert_eq!(report.lost, report.held_without_run, "{report}");
+    } else {
+        let violations = report.violations();
+        assert!(violations.is_empty(), "{violations:#?}\n{report}");
+    }
+    for point in Point::ALL {
+        assert!(report.abandoned_at(point) > 0, "{point:?}: {report}");
+    }
+    assert!(report.in_use > 0, "{report}");
+    assert!(report.replays > 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_hanging_up_through_kneo_proxy_on_memory_never_run_a_request_twice() {
+    check(Target::ProxyMemory).await;
+}
+
+/// Skipped when `redis-server` is not installed (a failure under `CI=true`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_hanging_up_through_kneo_proxy_on_redis_never_run_a_request_twice() {
+    check(Target::ProxyRedis).await;
+}
+
+/// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --idempotency memory`,
+/// its access-log lines collected.
+struct Proxy {
+    _child: Child,
+    addr: std::net::SocketAddr,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kneo"))
+            .args(["proxy", "--upstream", upstream, "--listen", "127.0.0.1:0"])
+            .args(["--idempotency", "memory"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn kneo proxy");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = BufReader::new(stdout).lines();
+        let first = guarded("the startup line", reader.next_line())
+            .await
+            .expect("reads stdout")
+            .expect("kneo proxy printed its startup line");
+        let startup: Value = serde_json::from_str(&first).expect("the startup line is JSON");
+        let addr = startup["listening"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("a listening address");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let collected = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                let line = serde_json::from_str(&line).expect("access-log lines are JSON");
+                collected.lock().expect("not poisoned").push(line);
+            }
+        });
+        Proxy {
+            _child: child,
+            addr,
+            lines,
+        }
+    }
+
+    /// The access-log line of request `id`, once it is written.
+    async fn logged(&self, id: &str) -> Value {
+        guarded(&format!("the access-log line of {id}"), async {
+            loop {
+                let found = self
+                    .lines
+                    .lock()
+                    .expect("not poisoned")
+                    .iter()
+                    .find(|l| l["request_id"] == id)
+                    .cloned();
+                if let Some(line) = found {
+                    return line;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+fn post(charge: &Charge, request_id: &str) -> Request<Full<Bytes>> {
+    Request::post("/charges")
+        .header("host", "kneo-proxy")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "K")
+        .header("x-request-id", request_id)
+        .body(Full::new(charge.body()))
+        .expect("a valid request")
+}
+
+/// The defect as reported: `curl -m 0.5 -X POST -d … -H 'Idempotency-Key:
+/// K' $PX/charges` against an upstream that records its effect and then
+/// takes 2 s (curl gives up and closes its connection), then the same
+/// request without a time limit, from kneo's client (which sends a `409
+/// idempotency_key_in_use` again after its `Retry-After`). The upstream ran
+/// once; the answer is its 201, replayed; the request the caller gave up on
+/// ran to its end and is in the access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_times_out_through_kneo_proxy_and_retries_gets_the_replay_of_the_one_run() {
+    let effects = Arc::new(Effects::default());
+    let upstream = SlowServer::bare(effects.clone()).await;
+    let proxy = Proxy::start(&format!("http://{}", upstream.addr())).await;
+    let charge = Charge::new(1, 0, 2_000, 0);
+
+    // curl -m 0.5: one connection, given up (and closed) after 0.5 s.
+    let stream = TcpStream::connect(proxy.addr).await.expect("connects");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let timed_out = tokio::time::timeout(Duration::from_millis(500), async move {
+        tokio::select! {
+            res = send.send_request(post(&charge, "hangup-first")) => res.map(|r| r.status()),
+            res = conn => panic!("the connection ended before the answer: {res:?}"),
+        }
+    })
+    .await;
+    assert!(timed_out.is_err(), "answered within 0.5 s: {timed_out:?}");
+
+    // The same request, without -m, from kneo's client.
+    let client = kneo::Client::builder()
+        .base_url(format!("http://{}", proxy.addr))
+        .layer(
+            kneo::ClientLayer::new()
+                .retry(kneo_tests::fast_retry())
+                .max_attempts(20)
+                .deadline(GUARD),
+        )
+        .build()
+        .expect("client builds");
+    let res = guarded("the retry", client.request(post(&charge, "hangup-retry")))
+        .await
+        .expect("the retry succeeds");
+    let status = res.status();
+    let replayed = res.headers().get("idempotent-replayed").cloned();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("a whole body")
+        .to_bytes();
+
+    assert_eq!(
+        effects.of_request(1),
+        1,
+        "the upstream ran {:?}",
+        upstream.runs(1)
+    );
+    assert_eq!(upstream.runs(1).started, 1);
+    assert_eq!(status, 201);
+    assert_eq!(replayed.as_ref().map(|v| v.as_bytes()), Some(&b"true"[..]));
+    assert_eq!(body, charge.expected(), "the one run's body, byte for byte");
+    // The request the caller gave up on ran to its end, and is logged.
+    let line = proxy.logged("hangup-first").await;
+    assert_eq!(line["status"], 201, "{line}");
+}
