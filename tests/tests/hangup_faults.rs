@@ -34,28 +34,18 @@ fn seed() -> u64 {
 }
 
 async fn check(target: Target) -> Option<HangupReport> {
-    // 12 attempts: a request needs its 2 hang-ups at most and a 409 or two;
-    // the bound ends the known held keys (below) after about 10 s.
+    // 12 attempts: a request needs its 2 hang-ups at most and a 409 or two.
     let report = run_hangup(
         target,
         &HangupOptions::new(REQUESTS, seed()).max_attempts(12),
     )
     .await?;
     println!("{report}");
-    if target == Target::Redis {
-        // The promise, strictly; a caller left without its answer only as
-        // kneo-server's known issue leaves it (tests/FAULTS.md, "A hang-up
-        // during the Redis claim"): hung up on while its claim's `SET` was
-        // in flight, a request's key is held for the lease (60 s) with
-        // nothing running under it. Once fixed: `violations()`, as memory.
-        let violations = report.safety_violations();
-        assert!(violations.is_empty(), "{violations:#?}\n{report}");
-        assert_eq!(report.unfinished, report.held_without_run, "{report}");
-        assert_eq!(report.lost, report.held_without_run, "{report}");
-    } else {
-        let violations = report.violations();
-        assert!(violations.is_empty(), "{violations:#?}\n{report}");
-    }
+    // The promise, strictly, for every store: no duplicate, no wrong body,
+    // every caller answered (a hang-up during the Redis claim used to leave
+    // its key held for the lease; see tests/FAULTS.md).
+    let violations = report.violations();
+    assert!(violations.is_empty(), "{violations:#?}\n{report}");
     // The hang-ups happened, at every point, and the retries met both a run
     // still going and its record: a run without them would prove nothing.
     for point in Point::ALL {
@@ -239,16 +229,15 @@ async fn slow_redis(port: u16, delay: Duration) -> std::net::SocketAddr {
     addr
 }
 
-/// The hang-up workload's one finding on the fixed layer, as a test: a
-/// caller hangs up while its claim's `SET NX` is on its way to Redis (the
-/// replies take 300 ms; the hang-up comes at 100 ms). The handler never
-/// began, so the key must be free again, and the retry run the request. It
-/// is not: the `SET` lands after the request future was dropped, nothing
-/// takes it back (only a claim that timed out is), and the key answers `409`
-/// for the whole lease (60 s) with nothing running under it. Never a
-/// duplicate; a caller left without its answer.
+/// The hang-up workload's one finding on the first fix, as a test: a caller
+/// hangs up while its claim's `SET NX` is on its way to Redis (the replies
+/// take 300 ms; the hang-up comes at 100 ms). The handler never began, so
+/// the key must be free again, and the retry run the request. It used to be
+/// held: the `SET` landed after the request future was dropped and nothing
+/// took it back, so the key answered `409` for the whole lease (60 s) with
+/// nothing running under it. The claim now runs on the request's own task,
+/// which releases it when the caller is gone before the handler begins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kneo-server: a claim whose SET lands after a hang-up is held for its lease (tests/FAULTS.md)"]
 async fn a_caller_that_hangs_up_during_the_redis_claim_leaves_the_key_free() {
     let Some(redis) = RedisServer::start() else {
         return;
