@@ -153,7 +153,7 @@ pub(crate) mod layer;
 mod record;
 pub(crate) mod request;
 mod scope;
-mod service;
+pub(crate) mod service;
 
 pub use answer::{IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST};
 pub use child::IdempotencyKey;

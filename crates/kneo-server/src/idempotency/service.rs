@@ -100,21 +100,52 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        match self.route_call(req) {
+            Routed::Answered(answered) => answered,
+            Routed::Keyed(inner, req, key) => {
+                let future = keyed(inner, self.store.clone(), self.config.clone(), req, key);
+                ResponseFuture::keyed(Box::pin(future))
+            }
+        }
+    }
+}
+
+impl<S, St> Idempotency<S, St> {
+    /// The first step of every call, whatever the store: a request the
+    /// layer passes through or refuses at once is answered by the returned
+    /// future; a keyed one comes back with its key and the ready inner
+    /// service, a clone of which stays for the next call.
+    pub(crate) fn route_call<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Routed<S, ReqBody, ResponseFuture<S::Future, ResBody, S::Error>>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    {
         let key = match route(&self.config, req.method(), req.headers()) {
             Route::Pass => {
-                return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)))
+                return Routed::Answered(ResponseFuture::passthrough(
+                    self.inner.call(req.map(Either::Left)),
+                ))
             }
             Route::Refuse(problem, id) => {
-                return ResponseFuture::ready(respond(problem, id.as_ref()))
+                return Routed::Answered(ResponseFuture::ready(respond(problem, id.as_ref())))
             }
             Route::Keyed(key) => key,
         };
-        // The ready service goes into the future; a clone stays for the next call.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let future = keyed(inner, self.store.clone(), self.config.clone(), req, key);
-        ResponseFuture::keyed(Box::pin(future))
+        Routed::Keyed(std::mem::replace(&mut self.inner, clone), req, key)
     }
+}
+
+/// What [`Idempotency::route_call`] made of a request. Matched at once,
+/// never stored: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Routed<S, ReqBody, F> {
+    /// Answered by this future (passed through, or refused at once).
+    Answered(F),
+    /// Keyed: the ready inner service, the request, its key.
+    Keyed(S, Request<ReqBody>, Arc<str>),
 }
 
 /// One keyed request: read and fingerprint it, claim, then hand the work to

@@ -19,7 +19,8 @@ use crate::idempotency::answer::{
 };
 use crate::idempotency::body::{read_request, Buffer};
 use crate::idempotency::layer::Config;
-use crate::idempotency::request::{identify, route, Route};
+use crate::idempotency::request::identify;
+use crate::idempotency::service::Routed;
 use crate::idempotency::{
     Claim, Completed, FencingToken, Fingerprint, Idempotency, IdempotencyKey, Outcome, Record,
     RecordKey, RequestBody, ResponseBody, ResponseFuture, StoredResponse,
@@ -75,19 +76,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let key = match route(&self.config, req.method(), req.headers()) {
-            Route::Pass => {
-                return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)))
+        match self.route_call(req) {
+            Routed::Answered(answered) => answered,
+            Routed::Keyed(inner, req, key) => {
+                let future = keyed(inner, self.store.clone(), self.config.clone(), req, key);
+                ResponseFuture::keyed(Box::pin(future))
             }
-            Route::Refuse(problem, id) => {
-                return ResponseFuture::ready(respond(problem, id.as_ref()))
-            }
-            Route::Keyed(key) => key,
-        };
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let future = keyed(inner, self.store.clone(), self.config.clone(), req, key);
-        ResponseFuture::keyed(Box::pin(future))
+        }
     }
 }
 
