@@ -466,6 +466,30 @@ impl Work {
             return;
         }
         let hint = body.size_hint();
+        let max = self.config.max_response;
+        let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > max);
+        // The first frame before the head: a body whole in it (the common
+        // JSON answer) is recorded, then answered whole, head and body in
+        // one write. (Sent apart, the body would wait on Nagle's algorithm
+        // for the ACK of the head, which the peer delays: 40 ms on Linux.)
+        let first = body
+            .frame()
+            .await
+            .map(|r| r.map_err(Into::<BoxError>::into));
+        if let Some(data) = first.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+            let len = data.len() as u64;
+            if (body.is_end_stream() || hint.exact() == Some(len)) && !too_big(len) {
+                let data = data.clone();
+                let stored = StoredResponse::new(status, headers, data.clone());
+                guard
+                    .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                    .await;
+                let res = Response::from_parts(parts, ResponseBody::full(data));
+                let _ = answer.send(Answer::Response(res));
+                return;
+            }
+        }
+        let mut pending = Some(first);
         let (frames, caller_body) = ResponseBody::channel(hint);
         let caller = Response::from_parts(parts, caller_body);
         // A caller that has gone away is not waited for; the body is still
@@ -474,8 +498,6 @@ impl Work {
             .send(Answer::Response(caller))
             .is_ok()
             .then_some(frames);
-        let max = self.config.max_response;
-        let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > max);
         let mut recording = Some(Buffer::Empty);
         if too_big(hint.lower()) {
             recording = None;
@@ -485,10 +507,13 @@ impl Work {
         let mut read: u64 = 0;
         loop {
             // The handler's error type need not be `Send`: convert it at once.
-            let next = body
-                .frame()
-                .await
-                .map(|r| r.map_err(Into::<BoxError>::into));
+            let next = match pending.take() {
+                Some(first) => first,
+                None => body
+                    .frame()
+                    .await
+                    .map(|r| r.map_err(Into::<BoxError>::into)),
+            };
             let frame = match next {
                 None => break,
                 Some(Ok(frame)) => frame,
