@@ -44,9 +44,14 @@ pub(crate) fn respond<B>(
     }
 }
 
-/// `429` and `503` say the request was not processed.
-pub(crate) fn not_processed(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+/// The one rule for what frees a key: the response says the request was not
+/// processed. A `429` or `503` says so; so does a gateway below that never
+/// sent it ([`Delivery::NotSent`] in the extensions).
+pub(crate) fn not_processed<B>(res: &Response<B>) -> bool {
+    let status = res.status();
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::SERVICE_UNAVAILABLE
+        || res.extensions().get::<Delivery>() == Some(&Delivery::NotSent)
 }
 
 /// The headers kept for replays: all but `Trailer` (trailers are not

@@ -398,19 +398,14 @@ impl Work {
         };
 
         let status = res.status();
-        match res.extensions().get::<Delivery>().copied() {
+        if not_processed(&res) {
             // Nothing reached the upstream, or the handler said it did not
             // process the request: let a retry run.
-            Some(Delivery::NotSent) => {
-                guard.release().await;
-                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
-                return;
-            }
-            _ if not_processed(status) => {
-                guard.release().await;
-                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
-                return;
-            }
+            guard.release().await;
+            let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+            return;
+        }
+        match res.extensions().get::<Delivery>().copied() {
             // A gateway's attempt timed out after it was sent: the caller
             // gets the gateway's answer now; the record waits (the claim
             // renewed meanwhile) for the upstream's own answer.
@@ -418,7 +413,7 @@ impl Work {
                 let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
                 let late = tokio::time::timeout(self.config.max_hold, late).await;
                 let record = match late.ok().and_then(Result::ok) {
-                    Some(late) if not_processed(late.status()) => {
+                    Some(late) if not_processed(&late) => {
                         guard.release().await;
                         return;
                     }

@@ -140,7 +140,7 @@ where
 
     let status = res.status();
     let delivery = res.extensions().get::<Delivery>().copied();
-    if not_processed(status) || delivery == Some(Delivery::NotSent) {
+    if not_processed(&res) {
         // Not processed: roll back, so that a retry runs.
         drop(handle);
         return Ok(res.map(ResponseBody::inner));
