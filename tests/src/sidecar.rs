@@ -26,6 +26,7 @@ const STARTUP_GUARD: Duration = Duration::from_secs(30);
 pub struct Sidecar {
     child: Child,
     listen: SocketAddr,
+    admin: Option<SocketAddr>,
 }
 
 impl Sidecar {
@@ -62,6 +63,7 @@ impl Sidecar {
         let mut sidecar = Sidecar {
             child,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
         };
         let first = match tokio::time::timeout(STARTUP_GUARD, first_rx).await {
             Ok(Ok(Some(Ok(line)))) => line,
@@ -74,6 +76,7 @@ impl Sidecar {
             .as_str()
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("no `listening` address in the startup line: {first}"))?;
+        sidecar.admin = startup["admin"].as_str().and_then(|a| a.parse().ok());
         Ok(sidecar)
     }
 
@@ -85,6 +88,27 @@ impl Sidecar {
     /// Where it serves callers.
     pub fn addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// Where it serves `/metrics` and the health checks, when started with
+    /// `--admin`.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Sends it SIGTERM (with `kill`), as an orchestrator stops it.
+    pub fn terminate(&self) -> Result<(), String> {
+        let pid = self.child.id().to_string();
+        match Command::new("kill").args(["-TERM", &pid]).status() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("kill -TERM {pid}: {status}")),
+            Err(e) => Err(format!("cannot run kill: {e}")),
+        }
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 

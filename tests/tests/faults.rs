@@ -115,7 +115,9 @@ async fn redis_killed_and_restarted_during_workload_2_fails_closed_and_resumes()
 /// that gets request 500 first stalls in its handler, before the effect, and
 /// is killed (`SIGKILL`). kneo's retry reaches the other instance, which
 /// answers `409 idempotency_key_in_use` while the dead one's claim lives,
-/// then, after the 2 s lease, runs the request exactly once.
+/// then, after the 2 s lease, runs the request exactly once. (On a loaded
+/// machine the first retry can arrive after the lease ran out and run it at
+/// once: the 409 is the usual path, not a promise, so it is not asserted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_handler_runs_the_retry_once_on_the_other() {
     let options =
@@ -128,6 +130,6 @@ async fn a_server_killed_mid_handler_runs_the_retry_once_on_the_other() {
     assert_eq!(crash.applied_by.len(), 1, "{report}");
     assert_ne!(crash.applied_by[0], killed, "{report}");
     assert!(crash.succeeded, "{report}");
-    // The attempt the kill cut, at least one 409 while the lease ran, the one that ran.
-    assert!(crash.attempts >= 3, "{report}");
+    // The attempt the kill cut, then the one that ran (and any 409s between).
+    assert!(crash.attempts >= 2, "{report}");
 }

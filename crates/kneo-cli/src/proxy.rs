@@ -42,7 +42,16 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "URL", value_parser = parse_upstream)]
     upstream: String,
 
-    /// The address to serve callers on (port 0 picks a free port).
+    /// Speak HTTP/2 to a plain http:// upstream with prior knowledge (h2c):
+    /// requests share one connection. An https:// upstream is offered
+    /// HTTP/2 by ALPN without this flag. Upgrades (WebSocket) still use
+    /// HTTP/1.1.
+    #[arg(long)]
+    upstream_h2c: bool,
+
+    /// The address to serve callers on (port 0 picks a free port). Callers
+    /// may speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c, as gRPC
+    /// clients do).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     listen: SocketAddr,
 
@@ -315,7 +324,9 @@ impl ProxyArgs {
             .max_retry_after(self.max_retry_after)
             .idempotency_keys(!self.no_idempotency_key)
             .budget_percent(Some(self.budget_percent))
-            .map_err(|e| format!("invalid value for --budget-percent: {e}"))?;
+            .map_err(|e| format!("invalid value for --budget-percent: {e}"))?
+            .upstream_h2c(self.upstream_h2c)
+            .map_err(|e| format!("invalid value for --upstream-h2c: {e}"))?;
         Ok(config)
     }
 

@@ -178,6 +178,7 @@ pub struct ProxyConfig {
     pub(crate) idempotency_keys: bool,
     pub(crate) replay_cap: usize,
     pub(crate) connect_timeout: Duration,
+    pub(crate) upstream_h2c: bool,
 }
 
 impl ProxyConfig {
@@ -196,6 +197,7 @@ impl ProxyConfig {
             idempotency_keys: true,
             replay_cap: DEFAULT_REPLAY_CAP,
             connect_timeout: Duration::from_secs(10),
+            upstream_h2c: false,
         })
     }
 
@@ -258,6 +260,24 @@ impl ProxyConfig {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Speak HTTP/2 to a plain `http://` upstream, with prior knowledge
+    /// (h2c): every request is multiplexed over one pooled connection
+    /// (default `false`: HTTP/1.1, a connection per request in flight).
+    /// An `https://` upstream needs no setting: HTTP/2 is offered by ALPN
+    /// and used when the upstream picks it. Refused for `https://`.
+    ///
+    /// Upgrades (WebSocket) still go upstream over HTTP/1.1, on connections
+    /// of their own.
+    pub fn upstream_h2c(mut self, h2c: bool) -> Result<Self, ConfigError> {
+        if h2c && self.upstream.scheme == Scheme::HTTPS {
+            return Err(ConfigError(
+                "h2c is for http:// upstreams; an https:// upstream is offered HTTP/2 by ALPN",
+            ));
+        }
+        self.upstream_h2c = h2c;
+        Ok(self)
     }
 }
 

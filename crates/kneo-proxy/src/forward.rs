@@ -38,14 +38,15 @@ use crate::detach::Detach;
 use crate::headers::{rewrite, Hop};
 use crate::metrics::{CountingBudget, Metrics};
 use crate::problem::ProblemAnswer;
+use crate::upgrade::Upgrades;
 
 /// The request body the server hands over: hyper's, streaming.
 pub use hyper::body::Incoming;
 
 #[cfg(not(feature = "rustls"))]
-type Connector = HttpConnector;
+pub(crate) type Connector = HttpConnector;
 #[cfg(feature = "rustls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// The transport under the stack: hyper-util's pooled client, whose calls
 /// for recorded requests outlive a timed-out attempt ([`Detach`]).
@@ -116,14 +117,14 @@ impl Outcome {
 /// [`ExchangeHook`] given to [`Proxy::new`] once the response head is ready.
 #[derive(Debug)]
 pub struct Exchange<'a> {
-    request_id: Option<&'a str>,
-    upstream_request_id: Option<&'a str>,
-    method: &'a Method,
-    path: &'a str,
-    status: StatusCode,
-    attempts: u32,
-    upstream_time: Duration,
-    outcome: Outcome,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) upstream_request_id: Option<&'a str>,
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) status: StatusCode,
+    pub(crate) attempts: u32,
+    pub(crate) upstream_time: Duration,
+    pub(crate) outcome: Outcome,
 }
 
 impl Exchange<'_> {
@@ -205,7 +206,7 @@ impl Health {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    fn mark_upstream_seen(&self) {
+    pub(crate) fn mark_upstream_seen(&self) {
         // A load first: the flag is set once and read on every response.
         if !self.upstream_seen() {
             self.upstream_seen.store(true, Ordering::Relaxed);
@@ -218,10 +219,39 @@ pub type ExchangeHook = Box<dyn Fn(&Exchange<'_>) + Send + Sync>;
 
 /// What every clone of a proxy shares.
 pub(crate) struct Shared {
-    upstream: Upstream,
+    pub(crate) upstream: Upstream,
     pub(crate) metrics: Metrics,
     pub(crate) health: Arc<Health>,
     on_exchange: Option<ExchangeHook>,
+    pub(crate) upgrades: Upgrades,
+}
+
+impl Shared {
+    /// The upstream URI for a request with these `parts`, or the problem
+    /// that refuses it: origin-form (`/path`) or absolute-form
+    /// (`http://host/path`) targets only, the path [cleaned](crate::path)
+    /// into the upstream's prefix; `CONNECT` is the proxy's to answer, not
+    /// the upstream's.
+    pub(crate) fn target(&self, parts: &http::request::Parts) -> Result<Uri, ProblemAnswer> {
+        let target = match parts.uri.path_and_query() {
+            Some(pq) => pq.as_str(),
+            None if parts.uri.scheme().is_some() => "/",
+            None => "",
+        };
+        let mut refused = match self.upstream.uri_for(target) {
+            Ok(uri) if parts.method != Method::CONNECT => return Ok(uri),
+            _ if parts.method == Method::CONNECT => ProblemAnswer::method_not_allowed(),
+            Err(e) => ProblemAnswer::bad_target(e),
+            Ok(_) => ProblemAnswer::bad_request(None),
+        };
+        refused.request_id = parts
+            .headers
+            .get(X_REQUEST_ID)
+            .filter(|v| is_valid_request_id(v.as_bytes()))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Err(refused)
+    }
 }
 
 /// The forwarding service: `Request<B>` in, the upstream's response (or a
@@ -271,6 +301,7 @@ where
                 metrics,
                 health: Arc::new(Health::default()),
                 on_exchange,
+                upgrades: Upgrades::new(config)?,
             }),
         })
     }
@@ -327,27 +358,49 @@ where
     B: Body + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let mut client = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    client
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .timer(TokioTimer::new())
+        .http2_only(config.upstream_h2c);
+    Ok(Detach::new(
+        client.build(connector(config, Alpn::H2AndHttp1)?),
+    ))
+}
+
+/// What a TLS upstream is offered by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    /// `h2` and `http/1.1`: the forwarding pool, which multiplexes when it can.
+    H2AndHttp1,
+    /// `http/1.1` only: upgrades (WebSocket), which need an HTTP/1.1 connection.
+    Http1,
+}
+
+/// The connector under every upstream connection: TCP with the connect
+/// timeout and `TCP_NODELAY`, and TLS (rustls) for `https://` upstreams.
+pub(crate) fn connector(config: &ProxyConfig, alpn: Alpn) -> Result<Connector, ConfigError> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(config.connect_timeout));
     http.set_nodelay(true);
     #[cfg(feature = "rustls")]
-    let connector = {
+    {
         http.enforce_http(false);
-        hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|_| ConfigError("the platform's root certificates could not be loaded"))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http)
-    };
+            .https_or_http();
+        Ok(match alpn {
+            Alpn::H2AndHttp1 => builder.enable_all_versions().wrap_connector(http),
+            Alpn::Http1 => builder.enable_http1().wrap_connector(http),
+        })
+    }
     #[cfg(not(feature = "rustls"))]
-    let connector = http;
-    Ok(Detach::new(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector),
-    ))
+    {
+        let _ = alpn;
+        Ok(http)
+    }
 }
 
 impl<B> Proxy<B> {
@@ -425,36 +478,14 @@ where
         let method = req.method().clone();
         let original = req.uri().clone();
         let (mut parts, body) = req.into_parts();
-        let upstream = &self.shared.upstream;
-        // Origin-form (`/path`) or absolute-form (`http://host/path`) only;
-        // CONNECT is the proxy's to answer, not the upstream's.
-        let target = match parts.uri.path_and_query() {
-            Some(pq) => pq.as_str(),
-            None if parts.uri.scheme().is_some() => "/",
-            None => "",
-        };
-        let uri = match upstream.uri_for(target) {
-            Ok(uri) if method != Method::CONNECT => uri,
-            refused => {
-                let mut answer = match refused {
-                    _ if method == Method::CONNECT => ProblemAnswer::method_not_allowed(),
-                    Err(e) => ProblemAnswer::bad_target(e),
-                    Ok(_) => ProblemAnswer::bad_request(None),
-                };
-                answer.request_id = parts
-                    .headers
-                    .get(X_REQUEST_ID)
-                    .filter(|v| is_valid_request_id(v.as_bytes()))
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+        let uri = match self.shared.target(&parts) {
+            Ok(uri) => uri,
+            Err(answer) => {
                 let res = finish_problem(&self.shared, answer, &method, &original, start);
-                return ResponseFuture {
-                    inner: None,
-                    ready: Some(res),
-                    state: None,
-                };
+                return ResponseFuture::ready(res);
             }
         };
+        let upstream = &self.shared.upstream;
         // HTTP/2 carries the caller's host in the URI, not in `Host`.
         if !parts.headers.contains_key(HOST) {
             if let Some(host) = original
@@ -492,7 +523,7 @@ where
 }
 
 /// Records a problem answer and makes it a response.
-fn finish_problem(
+pub(crate) fn finish_problem(
     shared: &Shared,
     answer: ProblemAnswer,
     method: &Method,
@@ -517,7 +548,7 @@ fn finish_problem(
 
 /// Counts `exchange` in the metrics and hands it to the hook: once per
 /// answered request.
-fn record(shared: &Shared, exchange: &Exchange<'_>) {
+pub(crate) fn record(shared: &Shared, exchange: &Exchange<'_>) {
     shared.metrics.record(
         exchange.outcome,
         exchange.status,
@@ -531,7 +562,10 @@ fn record(shared: &Shared, exchange: &Exchange<'_>) {
 
 /// The upstream's own request id in an answer's `headers`: their
 /// `X-Request-ID` when it is valid and not `sent`.
-fn upstream_request_id<'h>(headers: &'h HeaderMap, sent: Option<&HeaderValue>) -> Option<&'h str> {
+pub(crate) fn upstream_request_id<'h>(
+    headers: &'h HeaderMap,
+    sent: Option<&HeaderValue>,
+) -> Option<&'h str> {
     headers
         .get(X_REQUEST_ID)
         .filter(|v| Some(*v) != sent && is_valid_request_id(v.as_bytes()))
@@ -798,11 +832,11 @@ where
 pub struct ProxyBody(Either<Incoming, Full<Bytes>>);
 
 impl ProxyBody {
-    fn upstream(body: Incoming) -> Self {
+    pub(crate) fn upstream(body: Incoming) -> Self {
         ProxyBody(Either::Left(body))
     }
 
-    fn full(body: Full<Bytes>) -> Self {
+    pub(crate) fn full(body: Full<Bytes>) -> Self {
         ProxyBody(Either::Right(body))
     }
 }

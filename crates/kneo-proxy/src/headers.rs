@@ -38,6 +38,11 @@
 //! caller's `Host` and `X-Forwarded-Proto` to `http` (the listener is plain
 //! HTTP). An incoming `Forwarded` (RFC 7239) is passed on untouched.
 //!
+//! Upgrades (RFC 9110 §7.8) are the one exception, and explicit: for a
+//! request that [`upgrade_protocol`] says asks to switch protocols, the
+//! caller of [`rewrite`] puts `Connection: upgrade` and the `Upgrade` back
+//! with [`keep_upgrade`], on the request and on its `101` answer.
+//!
 //! Lists are joined into one field line (`10.1.2.3, 127.0.0.1`): servers
 //! that read only the first line still see the whole chain.
 
@@ -138,6 +143,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The protocol a request asks to switch to, when it asks (RFC 9110 §7.8):
+/// its `Upgrade`, on HTTP/1.1, when `Connection` lists `upgrade`. `h2c` is
+/// not one: the proxy speaks HTTP/2 itself (prior knowledge), and RFC 9113
+/// retired the h2c upgrade; such a request is forwarded as a plain one.
+pub fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asked = list_items(headers, &CONNECTION).any(|item| item.eq_ignore_ascii_case(b"upgrade"));
+    let protocol = headers.get(UPGRADE).filter(|_| asked)?;
+    let h2c = list_items(headers, &UPGRADE).any(|item| item.eq_ignore_ascii_case(b"h2c"));
+    (!h2c && !protocol.is_empty()).then(|| protocol.clone())
+}
+
+/// Puts an upgrade back after [`rewrite`]: `Connection: upgrade` and
+/// `Upgrade: protocol`, on the handshake and on its `101` answer.
+pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, protocol);
 }
 
 /// `true` when a `TE` header lists `trailers`.
@@ -301,6 +327,49 @@ mod tests {
                 v
             };
             assert_eq!(sorted(&headers), sorted(&expected), "{what}");
+        }
+    }
+
+    #[test]
+    fn upgrades_are_asked_for_on_http11_with_connection_upgrade() {
+        #[rustfmt::skip]
+        let rows: [(&str, Version, Vec<Pair>, Option<&str>); 8] = [
+            ("a WebSocket handshake", Version::HTTP_11,
+             vec![("connection", "Upgrade"), ("upgrade", "websocket")], Some("websocket")),
+            ("Firefox lists keep-alive too", Version::HTTP_11,
+             vec![("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")], Some("websocket")),
+            ("over two connection lines", Version::HTTP_11,
+             vec![("connection", "x-a"), ("connection", " upgrade "), ("upgrade", "foo/2, bar")], Some("foo/2, bar")),
+            ("upgrade without connection: upgrade", Version::HTTP_11,
+             vec![("upgrade", "websocket")], None),
+            ("connection: upgrade without upgrade", Version::HTTP_11,
+             vec![("connection", "upgrade")], None),
+            ("h2c is not passed on", Version::HTTP_11,
+             vec![("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")], None),
+            ("not on HTTP/1.0", Version::HTTP_10,
+             vec![("connection", "upgrade"), ("upgrade", "websocket")], None),
+            ("not on HTTP/2", Version::HTTP_2,
+             vec![("connection", "upgrade"), ("upgrade", "websocket")], None),
+        ];
+        for (what, version, input, expected) in rows {
+            let headers = map(&input);
+            let protocol = upgrade_protocol(&headers, version);
+            assert_eq!(
+                protocol.as_ref().map(|p| p.to_str().expect("ascii")),
+                expected,
+                "{what}"
+            );
+
+            // What goes upstream: rewritten, the upgrade put back.
+            let mut headers = headers;
+            rewrite(&mut headers, &request());
+            if let Some(protocol) = protocol {
+                keep_upgrade(&mut headers, protocol);
+                assert_eq!(headers[CONNECTION], "upgrade", "{what}");
+                assert_eq!(headers.get_all(UPGRADE).iter().count(), 1, "{what}");
+            } else {
+                assert!(!headers.contains_key(UPGRADE), "{what}");
+            }
         }
     }
 

@@ -40,8 +40,10 @@
 //!   `Via`), one pure function.
 //! - The problem answers (`502`, `504`, `503`), documented on [`Outcome`].
 //! - [`Admin`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`serve`] and [`serve_admin`]: hyper's HTTP/1 server with a header-read
-//!   timeout, a header size limit, a connection limit and a graceful drain.
+//! - [`serve`] and [`serve_admin`]: hyper's HTTP/1 and HTTP/2 (h2c, prior
+//!   knowledge) servers with a header-read timeout, a header size limit, a
+//!   connection limit and a graceful drain; upgrades (WebSocket) are
+//!   forwarded once and joined into a tunnel on `101`.
 //!
 //! Flags, signals and the access log's format are the binary's (`kneo
 //! proxy`); this crate takes a [`ProxyConfig`], a [`ServerConfig`], a
@@ -108,6 +110,7 @@ mod metrics;
 pub mod path;
 mod problem;
 mod server;
+mod upgrade;
 
 pub use admin::Admin;
 pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream, DEFAULT_REPLAY_CAP};

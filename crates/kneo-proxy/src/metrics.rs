@@ -31,7 +31,10 @@ type Labels = [(&'static str, &'static str); 2];
 /// - `kneo_proxy_in_flight`: requests waiting for an answer;
 /// - `kneo_proxy_request_duration_seconds`: time to the response head, retries and waits included;
 /// - `kneo_proxy_open_connections`: caller connections open;
-/// - `kneo_proxy_overload_connections_total`: connections over `max_connections`.
+/// - `kneo_proxy_overload_connections_total`: connections over `max_connections`;
+/// - `kneo_proxy_tunnels_total`: upgrades the upstream accepted (`101`), each
+///   a tunnel joining the two connections (WebSocket, say);
+/// - `kneo_proxy_tunnels_open`: of those, open now.
 pub struct Metrics {
     pub(crate) registry: Registry,
     requests: Family<Labels, Counter>,
@@ -45,6 +48,8 @@ pub struct Metrics {
     duration: Histogram,
     pub(crate) open_connections: Gauge,
     pub(crate) overload_connections: Counter,
+    pub(crate) tunnels: Counter,
+    pub(crate) tunnels_open: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -117,6 +122,14 @@ impl Metrics {
             "Caller connections over max_connections",
             overload_connections.clone(),
         );
+        let tunnels = Counter::default();
+        registry.register(
+            "tunnels",
+            "Upgrades the upstream accepted (101), each a tunnel",
+            tunnels.clone(),
+        );
+        let tunnels_open = Gauge::default();
+        registry.register("tunnels_open", "Tunnels open", tunnels_open.clone());
         Metrics {
             registry,
             requests: family,
@@ -128,6 +141,8 @@ impl Metrics {
             duration,
             open_connections,
             overload_connections,
+            tunnels,
+            tunnels_open,
         }
     }
 

@@ -8,6 +8,7 @@
 //! | 503 | the proxy is at `max_connections` | `urn:kneo:problem:overloaded` | `too_many_connections` |
 //! | 400 | the request cannot be forwarded: a target that is not a path or an absolute URL, or a path that would leave the upstream's prefix (see [`path`](crate::path)) | `urn:kneo:problem:bad-request` | `invalid_request` |
 //! | 405 | `CONNECT` (with `Allow`) | `urn:kneo:problem:bad-request` | `method_not_allowed` |
+//! | 502, 504 | as above, for an upgrade handshake (WebSocket): sent once, never retried | as above | as above |
 //! | 429 | the upstream's rate-limit headers said nothing is left until a reset further than `--max-retry-after` (or past the deadline): not sent, with `Retry-After` | `urn:kneo:problem:rate-limited` | `rate_limited_locally` |
 //!
 //! Extensions: `code`, `kind` (kneo's [`ErrorKind`](kneo::ErrorKind) as a
@@ -128,6 +129,37 @@ impl ProblemAnswer {
         ProblemAnswer {
             detail: format!("the request target cannot be forwarded: {e}"),
             ..ProblemAnswer::bad_request(None)
+        }
+    }
+
+    /// An upgrade handshake (WebSocket) that got no answer: sent once,
+    /// never retried, so one attempt. `timed_out` is a `504`, else a `502`.
+    /// `detail` is hyper's and the OS's words, never a header value.
+    pub(crate) fn handshake_failed(timed_out: bool, detail: &str) -> ProblemAnswer {
+        let (outcome, status, code, what) = if timed_out {
+            (
+                Outcome::Timeout,
+                StatusCode::GATEWAY_TIMEOUT,
+                kneo::codes::API_TIMEOUT,
+                "did not answer the upgrade in time",
+            )
+        } else {
+            (
+                Outcome::Unreachable,
+                StatusCode::BAD_GATEWAY,
+                kneo::codes::API_CONNECTION,
+                "could not be reached or hung up before answering the upgrade",
+            )
+        };
+        ProblemAnswer {
+            outcome,
+            status,
+            detail: format!("the upstream {what} (1 attempt; upgrades are not retried): {detail}"),
+            code: code.to_owned(),
+            kind: kneo::ErrorKind::Network.as_str(),
+            request_id: None,
+            attempts: 1,
+            retry_after: None,
         }
     }
 

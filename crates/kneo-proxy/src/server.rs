@@ -1,6 +1,6 @@
-//! [`serve`] and [`serve_admin`]: hyper's HTTP/1 server around a [`Proxy`]
-//! and its [`Admin`], with the limits of a [`ServerConfig`] and a graceful
-//! drain. Which signal starts the drain is the binary's business: it hands
+//! [`serve`] and [`serve_admin`]: hyper's HTTP/1 and HTTP/2 servers around
+//! a [`Proxy`] and its [`Admin`], with the limits of a [`ServerConfig`] and a
+//! graceful drain. Which signal starts the drain is the binary's business: it hands
 //! in a future.
 
 use std::convert::Infallible;
@@ -19,19 +19,21 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kneo::BoxError;
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt as _;
 
 use crate::admin::Admin;
 use crate::config::ServerConfig;
 use crate::forward::{settle_request_id, Arrival, ClientAddr, Proxy, ProxyBody, ResponseFuture};
+use crate::upgrade;
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,11 @@ impl Drained {
 
 /// Serves `proxy` on `listener` until `shutdown` resolves, then drains.
 ///
+/// - A connection that opens with the HTTP/2 preface is served as HTTP/2
+///   (h2c, prior knowledge), any other as HTTP/1.1.
+/// - An HTTP/1.1 upgrade (WebSocket) is forwarded once, outside the kneo
+///   stack and any front; on `101` the two connections are joined into a
+///   tunnel, which keeps the connection's place under `max_connections`.
 /// - Each request's id is settled first: a valid `X-Request-ID` of the
 ///   caller's is kept, else one is made (as kneo's `RequestIdLayer` makes
 ///   them) and set, so that everything after sees one id.
@@ -59,14 +66,17 @@ impl Drained {
 ///   [`max_header_bytes`](ServerConfig::max_header_bytes) (else `431`).
 /// - Past [`max_connections`](ServerConfig::max_connections) open
 ///   connections, a new one is still accepted and its request answered with
-///   a `503` problem, then closed; past twice the limit it is closed
+///   a `503` problem, then closed (HTTP/2: the streams it sent are
+///   answered, then `GOAWAY`); past twice the limit it is closed
 ///   unanswered. Both are counted.
 /// - Until the upstream has been seen, it is probed once a second so that
 ///   `/readyz` turns 200 without waiting for traffic.
 /// - When `shutdown` resolves: `/readyz` answers 503, the listener is
-///   closed, idle connections are closed, in-flight requests finish (their
-///   connections closing after them) for up to
-///   [`drain_timeout`](ServerConfig::drain_timeout).
+///   closed, idle connections are closed (HTTP/2 ones get `GOAWAY`),
+///   in-flight requests finish (their connections closing after them) and
+///   tunnels run on, for up to
+///   [`drain_timeout`](ServerConfig::drain_timeout); then what is left is
+///   cut.
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
@@ -131,15 +141,9 @@ async fn serve_inner(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_header_size(config.max_header_bytes);
-    let mut overload = builder.clone();
-    overload.keep_alive(false);
-
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new(config));
+    let connections = TaskTracker::new();
+    let draining = CancellationToken::new();
     let open = Arc::new(AtomicUsize::new(0));
     let max = config.max_connections;
     let probe = {
@@ -172,30 +176,164 @@ async fn serve_inner(
             }
         }
         let _ = stream.set_nodelay(true);
-        let guard = OpenConnection::new(&open, &metrics.open_connections);
         let svc = PerConnection {
             proxy: proxy.clone(),
             front: front.clone(),
             peer,
             overloaded,
+            open: Arc::new(OpenConnection::new(&open, &metrics.open_connections)),
+            close_after_answer: None,
         };
-        let conn = if overloaded { &overload } else { &builder }
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(e) = conn.await {
-                tracing::debug!(target: "kneo::proxy", "connection from {peer} ended: {e}");
-            }
-        });
+        connections.spawn(protocols.clone().serve(stream, svc, draining.clone()));
     }
     proxy.health().set_draining();
     drop(listener);
     probe.abort();
-    let drained = tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await;
+    draining.cancel();
+    connections.close();
+    let upgrades = &proxy.shared().upgrades;
+    let everything = async {
+        connections.wait().await;
+        upgrades.closed().await;
+    };
+    let drained = tokio::time::timeout(config.drain_timeout, everything).await;
+    if drained.is_err() {
+        upgrades.cut();
+    }
     Drained {
         cut: drained.is_err(),
     }
+}
+
+/// The connection protocols a caller may speak, and their settings.
+struct Protocols {
+    http1: http1::Builder,
+    /// HTTP/1 for a connection over `max_connections`: one answer, then closed.
+    http1_overloaded: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Protocols {
+    fn new(config: &ServerConfig) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_header_size(config.max_header_bytes);
+        let mut http1_overloaded = http1.clone();
+        http1_overloaded.keep_alive(false);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        Protocols {
+            http1,
+            http1_overloaded,
+            http2,
+            header_read_timeout: config.header_read_timeout,
+        }
+    }
+
+    /// Serves one caller connection: HTTP/2 when it opens with the HTTP/2
+    /// preface (h2c with prior knowledge), else HTTP/1 with upgrades.
+    /// `draining` starts a graceful close: HTTP/1 finishes the request in
+    /// flight, HTTP/2 sends `GOAWAY` and finishes the streams it has.
+    ///
+    /// The preface is peeked here, not by hyper-util's `auto` builder: that
+    /// one waits for the first bytes without a timeout (a silent connection
+    /// would hold its slot for ever) and cannot set HTTP/1's header size
+    /// limit. A caller has the header read timeout to send them.
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        mut svc: PerConnection,
+        draining: CancellationToken,
+    ) {
+        let peer = svc.peer;
+        let overloaded = svc.overloaded;
+        let sniffed = tokio::select! {
+            sniffed = tokio::time::timeout(self.header_read_timeout, sniff(&stream)) => sniffed,
+            () = draining.cancelled() => return,
+        };
+        let ended = match sniffed {
+            Ok(Ok(true)) => {
+                // Over the limit, the first answer (a 503) closes it: the
+                // streams already sent are answered, then GOAWAY.
+                let closing = draining.child_token();
+                if overloaded {
+                    svc.close_after_answer = Some(closing.clone());
+                }
+                let conn = self.http2.serve_connection(TokioIo::new(stream), svc);
+                drive(conn, closing, http2::Connection::graceful_shutdown).await
+            }
+            Ok(Ok(false)) => {
+                let builder = if overloaded {
+                    &self.http1_overloaded
+                } else {
+                    &self.http1
+                };
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
+                drive(
+                    conn,
+                    draining,
+                    http1::UpgradeableConnection::graceful_shutdown,
+                )
+                .await
+            }
+            // Closed, or silent past the header read timeout: as hyper's
+            // HTTP/1 does after its header read timeout, close unanswered.
+            Ok(Err(_)) | Err(_) => return,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(target: "kneo::proxy", "connection from {peer} ended: {e}");
+        }
+    }
+}
+
+/// Whether the caller opened with the HTTP/2 preface: peeks (reads
+/// nothing) until the first bytes tell. `PRI` is no HTTP/1 method: the
+/// preface was chosen so that HTTP/1 servers refuse it.
+async fn sniff(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0; PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface: wait for the rest (peeking again at once
+        // would see the same bytes).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Drives `conn` to its end; once `draining` is cancelled, asks it to close
+/// gracefully (hyper's `graceful_shutdown`) and goes on driving it.
+async fn drive<C, E>(
+    conn: C,
+    draining: CancellationToken,
+    graceful: fn(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        ended = conn.as_mut() => return ended,
+        () = draining.cancelled() => graceful(conn.as_mut()),
+    }
+    conn.await
 }
 
 /// Serves `admin` on `listener` until `shutdown` resolves. Keep it running
@@ -233,22 +371,36 @@ pub async fn serve_admin(
 }
 
 /// One caller connection's service: the proxy with the peer's address.
+#[derive(Clone)]
 struct PerConnection {
     proxy: Proxy,
     front: Option<Front>,
     peer: SocketAddr,
     overloaded: bool,
+    /// This connection's place under `max_connections`, held by the
+    /// connection and by a tunnel it became.
+    open: Arc<OpenConnection>,
+    /// Cancelled by an answer, to close the connection after it (HTTP/2
+    /// over the limit; HTTP/1 does it by turning keep-alive off).
+    close_after_answer: Option<CancellationToken>,
 }
 
 type ProxyFuture = <Proxy as tower_service::Service<Request<Incoming>>>::Future;
 type FrontFuture = Observed<tower::util::Oneshot<Front, Request<Incoming>>>;
+/// An upgrade's handshake (rare: boxed).
+type UpgradeFuture = Pin<
+    Box<dyn Future<Output = Result<Response<Either<ProxyBody, FrontBody>>, Infallible>> + Send>,
+>;
 
 impl hyper::service::Service<Request<Incoming>> for PerConnection {
     type Response = Response<Either<ProxyBody, FrontBody>>;
     type Error = Infallible;
     type Future = future::Either<
-        future::MapOk<ProxyFuture, fn(Response<ProxyBody>) -> Self::Response>,
-        future::MapOk<FrontFuture, fn(Response<FrontBody>) -> Self::Response>,
+        future::Either<
+            future::MapOk<ProxyFuture, fn(Response<ProxyBody>) -> Self::Response>,
+            future::MapOk<FrontFuture, fn(Response<FrontBody>) -> Self::Response>,
+        >,
+        UpgradeFuture,
     >;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
@@ -256,11 +408,22 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
         let fronted: fn(Response<FrontBody>) -> Self::Response = |res| res.map(Either::Right);
         let id = settle_request_id(&mut req);
         if self.overloaded {
+            if let Some(close) = &self.close_after_answer {
+                close.cancel();
+            }
             let answer = ResponseFuture::ready(self.proxy.overloaded(&req));
-            return future::Either::Left(answer.map_ok(direct));
+            return future::Either::Left(future::Either::Left(answer.map_ok(direct)));
         }
         req.extensions_mut().insert(ClientAddr(self.peer));
-        match &self.front {
+        // An upgrade is not the stack's (nor the front's): forwarded once.
+        if let Some(protocol) = upgrade::upgrade_protocol(req.headers(), req.version()) {
+            let shared = self.proxy.shared().clone();
+            let answer = upgrade::forward(shared, req, protocol, self.open.clone());
+            return future::Either::Right(Box::pin(
+                async move { Ok(answer.await.map(Either::Left)) },
+            ));
+        }
+        future::Either::Left(match &self.front {
             Some(front) => {
                 let arrival = Arrival::new(self.proxy.shared(), &req, id);
                 let answer = Observed {
@@ -270,7 +433,7 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
                 future::Either::Right(answer.map_ok(fronted))
             }
             None => future::Either::Left(self.proxy.forward(req).map_ok(direct)),
-        }
+        })
     }
 }
 
@@ -301,6 +464,7 @@ where
 }
 
 /// Counts an open caller connection until dropped.
+#[derive(Debug)]
 struct OpenConnection {
     open: Arc<AtomicUsize>,
     gauge: Gauge,
