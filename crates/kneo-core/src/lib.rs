@@ -61,7 +61,7 @@ pub mod credential;
 pub mod delivery;
 mod error;
 pub mod mapping;
-mod problem;
+pub mod problem;
 pub mod rate_limit;
 pub mod retry_after;
 pub mod retry_rule;

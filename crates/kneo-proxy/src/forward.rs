@@ -18,13 +18,13 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, VIA};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kneo::core::{is_valid_request_id, X_REQUEST_ID};
 use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
 use kneo::request_id::{MakeRequestId, MakeUuidV4, RequestId};
 use kneo::retry::{RatioBudget, ReplayBody, RetryLayer};
+pub(crate) use kneo::transport::{Alpn, Connector};
 use kneo::{Attempts, BoxError, ClientLayer};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
@@ -42,11 +42,6 @@ use crate::upgrade::Upgrades;
 
 /// The request body the server hands over: hyper's, streaming.
 pub use hyper::body::Incoming;
-
-#[cfg(not(feature = "rustls"))]
-pub(crate) type Connector = HttpConnector;
-#[cfg(feature = "rustls")]
-pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// The transport under the stack: hyper-util's pooled client, whose calls
 /// for recorded requests outlive a timed-out attempt ([`Detach`]).
@@ -232,7 +227,7 @@ impl Shared {
     /// (`http://host/path`) targets only, the path [cleaned](crate::path)
     /// into the upstream's prefix; `CONNECT` is the proxy's to answer, not
     /// the upstream's.
-    pub(crate) fn target(&self, parts: &http::request::Parts) -> Result<Uri, ProblemAnswer> {
+    pub(crate) fn target(&self, parts: &http::request::Parts) -> Result<Uri, Box<ProblemAnswer>> {
         let target = match parts.uri.path_and_query() {
             Some(pq) => pq.as_str(),
             None if parts.uri.scheme().is_some() => "/",
@@ -250,7 +245,7 @@ impl Shared {
             .filter(|v| is_valid_request_id(v.as_bytes()))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Err(refused)
+        Err(Box::new(refused))
     }
 }
 
@@ -369,38 +364,11 @@ where
     ))
 }
 
-/// What a TLS upstream is offered by ALPN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Alpn {
-    /// `h2` and `http/1.1`: the forwarding pool, which multiplexes when it can.
-    H2AndHttp1,
-    /// `http/1.1` only: upgrades (WebSocket), which need an HTTP/1.1 connection.
-    Http1,
-}
-
-/// The connector under every upstream connection: TCP with the connect
-/// timeout and `TCP_NODELAY`, and TLS (rustls) for `https://` upstreams.
+/// The connector under every upstream connection: kneo's, the connect
+/// timeout of `config`, offering `alpn` to TLS upstreams.
 pub(crate) fn connector(config: &ProxyConfig, alpn: Alpn) -> Result<Connector, ConfigError> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.connect_timeout));
-    http.set_nodelay(true);
-    #[cfg(feature = "rustls")]
-    {
-        http.enforce_http(false);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|_| ConfigError("the platform's root certificates could not be loaded"))?
-            .https_or_http();
-        Ok(match alpn {
-            Alpn::H2AndHttp1 => builder.enable_all_versions().wrap_connector(http),
-            Alpn::Http1 => builder.enable_http1().wrap_connector(http),
-        })
-    }
-    #[cfg(not(feature = "rustls"))]
-    {
-        let _ = alpn;
-        Ok(http)
-    }
+    kneo::transport::connector(Some(config.connect_timeout), alpn)
+        .map_err(|_| ConfigError("the platform's root certificates could not be loaded"))
 }
 
 impl<B> Proxy<B> {
@@ -481,7 +449,7 @@ where
         let uri = match self.shared.target(&parts) {
             Ok(uri) => uri,
             Err(answer) => {
-                let res = finish_problem(&self.shared, answer, &method, &original, start);
+                let res = finish_problem(&self.shared, *answer, &method, &original, start);
                 return ResponseFuture::ready(res);
             }
         };

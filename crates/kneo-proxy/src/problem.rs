@@ -1,5 +1,8 @@
 //! The proxy's own answers, when it has no upstream answer to give: RFC 9457
-//! problem details (`application/problem+json`).
+//! problem details (`application/problem+json`), written by kneo-core's
+//! [`ProblemResponse`] with its types ([`kneo::core::problem`]: one
+//! vocabulary with kneo-server's), the status and type of an upstream's
+//! failure from [`ProblemType::of_error`].
 //!
 //! | status | when | `type` | `code` |
 //! |---|---|---|---|
@@ -17,12 +20,11 @@
 //! problem: `err.code()` is `api_connection`, say.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW};
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use kneo::core::PROBLEM_JSON;
+use kneo::core::problem::{ProblemResponse, ProblemType};
 use kneo::Error;
-use serde_json::json;
 
 use crate::forward::Outcome;
 
@@ -37,6 +39,7 @@ pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 pub(crate) struct ProblemAnswer {
     pub(crate) outcome: Outcome,
     pub(crate) status: StatusCode,
+    problem_type: ProblemType,
     detail: String,
     code: String,
     kind: &'static str,
@@ -48,10 +51,13 @@ pub(crate) struct ProblemAnswer {
 impl ProblemAnswer {
     /// What to tell the caller when the retry layer gave up with `err`.
     pub(crate) fn from_error(err: &Error) -> ProblemAnswer {
-        if err.kind() == kneo::ErrorKind::RateLimited && err.status().is_none() {
+        // One mapping, kneo-core's: which status and type a failure is.
+        let (status, problem_type) = ProblemType::of_error(err);
+        if status == StatusCode::TOO_MANY_REQUESTS {
             return ProblemAnswer {
                 outcome: Outcome::RateLimited,
-                status: StatusCode::TOO_MANY_REQUESTS,
+                status,
+                problem_type,
                 detail: err.message().to_owned(),
                 code: err.code().to_owned(),
                 kind: err.kind().as_str(),
@@ -60,10 +66,10 @@ impl ProblemAnswer {
                 retry_after: err.retry_after(),
             };
         }
-        let (outcome, status) = if err.is_timeout() {
-            (Outcome::Timeout, StatusCode::GATEWAY_TIMEOUT)
+        let outcome = if status == StatusCode::GATEWAY_TIMEOUT {
+            Outcome::Timeout
         } else {
-            (Outcome::Unreachable, StatusCode::BAD_GATEWAY)
+            Outcome::Unreachable
         };
         let attempts = err.attempts();
         let tries = if attempts == 1 {
@@ -86,6 +92,7 @@ impl ProblemAnswer {
         ProblemAnswer {
             outcome,
             status,
+            problem_type,
             detail,
             code: err.code().to_owned(),
             kind: err.kind().as_str(),
@@ -100,6 +107,7 @@ impl ProblemAnswer {
         ProblemAnswer {
             outcome: Outcome::Overloaded,
             status: StatusCode::SERVICE_UNAVAILABLE,
+            problem_type: ProblemType::OVERLOADED,
             detail: "the proxy is serving as many connections as it may; retry shortly".to_owned(),
             code: TOO_MANY_CONNECTIONS.to_owned(),
             kind: "overloaded",
@@ -115,6 +123,7 @@ impl ProblemAnswer {
         ProblemAnswer {
             outcome: Outcome::BadRequest,
             status: StatusCode::BAD_REQUEST,
+            problem_type: ProblemType::BAD_REQUEST,
             detail: "the request target cannot be forwarded to the upstream".to_owned(),
             code: kneo::codes::INVALID_REQUEST.to_owned(),
             kind: kneo::ErrorKind::Request.as_str(),
@@ -136,10 +145,11 @@ impl ProblemAnswer {
     /// never retried, so one attempt. `timed_out` is a `504`, else a `502`.
     /// `detail` is hyper's and the OS's words, never a header value.
     pub(crate) fn handshake_failed(timed_out: bool, detail: &str) -> ProblemAnswer {
-        let (outcome, status, code, what) = if timed_out {
+        let (outcome, status, problem_type, code, what) = if timed_out {
             (
                 Outcome::Timeout,
                 StatusCode::GATEWAY_TIMEOUT,
+                ProblemType::UPSTREAM_TIMEOUT,
                 kneo::codes::API_TIMEOUT,
                 "did not answer the upgrade in time",
             )
@@ -147,6 +157,7 @@ impl ProblemAnswer {
             (
                 Outcome::Unreachable,
                 StatusCode::BAD_GATEWAY,
+                ProblemType::UPSTREAM_UNREACHABLE,
                 kneo::codes::API_CONNECTION,
                 "could not be reached or hung up before answering the upgrade",
             )
@@ -154,6 +165,7 @@ impl ProblemAnswer {
         ProblemAnswer {
             outcome,
             status,
+            problem_type,
             detail: format!("the upstream {what} (1 attempt; upgrades are not retried): {detail}"),
             code: code.to_owned(),
             kind: kneo::ErrorKind::Network.as_str(),
@@ -175,64 +187,30 @@ impl ProblemAnswer {
         }
     }
 
-    fn type_and_title(&self) -> (&'static str, &'static str) {
-        match self.outcome {
-            Outcome::Timeout => ("urn:kneo:problem:upstream-timeout", "Upstream timed out"),
-            Outcome::Overloaded => ("urn:kneo:problem:overloaded", "Too many connections"),
-            Outcome::BadRequest => (
-                "urn:kneo:problem:bad-request",
-                "Request cannot be forwarded",
-            ),
-            Outcome::RateLimited => (
-                "urn:kneo:problem:rate-limited",
-                "Upstream rate limit exhausted",
-            ),
-            _ => (
-                "urn:kneo:problem:upstream-unreachable",
-                "Upstream unreachable",
-            ),
-        }
-    }
-
-    /// The response: the problem as JSON, `X-Request-ID` when there is an id.
+    /// The response: kneo's problem, with the extensions `kind` and
+    /// `attempts`, `X-Request-ID` when there is an id.
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        let (r#type, title) = self.type_and_title();
-        let body = json!({
-            "type": r#type,
-            "title": title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "code": self.code,
-            "kind": self.kind,
-            "request_id": self.request_id,
-            "attempts": self.attempts,
-        });
-        let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-        *res.status_mut() = self.status;
-        let headers = res.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self.outcome == Outcome::Overloaded {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut problem = ProblemResponse::new(self.status, self.code)
+            .problem_type(self.problem_type)
+            .detail(self.detail)
+            .extension("kind", self.kind)
+            .extension("attempts", self.attempts);
+        if let Some(id) = self.request_id {
+            problem = problem.request_id(id);
         }
-        if self.status == StatusCode::METHOD_NOT_ALLOWED {
-            // Every method but CONNECT is forwarded.
-            headers.insert(
-                http::header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
-            );
+        if self.outcome == Outcome::Overloaded {
+            problem = problem.retry_after(std::time::Duration::from_secs(1));
         }
         if let Some(wait) = self.retry_after {
-            // Whole seconds, rounded up: never tell a caller to come back early.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            problem = problem.retry_after(wait);
         }
-        if let Some(id) = self
-            .request_id
-            .as_deref()
-            .and_then(|id| HeaderValue::from_str(id).ok())
-        {
-            headers.insert(kneo::core::X_REQUEST_ID, id);
+        let mut res: Response<Full<Bytes>> = problem.to_response();
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            // Every method but CONNECT is forwarded.
+            res.headers_mut().insert(
+                ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
+            );
         }
         res
     }
@@ -241,8 +219,10 @@ impl ProblemAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{CONTENT_TYPE, RETRY_AFTER};
     use http::Method;
     use http_body_util::BodyExt;
+    use kneo::core::PROBLEM_JSON;
     use kneo::Sent;
 
     #[tokio::test]

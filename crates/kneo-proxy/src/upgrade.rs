@@ -92,7 +92,7 @@ where
     let original = parts.uri.clone();
     let uri = match shared.target(&parts) {
         Ok(uri) => uri,
-        Err(answer) => return finish_problem(&shared, answer, &method, &original, start),
+        Err(answer) => return finish_problem(&shared, *answer, &method, &original, start),
     };
     let sent_id = parts.headers.get(kneo::core::X_REQUEST_ID).cloned();
     let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());

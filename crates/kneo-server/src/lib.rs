@@ -43,7 +43,7 @@
 //! |---|---|
 //! | [`idempotency`] | the layer, key parsing, fingerprint, records |
 //! | [`store`] | the [`Store`] contract, [`MemoryStore`], `RedisStore` (feature `redis`) |
-//! | [`problem`] | RFC 9457 problem responses, and `kneo::Error` → problem (feature `axum` for `IntoResponse`) |
+//! | [`problem`] | kneo-core's RFC 9457 problems, re-exported: kneo's one problem vocabulary and `kneo::Error` → problem (feature `axum` for `IntoResponse`) |
 
 /// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is
 /// the field `inner` (tower-http's macro of the same name).
@@ -67,13 +67,13 @@ macro_rules! define_inner_service_accessors {
 }
 
 pub mod idempotency;
-pub mod problem;
 pub mod store;
 #[cfg(feature = "postgres")]
 pub mod transactional;
 
 pub use idempotency::{Idempotency, IdempotencyLayer};
-pub use problem::ProblemResponse;
+pub use kneo_core::problem;
+pub use kneo_core::problem::ProblemResponse;
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
 #[cfg(feature = "redis")]

@@ -152,8 +152,10 @@ mod key {
             prop_assert_eq!(accepted(quote(&long).as_bytes()), None, "too long, quoted");
 
             // One byte outside visible ASCII inside the key (not at an end,
-            // where spaces and tabs are whitespace).
-            if key.len() >= 2 {
+            // where spaces and tabs are whitespace). A key that starts with
+            // `"` is not written bare: it would be read as a quoted string,
+            // which may hold a space (`" "`, found by this property).
+            if key.len() >= 2 && !key.starts_with('"') {
                 let mut spoiled = key.clone().into_bytes();
                 spoiled.insert(1 + at.index(key.len() - 1), bad);
                 prop_assert_eq!(accepted(&spoiled), None, "{:?}", spoiled);

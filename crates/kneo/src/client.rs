@@ -25,11 +25,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transport::{self, Alpn, Connector};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kneo_core::{Error, ErrorKind, Sent, IDEMPOTENCY_KEY};
 use serde::de::DeserializeOwned;
@@ -46,11 +46,6 @@ use crate::ClientLayer;
 
 /// The response body type: hyper's, streaming.
 pub use hyper::body::Incoming;
-
-#[cfg(not(feature = "rustls"))]
-type Connector = HttpConnector;
-#[cfg(feature = "rustls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// The transport under the stack.
 type Transport = hyper_util::client::legacy::Client<Connector, ReplayBody<Full<Bytes>>>;
@@ -191,22 +186,7 @@ impl ClientBuilder {
         };
         let body_timeout = self.layer.retry_layer().configured_attempt_timeout();
         let request_id_header = self.layer.request_id_layer().header_name().clone();
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(self.connect_timeout);
-        http.set_nodelay(true);
-        #[cfg(feature = "rustls")]
-        let connector = {
-            http.enforce_http(false);
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
-                .map_err(Error::invalid_request)?
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        };
-        #[cfg(not(feature = "rustls"))]
-        let connector = http;
+        let connector = transport::connector(self.connect_timeout, Alpn::default())?;
         let transport =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         Ok(Client {

@@ -75,7 +75,7 @@ mod sent;
 mod stack;
 pub mod throttle;
 mod trace;
-mod transport;
+pub mod transport;
 mod url;
 
 #[cfg(feature = "client")]

@@ -1,7 +1,76 @@
-//! The one constructor for errors that are not responses: whatever a
-//! transport or a layer below fails with becomes a [`kneo::Error`](Error).
+//! What sits under the stack: the [`connector`] kneo's [`Client`](crate::Client)
+//! (and `kneo proxy`) connect with, and the one constructor for errors that
+//! are not responses: whatever a transport or a layer below fails with
+//! becomes a [`kneo::Error`](Error).
 
 use kneo_core::{BoxError, Error, Sent};
+
+/// The connector [`connector`] makes: hyper-util's TCP connector, under
+/// rustls with the `rustls` feature.
+#[cfg(all(feature = "client", not(feature = "rustls")))]
+pub type Connector = hyper_util::client::legacy::connect::HttpConnector;
+/// The connector [`connector`] makes: hyper-util's TCP connector, under
+/// rustls with the `rustls` feature.
+#[cfg(feature = "rustls")]
+pub type Connector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The protocols a TLS server is offered by ALPN.
+#[cfg(feature = "client")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Alpn {
+    /// `h2` and `http/1.1`: the pool multiplexes when the server picks `h2`.
+    #[default]
+    H2AndHttp1,
+    /// `http/1.1` only: for connections that will be upgraded (WebSocket),
+    /// which needs HTTP/1.1.
+    Http1,
+}
+
+/// The connector under kneo's client: TCP with `connect_timeout` and
+/// `TCP_NODELAY`, and, with the `rustls` feature, TLS for `https://` with the
+/// platform's root certificates, offering `alpn`. Plain `http://` always
+/// works; without the feature `https://` is refused by hyper-util.
+///
+/// An error when the platform's root certificates cannot be loaded.
+///
+/// ```
+/// use std::time::Duration;
+/// use kneo::transport::{connector, Alpn};
+///
+/// let connector = connector(Some(Duration::from_secs(5)), Alpn::default()).unwrap();
+/// let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+///     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+///         .build(connector);
+/// # drop(client);
+/// ```
+#[cfg(feature = "client")]
+pub fn connector(
+    connect_timeout: Option<std::time::Duration>,
+    alpn: Alpn,
+) -> Result<Connector, Error> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(connect_timeout);
+    http.set_nodelay(true);
+    #[cfg(feature = "rustls")]
+    {
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(Error::invalid_request)?
+            .https_or_http();
+        Ok(match alpn {
+            Alpn::H2AndHttp1 => builder.enable_http1().enable_http2().wrap_connector(http),
+            Alpn::Http1 => builder.enable_http1().wrap_connector(http),
+        })
+    }
+    #[cfg(not(feature = "rustls"))]
+    {
+        let _ = alpn;
+        Ok(http)
+    }
+}
 
 /// Classifies a transport error: a `kneo::Error` passes through (completed
 /// with what was sent); anything else becomes a network error, marked as a

@@ -12,7 +12,7 @@ use kneo_core::{codes, is_valid_request_id, Delivery, X_REQUEST_ID, X_SHOULD_RET
 use super::future::ResponseBody;
 use super::key::KeyError;
 use super::record::{Outcome, StoredResponse};
-use crate::problem::ProblemResponse;
+use kneo_core::problem::{ProblemResponse, ProblemType};
 
 /// `Idempotent-Replayed: true` marks a replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -127,19 +127,19 @@ pub(crate) mod problems {
 
     pub(crate) fn missing() -> ProblemResponse {
         ProblemResponse::new(StatusCode::BAD_REQUEST, codes::IDEMPOTENCY_KEY_MISSING)
-            .title("Idempotency-Key required")
+            .problem_type(ProblemType::IDEMPOTENCY_KEY_MISSING)
             .detail("This request must carry an Idempotency-Key header.")
     }
 
     pub(crate) fn invalid(e: KeyError) -> ProblemResponse {
         ProblemResponse::new(StatusCode::BAD_REQUEST, codes::IDEMPOTENCY_KEY_INVALID)
-            .title("Invalid Idempotency-Key")
+            .problem_type(ProblemType::IDEMPOTENCY_KEY_INVALID)
             .detail(e.detail())
     }
 
     pub(crate) fn too_large(max: usize) -> ProblemResponse {
         ProblemResponse::new(StatusCode::PAYLOAD_TOO_LARGE, codes::REQUEST_BODY_TOO_LARGE)
-            .title("Request body too large")
+            .problem_type(ProblemType::REQUEST_BODY_TOO_LARGE)
             .detail(format!(
                 "A request with an Idempotency-Key may have a body of at most {max} bytes."
             ))
@@ -147,13 +147,13 @@ pub(crate) mod problems {
 
     pub(crate) fn unreadable() -> ProblemResponse {
         ProblemResponse::new(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST)
-            .title("Request body unreadable")
+            .problem_type(ProblemType::BAD_REQUEST)
             .detail("The request body could not be read.")
     }
 
     pub(crate) fn in_use() -> ProblemResponse {
         ProblemResponse::new(StatusCode::CONFLICT, codes::IDEMPOTENCY_KEY_IN_USE)
-            .title("Request in progress")
+            .problem_type(ProblemType::IDEMPOTENCY_KEY_IN_USE)
             .detail("A request with this Idempotency-Key is still being processed; retry later.")
             .retry_after(RETRY_AFTER)
     }
@@ -163,7 +163,7 @@ pub(crate) mod problems {
             StatusCode::UNPROCESSABLE_ENTITY,
             codes::IDEMPOTENCY_KEY_MISMATCH,
         )
-        .title("Idempotency-Key reused")
+        .problem_type(ProblemType::IDEMPOTENCY_KEY_MISMATCH)
         .detail(
             "This Idempotency-Key was used with a different request (method, path, query, media type or body).",
         )
@@ -171,7 +171,7 @@ pub(crate) mod problems {
 
     pub(crate) fn not_stored() -> ProblemResponse {
         ProblemResponse::new(StatusCode::GONE, codes::IDEMPOTENCY_RESPONSE_NOT_STORED)
-            .title("Response not stored")
+            .problem_type(ProblemType::RESPONSE_NOT_STORED)
             .detail(
                 "The request with this Idempotency-Key was processed, but its response was not kept (too large, cut off, or the handler failed); it will not be run again.",
             )
@@ -183,7 +183,7 @@ pub(crate) mod problems {
             _ => "The connection to the upstream broke before its answer arrived, so this request may have been applied; it will not be sent again under this Idempotency-Key.",
         };
         ProblemResponse::new(status, codes::UPSTREAM_OUTCOME_UNKNOWN)
-            .title("Upstream outcome unknown")
+            .problem_type(ProblemType::UPSTREAM_OUTCOME_UNKNOWN)
             .detail(detail)
     }
 
@@ -192,7 +192,7 @@ pub(crate) mod problems {
             StatusCode::SERVICE_UNAVAILABLE,
             codes::IDEMPOTENCY_STORE_UNAVAILABLE,
         )
-        .title("Request rolled back")
+        .problem_type(ProblemType::ROLLED_BACK)
         .detail(
             "The response failed before it was complete, so nothing was committed; retry later.",
         )
@@ -201,7 +201,7 @@ pub(crate) mod problems {
 
     pub(crate) fn interrupted() -> ProblemResponse {
         ProblemResponse::new(StatusCode::INTERNAL_SERVER_ERROR, codes::SERVER_ERROR)
-            .title("Request interrupted")
+            .problem_type(ProblemType::INTERRUPTED)
             .detail("The server stopped while the request ran; it may have been applied. Retry with the same Idempotency-Key to learn its outcome.")
     }
 
@@ -210,7 +210,7 @@ pub(crate) mod problems {
             StatusCode::SERVICE_UNAVAILABLE,
             codes::IDEMPOTENCY_STORE_UNAVAILABLE,
         )
-        .title("Idempotency store unavailable")
+        .problem_type(ProblemType::STORE_UNAVAILABLE)
         .detail("The request was not processed; retry later.")
         .retry_after(RETRY_AFTER)
     }

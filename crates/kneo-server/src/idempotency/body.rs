@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use kneo_core::BoxError;
 
 use super::answer::problems;
-use crate::problem::ProblemResponse;
+use kneo_core::problem::ProblemResponse;
 
 /// Reads a keyed request's body, up to `max` bytes.
 pub(crate) async fn read_request<B>(

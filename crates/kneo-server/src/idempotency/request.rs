@@ -14,7 +14,7 @@ use super::answer::{problems, request_id};
 use super::fingerprint::Fingerprint;
 use super::key::{self, RecordKey};
 use super::layer::Config;
-use crate::problem::ProblemResponse;
+use kneo_core::problem::ProblemResponse;
 
 /// What the layer does with a request, decided from its head.
 pub(crate) enum Route {

@@ -29,8 +29,8 @@ use super::key::RecordKey;
 use super::layer::{Config, IdempotencyLayer};
 use super::record::{Completed, Outcome, StoredResponse};
 use super::request::{identify, route, Route};
-use crate::problem::ProblemResponse;
 use crate::store::{Acquire, Store};
+use kneo_core::problem::ProblemResponse;
 
 /// The body the inner service sees: the original one when the layer let the
 /// request through untouched, the buffered bytes when it read them to

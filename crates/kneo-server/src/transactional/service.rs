@@ -25,8 +25,8 @@ use crate::idempotency::{
     Claim, Completed, FencingToken, Fingerprint, Idempotency, IdempotencyKey, Outcome, Record,
     RecordKey, RequestBody, ResponseBody, ResponseFuture, StoredResponse,
 };
-use crate::problem::ProblemResponse;
 use crate::store::{redacted, secs};
+use kneo_core::problem::ProblemResponse;
 
 /// Inserts the key's row, or replaces an expired one; no row back when a
 /// live one is there. A row another open transaction inserted makes this

@@ -1,4 +1,4 @@
-//! RFC 9457 problem details, typed.
+//! Reading an RFC 9457 problem details object from an error response.
 
 use http::StatusCode;
 use serde_json::{Map, Value};
