@@ -102,6 +102,17 @@ impl Reply {
     }
 }
 
+/// How long a test waits on anything before it calls it a hang: a guard,
+/// never a claim about speed.
+pub const GUARD: Duration = Duration::from_secs(30);
+
+/// `f`, or a panic naming `what` once it has waited [`GUARD`].
+pub async fn guarded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
+}
+
 /// The default stack with a 1 ms backoff base, so tests without a server
 /// hint do not wait.
 pub fn fast() -> ClientLayer {

@@ -5,7 +5,7 @@
 //! printed and `HANGUP_SEED` replays it), and the defect as reported (`curl
 //! -m 0.5 …`, then the same command without `-m`).
 
-use std::future::Future;
+use kneo_tests::{guarded, GUARD};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,15 +20,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-
-/// A guard against a hang, never a claim about speed.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
-}
 
 async fn check(target: Target) {
     let seed = std::env::var("HANGUP_SEED")

@@ -4,6 +4,7 @@
 //! Timing is only ever asserted from below; the timeouts around awaits are
 //! guards against a hang, not claims.
 
+use kneo_tests::guarded;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,15 +26,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, Notify};
-
-/// A guard against hangs, never a claim about speed.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
-}
 
 /// A running `kneo proxy`.
 struct Sidecar {

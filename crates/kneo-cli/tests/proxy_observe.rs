@@ -5,7 +5,7 @@
 //! Timing is only ever asserted from below; the timeouts around awaits are
 //! guards against a hang, not claims.
 
-use std::future::Future;
+use kneo_tests::guarded;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,15 +21,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-
-/// A guard against hangs, never a claim about speed.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
-}
 
 /// A running `kneo proxy`, its access log read line by line.
 struct Sidecar {

@@ -6,8 +6,8 @@
 //!
 //! Timeouts around awaits are guards against a hang, not claims.
 
+use kneo_tests::guarded;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,14 +22,6 @@ use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
-}
 
 async fn sidecar(upstream: &str, args: &[&str]) -> Sidecar {
     let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));

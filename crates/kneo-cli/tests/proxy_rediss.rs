@@ -5,9 +5,8 @@
 //!
 //! Timeouts around awaits are guards against a hang, not claims.
 
-use std::future::Future;
+use kneo_tests::guarded;
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -17,14 +16,6 @@ use kneo_tests::redis::{RedisServer, TLS_PASSWORD};
 use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
 use tokio::net::TcpStream;
-
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
-}
 
 /// A keyed POST to the sidecar: its status, whether it was replayed, its body.
 async fn post(proxy: &Sidecar, key: &str) -> (StatusCode, bool, Bytes) {

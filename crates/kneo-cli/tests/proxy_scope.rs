@@ -5,11 +5,10 @@
 //! another. The built binary runs between a plain hyper client and a
 //! scripted loopback upstream that counts what reaches it.
 
+use kneo_tests::guarded;
 use std::ffi::OsString;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -20,15 +19,6 @@ use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// A guard against hangs, never a claim about speed.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
-}
 
 const SECRET: &str = "a test secret of more than sixteen bytes";
 

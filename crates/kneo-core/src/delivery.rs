@@ -13,6 +13,12 @@
 //! | [`TimedOut`](Delivery::TimedOut) | the last attempt was sent and its timer ran out | the request may still be running upstream: never release; keep the key until its real answer is known, or record that it is unknown |
 //! | [`Unknown`](Delivery::Unknown) | an attempt was sent and the connection was cut with no answer | never release (a re-send could apply it twice); record that the outcome is unknown ([`UPSTREAM_OUTCOME_UNKNOWN`](crate::codes::UPSTREAM_OUTCOME_UNKNOWN)), never dressed as the upstream's answer |
 //!
+//! A response can say the same: `429 Too Many Requests` and `503 Service
+//! Unavailable` mean the server did not process the request
+//! ([`is_not_processed`]); no other status does. The retry rule re-sends a
+//! request that may have been applied only on those, and an idempotency
+//! layer frees a key only on those (or on `NotSent`).
+//!
 //! Every attempt counts: a request whose first attempt timed out and whose
 //! second could not connect may have been applied by the first.
 //!
@@ -50,9 +56,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
+use http::{Response, StatusCode};
 
 use crate::{attempt, Error, ErrorKind};
+
+/// `true` for the statuses that say the request was not processed: `429`
+/// and `503` (RFC 9110 §15.6.4, RFC 6585 §4). Anything else may have been
+/// applied.
+///
+/// ```
+/// use http::StatusCode;
+/// use kneo_core::delivery::is_not_processed;
+///
+/// assert!(is_not_processed(StatusCode::SERVICE_UNAVAILABLE));
+/// assert!(!is_not_processed(StatusCode::BAD_GATEWAY), "a gateway may have sent it");
+/// ```
+pub fn is_not_processed(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+}
 
 /// What became of a request that got no response; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,7 +142,7 @@ impl Delivery {
 /// use std::sync::{Arc, Mutex};
 /// use std::time::Duration;
 /// use bytes::Bytes;
-/// use http::Response;
+/// use http::{Response, StatusCode};
 /// use kneo_core::delivery::LateAnswer;
 ///
 /// let got = Arc::new(Mutex::new(None));

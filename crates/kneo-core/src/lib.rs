@@ -80,6 +80,30 @@ pub use sent::{
     X_SHOULD_RETRY,
 };
 
+/// `get_ref`, `get_mut` and `into_inner` for a middleware service whose
+/// inner service is the field `inner` (tower-http's macro of the same name),
+/// for the middleware of kneo and kneo-server. Not part of kneo-core's API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! define_inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Consumes `self`, returning the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 /// `Result<T, kneo_core::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

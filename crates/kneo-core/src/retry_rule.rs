@@ -39,6 +39,7 @@
 
 use http::{HeaderMap, Method, StatusCode};
 
+use crate::delivery::is_not_processed;
 use crate::mapping::{kind_from_headers, should_retry_advice};
 use crate::sent::is_idempotent;
 use crate::{codes, Error, ErrorKind};
@@ -113,10 +114,7 @@ pub fn is_retryable(facts: &RetryFacts, statuses: &[StatusCode]) -> bool {
                 } else {
                     status
                 };
-                statuses.contains(&status)
-                    && (facts.replay_safe
-                        || status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::SERVICE_UNAVAILABLE)
+                statuses.contains(&status) && (facts.replay_safe || is_not_processed(status))
             }),
         },
     }

@@ -22,12 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kneo::core::{is_valid_request_id, X_REQUEST_ID};
 use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
-use kneo::request_id::{MakeRequestId, MakeUuidV4, RequestId};
+use kneo::request_id::{RequestId, RequestIdLayer};
 use kneo::retry::{RatioBudget, ReplayBody, RetryLayer};
 pub(crate) use kneo::transport::{Alpn, Connector};
 use kneo::{Attempts, BoxError, ClientLayer};
 use pin_project_lite::pin_project;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tower::util::{Oneshot, ServiceExt};
 use tower_layer::Layer;
@@ -36,7 +35,7 @@ use tower_service::Service;
 use crate::config::{ConfigError, ProxyConfig, Upstream};
 use crate::detach::Detach;
 use crate::headers::{rewrite, Hop};
-use crate::metrics::{CountingBudget, Metrics};
+use crate::metrics::{CountingBudget, Held, Metrics};
 use crate::problem::ProblemAnswer;
 use crate::upgrade::Upgrades;
 
@@ -239,12 +238,7 @@ impl Shared {
             Err(e) => ProblemAnswer::bad_target(e),
             Ok(_) => ProblemAnswer::bad_request(None),
         };
-        refused.request_id = parts
-            .headers
-            .get(X_REQUEST_ID)
-            .filter(|v| is_valid_request_id(v.as_bytes()))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        refused.request_id = settled_id(&parts.headers);
         Err(Box::new(refused))
     }
 }
@@ -409,8 +403,7 @@ impl<B> Proxy<B> {
     /// `max_connections`: recorded and logged like any other answer.
     pub fn overloaded<T>(&self, req: &Request<T>) -> Response<ProxyBody> {
         let start = Instant::now();
-        let id = request_id(req).and_then(|id| id.to_str().ok().map(str::to_owned));
-        let answer = ProblemAnswer::overloaded(id);
+        let answer = ProblemAnswer::overloaded(settled_id(req.headers()));
         finish_problem(&self.shared, answer, req.method(), req.uri(), start)
     }
 }
@@ -475,7 +468,7 @@ where
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let in_flight = InFlight::new(&self.shared.metrics.in_flight);
+        let in_flight = Held::new(&self.shared.metrics.in_flight);
         ResponseFuture {
             inner: Some(self.stack.clone().oneshot(req)),
             ready: None,
@@ -540,40 +533,25 @@ pub(crate) fn upstream_request_id<'h>(
         .and_then(|v| v.to_str().ok())
 }
 
-/// This request's id: its `X-Request-ID` when that is valid, else a new one
-/// from kneo's id maker, as kneo's `RequestIdLayer` would send it (and, as
-/// it does, a replaced malformed id is logged at WARN without its bytes).
-pub(crate) fn request_id<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let existing = req.headers().get(X_REQUEST_ID);
-    if let Some(id) = existing.filter(|v| is_valid_request_id(v.as_bytes())) {
-        return Some(id.clone());
-    }
-    let made = MakeUuidV4
-        .make_request_id(req)
-        .map(RequestId::into_header_value)
-        .filter(|v| is_valid_request_id(v.as_bytes()));
-    if existing.is_some() {
-        tracing::warn!(
-            target: "kneo::request_id",
-            header = %X_REQUEST_ID,
-            replacement = ?made,
-            "replaced a malformed request id"
-        );
-    }
-    made
+/// The request id a [settled](settle_request_id) request carries, for the
+/// proxy's own answers (a valid one only: the caller's may not have been).
+fn settled_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(X_REQUEST_ID)
+        .filter(|v| is_valid_request_id(v.as_bytes()))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
-/// Settles `req`'s id before anything else sees it: [`request_id`], set as
-/// its only `X-Request-ID`. The layer in front, the kneo stack (which keeps
-/// a valid id) and the upstream then all see this one id.
+/// Settles `req`'s id before anything else sees it, as kneo's
+/// `RequestIdLayer` does ([`RequestIdLayer::settle`]): a valid
+/// `X-Request-ID` of the caller's is kept, else one is made and set. The
+/// layer in front, the kneo stack (which keeps a valid id) and the upstream
+/// then all see this one id.
 pub(crate) fn settle_request_id<B>(req: &mut Request<B>) -> Option<HeaderValue> {
-    let id = request_id(req);
-    match &id {
-        // `insert` also drops any duplicate values.
-        Some(id) => req.headers_mut().insert(X_REQUEST_ID, id.clone()),
-        None => req.headers_mut().remove(X_REQUEST_ID),
-    };
-    id
+    RequestIdLayer::new()
+        .settle(req)
+        .map(RequestId::into_header_value)
 }
 
 /// Marks a response that left a [`ResponseFuture`], which recorded it.
@@ -658,29 +636,13 @@ impl Arrival {
     }
 }
 
-/// Counts a request in flight until dropped.
-struct InFlight(Gauge);
-
-impl InFlight {
-    fn new(gauge: &Gauge) -> Self {
-        gauge.inc();
-        InFlight(gauge.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// What the response future needs once the stack has answered.
 struct State {
     shared: Arc<Shared>,
     method: Method,
     uri: Uri,
     start: Instant,
-    _in_flight: InFlight,
+    _in_flight: Held,
 }
 
 pin_project! {

@@ -206,3 +206,20 @@ impl Budget for CountingBudget {
         ok
     }
 }
+
+/// One more on a gauge while it lives: a request in flight, an open tunnel.
+#[derive(Debug)]
+pub(crate) struct Held(Gauge);
+
+impl Held {
+    pub(crate) fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -7,7 +7,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -23,7 +22,6 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kneo::BoxError;
 use pin_project_lite::pin_project;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +31,7 @@ use tower::ServiceExt as _;
 use crate::admin::Admin;
 use crate::config::ServerConfig;
 use crate::forward::{settle_request_id, Arrival, ClientAddr, Proxy, ProxyBody, ResponseFuture};
+use crate::metrics::Held;
 use crate::upgrade;
 
 /// How a drain ended.
@@ -144,7 +143,6 @@ async fn serve_inner(
     let protocols = Arc::new(Protocols::new(config));
     let connections = TaskTracker::new();
     let draining = CancellationToken::new();
-    let open = Arc::new(AtomicUsize::new(0));
     let max = config.max_connections;
     let probe = {
         let proxy = proxy.clone();
@@ -166,7 +164,8 @@ async fn serve_inner(
                 continue;
             }
         };
-        let n = open.load(Ordering::Relaxed);
+        // Every open caller connection and tunnel, as the gauge counts them.
+        let n = usize::try_from(metrics.open_connections.get()).unwrap_or(0);
         let overloaded = n >= max;
         if overloaded {
             metrics.overload_connections.inc();
@@ -181,7 +180,7 @@ async fn serve_inner(
             front: front.clone(),
             peer,
             overloaded,
-            open: Arc::new(OpenConnection::new(&open, &metrics.open_connections)),
+            open: Arc::new(Held::new(&metrics.open_connections)),
             close_after_answer: None,
         };
         connections.spawn(protocols.clone().serve(stream, svc, draining.clone()));
@@ -379,7 +378,7 @@ struct PerConnection {
     overloaded: bool,
     /// This connection's place under `max_connections`, held by the
     /// connection and by a tunnel it became.
-    open: Arc<OpenConnection>,
+    open: Arc<Held>,
     /// Cancelled by an answer, to close the connection after it (HTTP/2
     /// over the limit; HTTP/1 does it by turning keep-alive off).
     close_after_answer: Option<CancellationToken>,
@@ -460,30 +459,5 @@ where
             arrival.finish(&mut res);
         }
         Poll::Ready(Ok(res))
-    }
-}
-
-/// Counts an open caller connection until dropped.
-#[derive(Debug)]
-struct OpenConnection {
-    open: Arc<AtomicUsize>,
-    gauge: Gauge,
-}
-
-impl OpenConnection {
-    fn new(open: &Arc<AtomicUsize>, gauge: &Gauge) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        gauge.inc();
-        OpenConnection {
-            open: open.clone(),
-            gauge: gauge.clone(),
-        }
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.dec();
     }
 }

@@ -21,7 +21,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kneo::BoxError;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +31,7 @@ use crate::forward::{
     Outcome, ProxyBody, Shared,
 };
 use crate::headers::{keep_upgrade, rewrite, Hop};
+use crate::metrics::Held;
 use crate::problem::ProblemAnswer;
 
 pub(crate) use crate::headers::upgrade_protocol;
@@ -173,7 +173,7 @@ where
 fn join<H: Send + 'static>(shared: &Shared, caller: OnUpgrade, upstream: OnUpgrade, hold: H) {
     let metrics = &shared.metrics;
     metrics.tunnels.inc();
-    let open = TunnelOpen::new(&metrics.tunnels_open);
+    let open = Held::new(&metrics.tunnels_open);
     let cut = shared.upgrades.cut.clone();
     shared.upgrades.tunnels.spawn(async move {
         let _hold = hold;
@@ -205,20 +205,4 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = e.source();
     }
     out
-}
-
-/// Counts an open tunnel until dropped.
-struct TunnelOpen(Gauge);
-
-impl TunnelOpen {
-    fn new(gauge: &Gauge) -> Self {
-        gauge.inc();
-        TunnelOpen(gauge.clone())
-    }
-}
-
-impl Drop for TunnelOpen {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }

@@ -45,27 +45,6 @@
 //! | [`store`] | the [`Store`] contract, [`MemoryStore`], `RedisStore` (feature `redis`) |
 //! | [`problem`] | kneo-core's RFC 9457 problems, re-exported: kneo's one problem vocabulary and `kneo::Error` → problem (feature `axum` for `IntoResponse`) |
 
-/// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is
-/// the field `inner` (tower-http's macro of the same name).
-macro_rules! define_inner_service_accessors {
-    () => {
-        /// The inner service.
-        pub fn get_ref(&self) -> &S {
-            &self.inner
-        }
-
-        /// The inner service, mutably.
-        pub fn get_mut(&mut self) -> &mut S {
-            &mut self.inner
-        }
-
-        /// Consumes `self`, returning the inner service.
-        pub fn into_inner(self) -> S {
-            self.inner
-        }
-    };
-}
-
 pub mod idempotency;
 pub mod store;
 #[cfg(feature = "postgres")]

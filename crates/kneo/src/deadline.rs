@@ -17,6 +17,13 @@ impl Deadline {
         req.extensions().get::<Deadline>().map(|d| d.0)
     }
 
+    /// Whether waiting `wait` from now would reach `req`'s deadline (never,
+    /// without one): the one check behind the throttle's and the retry
+    /// policy's refusals to wait.
+    pub(crate) fn would_pass<B>(req: &Request<B>, wait: Duration) -> bool {
+        Deadline::of(req).is_some_and(|at| Instant::now() + wait >= at)
+    }
+
     /// Sets the deadline `after` from now, unless one is set already (the
     /// first layer to see the request starts the clock).
     pub(crate) fn start<B>(req: &mut Request<B>, after: Duration) {

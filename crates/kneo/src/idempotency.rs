@@ -142,7 +142,7 @@ impl<S> SetIdempotencyKey<S> {
         IdempotencyKeyLayer::new()
     }
 
-    define_inner_service_accessors!();
+    kneo_core::define_inner_service_accessors!();
 }
 
 impl<S, B, ResB> Service<Request<B>> for SetIdempotencyKey<S>

@@ -41,27 +41,6 @@
 //! # }
 //! ```
 
-/// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is
-/// the field `inner` (tower-http's macro of the same name).
-macro_rules! define_inner_service_accessors {
-    () => {
-        /// The inner service.
-        pub fn get_ref(&self) -> &S {
-            &self.inner
-        }
-
-        /// The inner service, mutably.
-        pub fn get_mut(&mut self) -> &mut S {
-            &mut self.inner
-        }
-
-        /// Consumes `self`, returning the inner service.
-        pub fn into_inner(self) -> S {
-            self.inner
-        }
-    };
-}
-
 mod body;
 mod builder;
 mod deadline;
@@ -69,6 +48,7 @@ mod extension;
 mod id;
 pub mod idempotency;
 pub mod map_error;
+mod partition;
 pub mod request_id;
 pub mod retry;
 mod sent;

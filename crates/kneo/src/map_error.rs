@@ -136,7 +136,7 @@ impl<S> MapError<S> {
         MapErrorLayer::new()
     }
 
-    define_inner_service_accessors!();
+    kneo_core::define_inner_service_accessors!();
 }
 
 impl<S, B, ResB> Service<Request<B>> for MapError<S>

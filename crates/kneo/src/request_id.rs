@@ -153,7 +153,7 @@ impl<S> SetRequestId<S> {
 }
 
 impl<S, M> SetRequestId<S, M> {
-    define_inner_service_accessors!();
+    kneo_core::define_inner_service_accessors!();
 }
 
 // By hand: a generator need not be `Debug`.
@@ -188,49 +188,84 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let existing = req.headers().get(&self.header);
-        let kept = existing
-            .filter(|v| is_valid_request_id(v.as_bytes()))
-            .map(|v| RequestId::new(v.clone()));
-        let id = match kept {
-            Some(id) => Some(id),
-            None => {
-                let made = self
-                    .make
-                    .make_request_id(&req)
-                    .filter(|id| is_valid_request_id(id.header_value().as_bytes()));
-                if existing.is_some() {
-                    tracing::warn!(
-                        target: "kneo::request_id",
-                        header = %self.header,
-                        replacement = ?made.as_ref().map(|id| id.header_value()),
-                        "replaced a malformed request id"
-                    );
-                }
-                made
-            }
-        };
-        match &id {
-            // `insert` also drops any duplicate values of the header.
-            Some(id) => {
-                req.headers_mut()
-                    .insert(self.header.clone(), id.header_value().clone());
-                req.extensions_mut().insert(id.clone());
-                if self.header != X_REQUEST_ID {
-                    // Error mapping and the retry policy read the echo from it.
-                    req.extensions_mut()
-                        .insert(RequestIdHeader(self.header.clone()));
-                }
-            }
-            None => {
-                req.headers_mut().remove(&self.header);
-            }
-        }
+        let id = settle(&self.header, &mut self.make, &mut req);
         ResponseFuture {
             inner: self.inner.call(req),
             value: id,
         }
     }
+}
+
+impl<M: MakeRequestId> RequestIdLayer<M> {
+    /// Settles `req`'s id as this layer's service does before passing it
+    /// on, for a server or gateway that needs the id before the stack runs
+    /// (`kneo proxy` settles it as a request arrives): a valid id of the
+    /// caller's is kept, else one is made (and a replaced malformed one is
+    /// logged at WARN without its bytes); the id becomes the header's only
+    /// value and the request's [`RequestId`] extension. `None` (and no
+    /// header) when the maker made none.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use kneo::request_id::RequestIdLayer;
+    ///
+    /// let mut req = Request::get("/").header("x-request-id", "order-7").body(()).unwrap();
+    /// let id = RequestIdLayer::new().settle(&mut req).unwrap();
+    /// assert_eq!(id.header_value(), "order-7");
+    ///
+    /// let mut req = Request::get("/").header("x-request-id", "has spaces").body(()).unwrap();
+    /// let made = RequestIdLayer::new().settle(&mut req).unwrap();
+    /// assert_eq!(made.header_value().len(), 36, "a UUID");
+    /// assert_eq!(req.headers()["x-request-id"], made.header_value());
+    /// ```
+    pub fn settle<B>(&mut self, req: &mut Request<B>) -> Option<RequestId> {
+        settle(&self.header, &mut self.make, req)
+    }
+}
+
+/// The one rule for a request's id: see [`RequestIdLayer::settle`].
+fn settle<B, M: MakeRequestId>(
+    header: &HeaderName,
+    make: &mut M,
+    req: &mut Request<B>,
+) -> Option<RequestId> {
+    let existing = req.headers().get(header);
+    let kept = existing
+        .filter(|v| is_valid_request_id(v.as_bytes()))
+        .map(|v| RequestId::new(v.clone()));
+    let id = match kept {
+        Some(id) => Some(id),
+        None => {
+            let made = make
+                .make_request_id(req)
+                .filter(|id| is_valid_request_id(id.header_value().as_bytes()));
+            if existing.is_some() {
+                tracing::warn!(
+                    target: "kneo::request_id",
+                    header = %header,
+                    replacement = ?made.as_ref().map(|id| id.header_value()),
+                    "replaced a malformed request id"
+                );
+            }
+            made
+        }
+    };
+    match &id {
+        // `insert` also drops any duplicate values of the header.
+        Some(id) => {
+            req.headers_mut()
+                .insert(header.clone(), id.header_value().clone());
+            req.extensions_mut().insert(id.clone());
+            if *header != X_REQUEST_ID {
+                // Error mapping and the retry policy read the echo from it.
+                req.extensions_mut().insert(RequestIdHeader(header.clone()));
+            }
+        }
+        None => {
+            req.headers_mut().remove(header);
+        }
+    }
+    id
 }
 
 #[cfg(test)]

@@ -124,6 +124,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::deadline::Deadline;
+use crate::partition;
 use crate::sent::SentHeaders;
 
 /// Waits for an announced rate-limit reset; see the [module docs](self).
@@ -195,7 +196,7 @@ pub struct Throttle<S> {
 }
 
 impl<S> Throttle<S> {
-    define_inner_service_accessors!();
+    kneo_core::define_inner_service_accessors!();
 }
 
 /// A partition: the authority, and a digest of the credential.
@@ -347,7 +348,7 @@ where
         if let Some(deadline) = self.layer.deadline {
             Deadline::start(&mut req, deadline);
         }
-        let authority = req.uri().authority().cloned();
+        let authority = partition::authority(&req).cloned();
         if !self.state.any_blocked() {
             let credential = Credential::Unhashed(self.state.credentials.select(req.headers()));
             return ResponseFuture {
@@ -374,7 +375,7 @@ where
         };
         let wait = wait + jitter(wait);
         let sent = SentHeaders::capture(&req).into_sent();
-        let past_deadline = Deadline::of(&req).is_some_and(|at| Instant::now() + wait >= at);
+        let past_deadline = Deadline::would_pass(&req, wait);
         if wait > self.layer.max_wait || past_deadline {
             let err = Error::throttled(wait, Some(rate_limit), sent);
             return ResponseFuture {

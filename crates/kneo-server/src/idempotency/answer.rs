@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::TRAILER;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use kneo_core::delivery::is_not_processed;
 use kneo_core::{codes, is_valid_request_id, Delivery, X_REQUEST_ID, X_SHOULD_RETRY};
 
 use super::future::ResponseBody;
@@ -48,10 +49,7 @@ pub(crate) fn respond<B>(
 /// processed. A `429` or `503` says so; so does a gateway below that never
 /// sent it ([`Delivery::NotSent`] in the extensions).
 pub(crate) fn not_processed<B>(res: &Response<B>) -> bool {
-    let status = res.status();
-    status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::SERVICE_UNAVAILABLE
-        || res.extensions().get::<Delivery>() == Some(&Delivery::NotSent)
+    is_not_processed(res.status()) || res.extensions().get::<Delivery>() == Some(&Delivery::NotSent)
 }
 
 /// The headers kept for replays: all but `Trailer` (trailers are not

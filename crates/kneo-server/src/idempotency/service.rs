@@ -74,7 +74,7 @@ impl<S, St> Idempotency<S, St> {
         IdempotencyLayer::new(store)
     }
 
-    define_inner_service_accessors!();
+    kneo_core::define_inner_service_accessors!();
 }
 
 impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S, St>

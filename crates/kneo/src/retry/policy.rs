@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use kneo_core::retry_rule::{is_retryable, RetryFacts};
 use kneo_core::{is_success_for, retry_after, Attempt, Error, ErrorKind, Outcome};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower::retry::budget::Budget;
 use tower::retry::Policy;
 
@@ -15,6 +15,7 @@ use super::backoff::Backoff;
 use super::body::ReplayBody;
 use super::quota::{Buckets, Cause, RetryQuota};
 use crate::deadline::Deadline;
+use crate::partition;
 use crate::sent::SentHeaders;
 use crate::trace::AttemptNumber;
 
@@ -179,13 +180,11 @@ impl RetryPolicy {
             .backoff
             .delay(self.attempt)
             .max(v.hint.unwrap_or_default());
-        if let Some(at) = Deadline::of(req) {
-            if Instant::now() + wait >= at {
-                return Err(Some(format!(
-                    "waiting {:.2}s would pass the deadline",
-                    wait.as_secs_f64()
-                )));
-            }
+        if Deadline::would_pass(req, wait) {
+            return Err(Some(format!(
+                "waiting {:.2}s would pass the deadline",
+                wait.as_secs_f64()
+            )));
         }
         if let Some(budget) = &cfg.budget {
             if !budget.withdraw() {
@@ -207,9 +206,9 @@ impl RetryPolicy {
     }
 }
 
-/// A request's retry-quota partition: its authority.
+/// A request's retry-quota partition: its [authority](partition::authority).
 fn partition<B>(req: &Request<B>) -> &str {
-    req.uri().authority().map_or("", |a| a.as_str())
+    partition::authority(req).map_or("", |a| a.as_str())
 }
 
 impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPolicy {
