@@ -7,6 +7,7 @@ use crate::idempotency::IdempotencyKeyLayer;
 use crate::map_error::MapErrorLayer;
 use crate::request_id::RequestIdLayer;
 use crate::retry::RetryLayer;
+use crate::throttle::ThrottleLayer;
 
 mod sealed {
     pub trait Sealed<T> {}
@@ -15,7 +16,8 @@ mod sealed {
 
 /// Adds kneo's layers to a `ServiceBuilder`, each configured, so they
 /// interleave with anyone else's. Keep this order, outermost first: request
-/// id, idempotency key, retry, error mapping. The request-id header is
+/// id, idempotency key, throttle, retry, error mapping (as
+/// [`ClientLayer`](crate::ClientLayer) stacks them). The request-id header is
 /// configured once, on the [`RequestIdLayer`]: the layers below read it from
 /// the request. Layers above retry run once per logical request;
 /// layers below it run once per attempt, and those whose error is not a
@@ -32,6 +34,7 @@ mod sealed {
 /// use kneo::map_error::MapErrorLayer;
 /// use kneo::request_id::RequestIdLayer;
 /// use kneo::retry::RetryLayer;
+/// use kneo::throttle::ThrottleLayer;
 /// use kneo::ServiceBuilderExt;
 /// use tower::{service_fn, ServiceBuilder, ServiceExt};
 ///
@@ -40,6 +43,7 @@ mod sealed {
 /// let svc = ServiceBuilder::new()
 ///     .kneo_request_id(RequestIdLayer::new())
 ///     .kneo_idempotency_key(IdempotencyKeyLayer::new())
+///     .kneo_throttle(ThrottleLayer::new())
 ///     .concurrency_limit(64) // anyone's layer, once per logical request
 ///     .kneo_retry(RetryLayer::new().max_attempts(2))
 ///     .kneo_map_error(MapErrorLayer::new())
@@ -62,6 +66,8 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: IdempotencyKeyLayer,
     ) -> ServiceBuilder<Stack<IdempotencyKeyLayer, L>>;
+    /// Adds `layer`, a configured [`ThrottleLayer`].
+    fn kneo_throttle(self, layer: ThrottleLayer) -> ServiceBuilder<Stack<ThrottleLayer, L>>;
     /// Adds `layer`, a configured [`RetryLayer`].
     fn kneo_retry(self, layer: RetryLayer) -> ServiceBuilder<Stack<RetryLayer, L>>;
     /// Adds `layer`, a configured [`MapErrorLayer`].
@@ -80,6 +86,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: IdempotencyKeyLayer,
     ) -> ServiceBuilder<Stack<IdempotencyKeyLayer, L>> {
+        self.layer(layer)
+    }
+
+    fn kneo_throttle(self, layer: ThrottleLayer) -> ServiceBuilder<Stack<ThrottleLayer, L>> {
         self.layer(layer)
     }
 

@@ -25,6 +25,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::request::copy_head;
 use crate::transport::{self, Alpn, Connector};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -297,7 +298,7 @@ impl Client {
     async fn json<T: DeserializeOwned>(&self, mut req: Request<Full<Bytes>>) -> Result<T, Error> {
         let mut resends = 0;
         loop {
-            let res = self.request(copy(&req)).await?;
+            let res = self.request(copy_head(&req, req.body().clone())).await?;
             let err = match self.read_json(res).await {
                 Err(err) if err.kind() == ErrorKind::Network && resends < BODY_RESENDS => err,
                 done => return done,
@@ -379,15 +380,6 @@ impl Client {
 const BODY_RESENDS: u32 = 2;
 
 /// A copy of a request the client built (no extensions yet).
-fn copy(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut copy = Request::new(req.body().clone());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
 /// What a successful response says was sent: the id and key the layers
 /// stamped (from the response extensions; the method is not kept there).
 fn sent_from_response<B>(res: &Response<B>, request_id_header: &HeaderName) -> Sent {

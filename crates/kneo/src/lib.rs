@@ -1,17 +1,19 @@
 //! kneo: tower middleware that gives every HTTP API client one honest, typed way to fail.
 //!
-//! Four [`Layer`](tower_layer::Layer)s, usable alone or together:
+//! Five [`Layer`](tower_layer::Layer)s, usable alone or together:
 //!
 //! | layer | what it does |
 //! |---|---|
 //! | [`request_id`] | stamps `X-Request-ID` (keeping a well-formed caller id), the same on every attempt |
 //! | [`idempotency`] | stamps `Idempotency-Key` on POST and PATCH, never overwriting the caller's |
+//! | [`throttle`] | waits for an upstream's announced rate-limit reset before sending, per authority and credential |
 //! | [`retry`] | tower `Retry` with a policy that honours `Retry-After`, backs off with jitter, and never re-sends what may have been applied |
 //! | [`map_error`] | turns every failure into one [`Error`] whose [`kind()`](Error::kind) says what went wrong |
 //!
-//! [`ClientLayer`] stacks all four in the right order; [`ServiceBuilderExt`]
+//! [`ClientLayer`] stacks all five in the right order; [`ServiceBuilderExt`]
 //! adds them one by one so your own layers fit in between; [`Client`] (feature
-//! `client`) is a ready hyper-util client under the stack.
+//! `client`) is a ready hyper-util client under the stack, over
+//! [`transport::connector`].
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -49,6 +51,7 @@ mod id;
 pub mod idempotency;
 pub mod map_error;
 mod partition;
+mod request;
 pub mod request_id;
 pub mod retry;
 mod sent;

@@ -1,4 +1,4 @@
-//! [`ClientLayer`]: the four layers, stacked in the right order.
+//! [`ClientLayer`]: kneo's five layers, stacked in the right order.
 
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::throttle::{Throttle, ThrottleLayer};
 /// 5. [`MapErrorLayer`]: typed [`Error`](crate::Error)s for the retry layer to judge.
 ///
 /// The service it makes is `Clone + Send + Sync` when the inner one is, with
-/// `Error = kneo::Error`. To put your own layers in between, stack the four
+/// `Error = kneo::Error`. To put your own layers in between, stack the five
 /// yourself with [`ServiceBuilderExt`](crate::ServiceBuilderExt). Each layer
 /// is configured on its own and handed in whole
 /// (`.retry(RetryLayer::new().max_attempts(5))`); `max_attempts`,

@@ -16,6 +16,7 @@ use super::body::ReplayBody;
 use super::quota::{Buckets, Cause, RetryQuota};
 use crate::deadline::Deadline;
 use crate::partition;
+use crate::request::copy_head;
 use crate::sent::SentHeaders;
 use crate::trace::AttemptNumber;
 
@@ -297,11 +298,8 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
     }
 
     fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
-        let mut clone = Request::new(req.body().clone());
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.version_mut() = req.version();
-        *clone.headers_mut() = req.headers().clone();
+        // The same logical request: its extensions (id, key, deadline) too.
+        let mut clone = copy_head(req, req.body().clone());
         *clone.extensions_mut() = req.extensions().clone();
         Some(clone)
     }
