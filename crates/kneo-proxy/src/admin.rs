@@ -11,7 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower_service::Service;
 
-use crate::forward::{Proxy, Shared};
+use crate::forward::Proxy;
+use crate::shared::Shared;
 
 /// The OpenMetrics text format, which Prometheus scrapes.
 const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

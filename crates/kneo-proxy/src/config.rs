@@ -262,6 +262,16 @@ impl ProxyConfig {
         self
     }
 
+    /// The connector under every upstream connection: kneo's, with this
+    /// config's connect timeout, offering `alpn` to TLS upstreams.
+    pub(crate) fn connector(
+        &self,
+        alpn: kneo::transport::Alpn,
+    ) -> Result<kneo::transport::Connector, ConfigError> {
+        kneo::transport::connector(Some(self.connect_timeout), alpn)
+            .map_err(|_| ConfigError("the platform's root certificates could not be loaded"))
+    }
+
     /// Speak HTTP/2 to a plain `http://` upstream, with prior knowledge
     /// (h2c): every request is multiplexed over one pooled connection
     /// (default `false`: HTTP/1.1, a connection per request in flight).

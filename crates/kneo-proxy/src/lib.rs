@@ -102,22 +102,28 @@
 //! ```
 
 mod admin;
+mod arrival;
+mod body;
 mod config;
 mod detach;
 mod forward;
 pub mod headers;
 mod metrics;
+mod outcome;
 pub mod path;
 mod problem;
 mod server;
+mod shared;
 mod upgrade;
 
 pub use admin::Admin;
+pub use body::ProxyBody;
 pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream, DEFAULT_REPLAY_CAP};
 pub use detach::{Detach, DetachFuture};
-pub use forward::{
-    ClientAddr, Exchange, ExchangeHook, Health, Incoming, Outcome, Proxy, ProxyBody, ResponseFuture,
-};
+pub use forward::{Incoming, Proxy, ResponseFuture};
 pub use metrics::Metrics;
+pub use outcome::{Exchange, ExchangeHook, Outcome};
 pub use problem::{METHOD_NOT_ALLOWED, TOO_MANY_CONNECTIONS};
 pub use server::{front, serve, serve_admin, serve_with, Drained, Front, FrontBody};
+pub use shared::ClientAddr;
+pub use shared::Health;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tower::retry::budget::Budget;
 
-use crate::forward::Outcome;
+use crate::outcome::Outcome;
 
 /// Status classes, as labels.
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];

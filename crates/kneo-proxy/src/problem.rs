@@ -26,7 +26,7 @@ use http_body_util::Full;
 use kneo::core::problem::{ProblemResponse, ProblemType};
 use kneo::Error;
 
-use crate::forward::Outcome;
+use crate::outcome::Outcome;
 
 /// `code` of a 503 at `max_connections`.
 pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";

@@ -29,9 +29,11 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceExt as _;
 
 use crate::admin::Admin;
+use crate::arrival::Arrival;
 use crate::config::ServerConfig;
-use crate::forward::{settle_request_id, Arrival, ClientAddr, Proxy, ProxyBody, ResponseFuture};
+use crate::forward::{ClientAddr, Proxy, ProxyBody, ResponseFuture};
 use crate::metrics::Held;
+use crate::shared::settle_request_id;
 use crate::upgrade;
 
 /// How a drain ended.
@@ -190,7 +192,7 @@ async fn serve_inner(
     probe.abort();
     draining.cancel();
     connections.close();
-    let upgrades = &proxy.shared().upgrades;
+    let upgrades = proxy.upgrades();
     let everything = async {
         connections.wait().await;
         upgrades.closed().await;
@@ -416,8 +418,14 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
         req.extensions_mut().insert(ClientAddr(self.peer));
         // An upgrade is not the stack's (nor the front's): forwarded once.
         if let Some(protocol) = upgrade::upgrade_protocol(req.headers(), req.version()) {
-            let shared = self.proxy.shared().clone();
-            let answer = upgrade::forward(shared, req, protocol, self.open.clone());
+            let (upgrades, shared) = (self.proxy.upgrades(), self.proxy.shared());
+            let answer = upgrade::forward(
+                upgrades.clone(),
+                shared.clone(),
+                req,
+                protocol,
+                self.open.clone(),
+            );
             return future::Either::Right(Box::pin(
                 async move { Ok(answer.await.map(Either::Left)) },
             ));

@@ -25,14 +25,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::ProxyBody;
 use crate::config::{ConfigError, ProxyConfig};
-use crate::forward::{
-    connector, finish_problem, record, upstream_request_id, Alpn, ClientAddr, Connector, Exchange,
-    Outcome, ProxyBody, Shared,
-};
 use crate::headers::{keep_upgrade, rewrite, Hop};
 use crate::metrics::Held;
+use crate::outcome::{Exchange, Outcome};
 use crate::problem::ProblemAnswer;
+use crate::shared::{finish_problem, record, upstream_request_id, ClientAddr, Shared};
+use kneo::transport::{Alpn, Connector};
 
 pub(crate) use crate::headers::upgrade_protocol;
 
@@ -51,7 +51,7 @@ impl Upgrades {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector(config, Alpn::Http1)?);
+            .build(config.connector(Alpn::Http1)?);
         Ok(Upgrades {
             client,
             answer_timeout: config.attempt_timeout,
@@ -77,6 +77,7 @@ impl Upgrades {
 /// two connections in a task that keeps `hold` (the caller connection's
 /// count) until the tunnel closes.
 pub(crate) async fn forward<H>(
+    upgrades: Arc<Upgrades>,
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
     protocol: HeaderValue,
@@ -106,7 +107,6 @@ where
     );
     keep_upgrade(&mut parts.headers, protocol);
     parts.uri = uri;
-    let upgrades = &shared.upgrades;
     let sent = upgrades.client.request(Request::from_parts(parts, body));
     let answered = match upgrades.answer_timeout {
         Some(limit) => tokio::time::timeout(limit, sent).await,
@@ -132,7 +132,7 @@ where
     let accepted = res.headers().get(http::header::UPGRADE).cloned();
     if switched {
         let upstream = hyper::upgrade::on(&mut res);
-        join(&shared, caller, upstream, hold);
+        join(&upgrades, &shared, caller, upstream, hold);
     }
     let (mut parts, body) = res.into_parts();
     rewrite(
@@ -170,12 +170,18 @@ where
 /// The tunnel: once both sides have switched, bytes both ways until either
 /// side closes (the other is then shut for writing and drained), or until
 /// the drain cuts it.
-fn join<H: Send + 'static>(shared: &Shared, caller: OnUpgrade, upstream: OnUpgrade, hold: H) {
+fn join<H: Send + 'static>(
+    upgrades: &Upgrades,
+    shared: &Shared,
+    caller: OnUpgrade,
+    upstream: OnUpgrade,
+    hold: H,
+) {
     let metrics = &shared.metrics;
     metrics.tunnels.inc();
     let open = Held::new(&metrics.tunnels_open);
-    let cut = shared.upgrades.cut.clone();
-    shared.upgrades.tunnels.spawn(async move {
+    let cut = upgrades.cut.clone();
+    upgrades.tunnels.spawn(async move {
         let _hold = hold;
         let _open = open;
         let joined = async {

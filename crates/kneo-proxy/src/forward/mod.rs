@@ -1,0 +1,290 @@
+//! [`Proxy`]: the forwarding service. The kneo client stack (request id,
+//! idempotency key, retry) over hyper-util's pooled client, with header
+//! rewriting on the way in and out, and a problem answer when there is no
+//! upstream answer to pass on.
+
+mod future;
+
+pub(crate) use crate::body::ProxyBody;
+pub(crate) use crate::shared::ClientAddr;
+pub use future::ResponseFuture;
+use future::State;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, Version};
+use http_body::Body;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use kneo::idempotency::IdempotencyKeyLayer;
+use kneo::map_error::MapErrorLayer;
+use kneo::retry::{RatioBudget, ReplayBody, RetryLayer};
+use kneo::transport::{Alpn, Connector};
+use kneo::{BoxError, ClientLayer};
+use tokio::time::Instant;
+use tower::util::{Oneshot, ServiceExt};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{ConfigError, ProxyConfig, Upstream};
+use crate::detach::Detach;
+use crate::headers::{rewrite, Hop};
+use crate::metrics::{CountingBudget, Held, Metrics};
+use crate::outcome::ExchangeHook;
+use crate::problem::ProblemAnswer;
+use crate::shared::{finish_problem, settled_id, Health, Shared};
+use crate::upgrade::Upgrades;
+
+/// The request body the server hands over: hyper's, streaming.
+pub use hyper::body::Incoming;
+
+/// The transport under the stack: hyper-util's pooled client, whose calls
+/// for recorded requests outlive a timed-out attempt ([`Detach`]).
+type Transport<B> = Detach<hyper_util::client::legacy::Client<Connector, ReplayBody<B>>>;
+/// The kneo stack over the transport.
+type Stack<B> = <ClientLayer as Layer<Transport<B>>>::Service;
+
+/// The forwarding service: `Request<B>` in, the upstream's response (or a
+/// problem) out, never an error. See the [crate docs](crate).
+///
+/// Cheap to clone; clones share the connection pool, the retry budget, the
+/// metrics and the health state.
+pub struct Proxy<B = Incoming> {
+    stack: Stack<B>,
+    shared: Arc<Shared>,
+    upgrades: Arc<Upgrades>,
+}
+
+impl<B> Clone for Proxy<B> {
+    fn clone(&self) -> Self {
+        Proxy {
+            stack: self.stack.clone(),
+            shared: self.shared.clone(),
+            upgrades: self.upgrades.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Proxy<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.shared.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Proxy<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// A proxy as `config` says; `on_exchange` is called once per answered
+    /// request (an access log, say).
+    pub fn new(
+        config: &ProxyConfig,
+        on_exchange: Option<ExchangeHook>,
+    ) -> Result<Proxy<B>, ConfigError> {
+        let metrics = Metrics::new();
+        let stack = stack(config, &metrics)?;
+        Ok(Proxy {
+            stack,
+            shared: Arc::new(Shared {
+                upstream: config.upstream.clone(),
+                metrics,
+                health: Arc::new(Health::default()),
+                on_exchange,
+            }),
+            upgrades: Arc::new(Upgrades::new(config)?),
+        })
+    }
+
+    /// The same proxy (metrics, health, access log) for requests whose body
+    /// is a `B2`: for a layer in front that wraps the caller's body (the
+    /// idempotency layer of `kneo-server`, say). It has its own connection
+    /// pool.
+    pub fn with_body<B2>(&self, config: &ProxyConfig) -> Result<Proxy<B2>, ConfigError>
+    where
+        B2: Body + Send + Unpin + 'static,
+        B2::Error: Into<BoxError>,
+    {
+        Ok(Proxy {
+            stack: stack(config, &self.shared.metrics)?,
+            shared: self.shared.clone(),
+            upgrades: self.upgrades.clone(),
+        })
+    }
+}
+
+/// The kneo stack over a fresh transport, as `config` says.
+fn stack<B>(config: &ProxyConfig, metrics: &Metrics) -> Result<Stack<B>, ConfigError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut retry = RetryLayer::new()
+        .max_attempts(config.max_attempts)
+        .max_retry_after(config.max_retry_after)
+        .replay_cap(config.replay_cap);
+    if let Some(timeout) = config.attempt_timeout {
+        retry = retry.attempt_timeout(timeout);
+    }
+    if let Some(deadline) = config.deadline {
+        retry = retry.deadline(deadline);
+    }
+    if let Some(ratio) = config.budget_ratio {
+        retry = retry.budget(CountingBudget {
+            inner: RatioBudget::new(Duration::from_secs(10), 10, ratio),
+            refusals: metrics.budget_refusals.clone(),
+        });
+    }
+    let mut layer = ClientLayer::new()
+        .retry(retry)
+        .map_error(MapErrorLayer::new().map_responses(false));
+    if !config.idempotency_keys {
+        layer = layer.idempotency(IdempotencyKeyLayer::new().methods([]));
+    }
+    Ok(layer.layer(transport(config)?))
+}
+
+fn transport<B>(config: &ProxyConfig) -> Result<Transport<B>, ConfigError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut client = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    client
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .timer(TokioTimer::new())
+        .http2_only(config.upstream_h2c);
+    Ok(Detach::new(
+        client.build(config.connector(Alpn::H2AndHttp1)?),
+    ))
+}
+
+impl<B> Proxy<B> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The upgrade client and its tunnels, shared by every clone.
+    pub(crate) fn upgrades(&self) -> &Arc<Upgrades> {
+        &self.upgrades
+    }
+
+    /// The metrics every clone records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The readiness state `/readyz` reports.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.shared.health
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &Upstream {
+        &self.shared.upstream
+    }
+
+    /// Tries a TCP connection to the upstream every `every` until one is
+    /// accepted (or a forwarded request got an answer), so `/readyz` turns
+    /// 200 before the first request. Returns once the upstream was seen.
+    pub async fn probe_upstream(&self, every: Duration) {
+        let (host, port) = self.shared.upstream.host_port();
+        while !self.shared.health.upstream_seen() {
+            let attempt = tokio::time::timeout(every, tokio::net::TcpStream::connect((host, port)));
+            match attempt.await {
+                Ok(Ok(_)) => self.shared.health.mark_upstream_seen(),
+                _ => tokio::time::sleep(every).await,
+            }
+        }
+    }
+
+    /// The `503` problem for a request on a connection over
+    /// `max_connections`: recorded and logged like any other answer.
+    pub fn overloaded<T>(&self, req: &Request<T>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let answer = ProblemAnswer::overloaded(settled_id(req.headers()));
+        finish_problem(&self.shared, answer, req.method(), req.uri(), start)
+    }
+}
+
+impl<B> Service<Request<B>> for Proxy<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Oneshot<Stack<B>, Request<B>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Each call drives its own clone of the stack to readiness: a
+        // failure there is that request's problem answer, not the server's.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.forward(req)
+    }
+}
+
+impl<B> Proxy<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Forwards `req` (what [`Service::call`] does, from a shared reference).
+    pub fn forward(&self, req: Request<B>) -> ResponseFuture<Oneshot<Stack<B>, Request<B>>> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let original = req.uri().clone();
+        let (mut parts, body) = req.into_parts();
+        let uri = match self.shared.target(&parts) {
+            Ok(uri) => uri,
+            Err(answer) => {
+                let res = finish_problem(&self.shared, *answer, &method, &original, start);
+                return ResponseFuture::ready(res);
+            }
+        };
+        let upstream = &self.shared.upstream;
+        // HTTP/2 carries the caller's host in the URI, not in `Host`.
+        if !parts.headers.contains_key(HOST) {
+            if let Some(host) = original
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+        rewrite(
+            &mut parts.headers,
+            &Hop::Request {
+                version: parts.version,
+                peer,
+                upstream_host: upstream.host().clone(),
+            },
+        );
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let req = Request::from_parts(parts, body);
+        let in_flight = Held::new(&self.shared.metrics.in_flight);
+        ResponseFuture {
+            inner: Some(self.stack.clone().oneshot(req)),
+            ready: None,
+            state: Some(State {
+                shared: self.shared.clone(),
+                method,
+                uri: original,
+                start,
+                _in_flight: in_flight,
+            }),
+        }
+    }
+}
