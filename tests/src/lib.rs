@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod proxy_rss;
 pub mod redis;
 pub mod sidecar;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

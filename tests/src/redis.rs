@@ -30,10 +30,11 @@
 //! # let _ = (url, ca);
 //! ```
 
+use crate::tls::Tls;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,15 +52,6 @@ pub struct RedisServer {
     dir: Option<PathBuf>,
     /// TLS servers: their certificates.
     tls: Option<Tls>,
-}
-
-/// A TLS server's certificates, in a temporary directory of their own.
-#[derive(Debug)]
-struct Tls {
-    dir: PathBuf,
-    ca_pem: Vec<u8>,
-    /// Mutual TLS: the client's certificate and key, which the server requires.
-    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// `true` when `name` is on `PATH`; otherwise `false` after printing why the
@@ -83,86 +75,6 @@ fn temp_dir(what: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("a temporary directory for redis");
     dir
-}
-
-/// Runs `openssl` in `dir` with `args` (split on whitespace); panics with
-/// its output when it fails.
-fn openssl(dir: &Path, args: &str) {
-    let output = Command::new("openssl")
-        .args(args.split_whitespace())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl {args}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// `openssl req` arguments for a new, unencrypted P-256 key.
-const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-
-/// `name.key` and `name.pem`, a certificate for `subject` signed by the CA in
-/// `dir`, with the `extensions` (the lines of an `openssl x509 -extfile`).
-fn signed_certificate(dir: &Path, name: &str, subject: &str, extensions: &str) {
-    std::fs::write(dir.join(format!("{name}.ext")), extensions).expect("write the extensions");
-    openssl(
-        dir,
-        &format!("req {NEW_KEY} -keyout {name}.key -out {name}.csr -subj {subject}"),
-    );
-    let serial = fastrand::u32(1..);
-    openssl(
-        dir,
-        &format!(
-            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 1 \
-             -out {name}.pem -extfile {name}.ext"
-        ),
-    );
-}
-
-impl Tls {
-    /// A CA and a server certificate for `127.0.0.1` and `localhost`; with
-    /// `mutual`, a client certificate too.
-    fn generate(mutual: bool) -> Tls {
-        let dir = temp_dir("redis-tls");
-        openssl(
-            &dir,
-            &format!(
-                "req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 1 -subj /CN=kneo-test-CA \
-                 -addext basicConstraints=critical,CA:TRUE \
-                 -addext keyUsage=critical,keyCertSign,cRLSign"
-            ),
-        );
-        signed_certificate(
-            &dir,
-            "server",
-            "/CN=localhost",
-            "basicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\n\
-             subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        );
-        let client = mutual.then(|| {
-            signed_certificate(
-                &dir,
-                "client",
-                "/CN=kneo-test-client",
-                "basicConstraints=CA:FALSE\n\
-                 keyUsage=critical,digitalSignature\n\
-                 extendedKeyUsage=clientAuth\n",
-            );
-            let read = |name: &str| std::fs::read(dir.join(name)).expect("the client's PEM");
-            (read("client.pem"), read("client.key"))
-        });
-        let ca_pem = std::fs::read(dir.join("ca.pem")).expect("the CA's PEM");
-        Tls {
-            dir,
-            ca_pem,
-            client,
-        }
-    }
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -403,9 +315,6 @@ impl Drop for RedisServer {
         self.stop();
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
-        }
-        if let Some(tls) = &self.tls {
-            let _ = std::fs::remove_dir_all(&tls.dir);
         }
     }
 }

@@ -35,10 +35,22 @@ impl Sidecar {
     /// standard output (one access-log line per request) is drained by a
     /// thread until it exits.
     pub async fn start(kneo: &Path, upstream: &str, args: &[&str]) -> Result<Sidecar, String> {
+        Self::start_with_env(kneo, upstream, args, &[]).await
+    }
+
+    /// [`start`](Self::start), with `env` added to its environment
+    /// (`SSL_CERT_FILE` for a test's CA, say).
+    pub async fn start_with_env(
+        kneo: &Path,
+        upstream: &str,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Result<Sidecar, String> {
         let mut child = Command::new(kneo)
             .args(["proxy", "--upstream", upstream])
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -19,6 +19,7 @@
 mod args;
 mod output;
 mod proxy;
+mod secs;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

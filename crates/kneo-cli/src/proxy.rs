@@ -31,8 +31,8 @@ use kneo_server::idempotency::CredentialScope;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::args::{non_negative_secs, positive_secs};
 use crate::output;
+use crate::secs::{non_negative_secs, positive_secs};
 
 /// The options of `kneo proxy`.
 #[derive(Debug, Args)]

@@ -429,6 +429,105 @@ async fn an_h2c_upstream_gets_one_connection_for_50_concurrent_requests() {
     );
 }
 
+/// An https upstream on `localhost` that offers `h2` and `http/1.1` by ALPN
+/// with a certificate of `tls`'s CA; counts, by the protocol picked, the
+/// connections requests came on. Each answer waits `hold` first.
+async fn tls_upstream(
+    tls: &kneo_tests::tls::Tls,
+    hold: Duration,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{crypto, ServerConfig};
+
+    let chain = CertificateDer::pem_file_iter(tls.dir.join("server.pem"))
+        .expect("the server's PEM")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(tls.dir.join("server.key")).expect("the key");
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("a server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    // The readiness probe connects without TLS: nothing to serve.
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    let first = Arc::new(std::sync::Once::new());
+                    let protocol = String::from_utf8_lossy(&alpn.unwrap_or_default()).into_owned();
+                    let h2 = protocol == "h2";
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let (seen, protocol) = (seen.clone(), protocol.clone());
+                        first.call_once(|| seen.lock().expect("lock").push(protocol));
+                        async move {
+                            tokio::time::sleep(hold).await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"tls",
+                            ))))
+                        }
+                    });
+                    let io = TokioIo::new(stream);
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
+                });
+            }
+        });
+    }
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn an_https_upstream_that_picks_h2_by_alpn_gets_one_connection() {
+    let Some(tls) = kneo_tests::tls::Tls::generate_if_openssl() else {
+        return;
+    };
+    let (addr, seen) = tls_upstream(&tls, Duration::from_millis(200)).await;
+    let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
+    let ca = tls.dir.join("ca.pem");
+    let upstream = format!("https://localhost:{}", addr.port());
+    let proxy = Sidecar::start_with_env(kneo, &upstream, &[], &[("SSL_CERT_FILE", &ca)])
+        .await
+        .expect("starts");
+    let url = format!("http://{}/over-tls", proxy.addr());
+    let callers: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { h1_get(&url).await })
+        })
+        .collect();
+    for caller in callers {
+        let (status, body) = caller.await.expect("the caller task");
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "tls"));
+    }
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        ["h2"],
+        "one connection, HTTP/2 picked by ALPN"
+    );
+}
+
 /// gRPC messages as raw bytes: tonic's framing, no protobuf.
 #[derive(Debug, Clone, Copy, Default)]
 struct Raw;
