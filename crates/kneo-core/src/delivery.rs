@@ -56,24 +56,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 
 use crate::{attempt, Error, ErrorKind};
 
-/// `true` for the statuses that say the request was not processed: `429`
-/// and `503` (RFC 9110 §15.6.4, RFC 6585 §4). Anything else may have been
-/// applied.
-///
-/// ```
-/// use http::StatusCode;
-/// use kneo_core::delivery::is_not_processed;
-///
-/// assert!(is_not_processed(StatusCode::SERVICE_UNAVAILABLE));
-/// assert!(!is_not_processed(StatusCode::BAD_GATEWAY), "a gateway may have sent it");
-/// ```
-pub fn is_not_processed(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
-}
+pub use crate::classify::is_not_processed;
 
 /// What became of a request that got no response; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,7 +129,7 @@ impl Delivery {
 /// use std::sync::{Arc, Mutex};
 /// use std::time::Duration;
 /// use bytes::Bytes;
-/// use http::{Response, StatusCode};
+/// use http::Response;
 /// use kneo_core::delivery::LateAnswer;
 ///
 /// let got = Arc::new(Mutex::new(None));

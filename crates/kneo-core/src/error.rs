@@ -10,68 +10,15 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::body::ErrorBody;
+use crate::kind::ErrorKind;
 use crate::problem::Problem;
 use crate::rate_limit::RateLimit;
+use crate::retry_rule::RetryFacts;
 use crate::sent::Sent;
 use crate::{codes, text, Attempt};
 
 /// A boxed error, as tower and hyper use.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// What went wrong, for callers to `match` on.
-///
-/// New kinds may be added, so a `match` needs a catch-all arm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// No HTTP response: DNS, connect, TLS, reset, timeout.
-    Network,
-    /// HTTP 401: the credentials are missing, invalid or revoked.
-    Auth,
-    /// HTTP 403: the credentials are valid but lack the permission.
-    Permission,
-    /// HTTP 404.
-    NotFound,
-    /// HTTP 409 that is not an idempotency-key mismatch.
-    Conflict,
-    /// An idempotency key was reused with a different payload (409 or 422 with a key).
-    IdempotencyMismatch,
-    /// HTTP 429; see [`Error::retry_after`].
-    RateLimited,
-    /// HTTP 5xx.
-    Server,
-    /// Any other non-success status.
-    Status,
-    /// A success response whose body could not be decoded into the expected type.
-    Decode,
-    /// The request could not be built (an invalid URL or header); nothing was sent.
-    Request,
-}
-
-impl ErrorKind {
-    /// The kind as a stable snake_case string (`"not_found"`, `"rate_limited"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Network => "network",
-            ErrorKind::Auth => "auth",
-            ErrorKind::Permission => "permission",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::Conflict => "conflict",
-            ErrorKind::IdempotencyMismatch => "idempotency_mismatch",
-            ErrorKind::RateLimited => "rate_limited",
-            ErrorKind::Server => "server",
-            ErrorKind::Status => "status",
-            ErrorKind::Decode => "decode",
-            ErrorKind::Request => "request",
-        }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The error kneo's timeouts put at the bottom of a source chain.
 ///
@@ -346,7 +293,7 @@ impl Error {
     /// [retry rule](crate::retry_rule) with the default status set
     /// (429, 502, 503, 504).
     pub fn is_retryable(&self) -> bool {
-        use crate::retry_rule::{is_retryable, RetryFacts, DEFAULT_RETRY_STATUSES};
+        use crate::retry_rule::{is_retryable, DEFAULT_RETRY_STATUSES};
         is_retryable(&RetryFacts::of_error(self), &DEFAULT_RETRY_STATUSES)
     }
 
@@ -459,5 +406,19 @@ impl StdError for Error {
             .source
             .as_deref()
             .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+impl RetryFacts {
+    /// The facts of a mapped error.
+    pub fn of_error(e: &Error) -> Self {
+        RetryFacts {
+            kind: e.kind(),
+            status: e.status(),
+            advice: e.should_retry(),
+            key_in_use: e.code() == codes::IDEMPOTENCY_KEY_IN_USE,
+            replay_safe: e.is_replay_safe(),
+            connect: e.is_connect(),
+        }
     }
 }

@@ -56,10 +56,12 @@
 
 mod attempt;
 mod body;
+mod classify;
 pub mod codes;
 pub mod credential;
 pub mod delivery;
 mod error;
+mod kind;
 pub mod mapping;
 pub mod problem;
 pub mod rate_limit;
@@ -71,7 +73,8 @@ mod text;
 pub use attempt::{Attempt, Outcome};
 pub use body::{ErrorBody, DEFAULT_BODY_CAP};
 pub use delivery::Delivery;
-pub use error::{BoxError, Error, ErrorKind, TimedOut};
+pub use error::{BoxError, Error, TimedOut};
+pub use kind::ErrorKind;
 pub use mapping::{is_conditional, is_success, is_success_for, should_retry_advice};
 pub use problem::{Problem, PROBLEM_JSON};
 pub use rate_limit::RateLimit;

@@ -39,10 +39,10 @@
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::delivery::is_not_processed;
-use crate::mapping::{kind_from_headers, should_retry_advice};
+use crate::classify::{is_not_processed, kind_from_headers, should_retry_advice};
+use crate::codes;
+use crate::kind::ErrorKind;
 use crate::sent::is_idempotent;
-use crate::{codes, Error, ErrorKind};
 
 /// The statuses retried by default: 429, 502, 503 and 504.
 pub const DEFAULT_RETRY_STATUSES: [StatusCode; 4] = [
@@ -55,27 +55,15 @@ pub const DEFAULT_RETRY_STATUSES: [StatusCode; 4] = [
 /// What one failed attempt says about retrying it; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryFacts {
-    kind: ErrorKind,
-    status: Option<StatusCode>,
-    advice: Option<bool>,
-    key_in_use: bool,
-    replay_safe: bool,
-    connect: bool,
+    pub(crate) kind: ErrorKind,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) advice: Option<bool>,
+    pub(crate) key_in_use: bool,
+    pub(crate) replay_safe: bool,
+    pub(crate) connect: bool,
 }
 
 impl RetryFacts {
-    /// The facts of a mapped error.
-    pub fn of_error(e: &Error) -> Self {
-        RetryFacts {
-            kind: e.kind(),
-            status: e.status(),
-            advice: e.should_retry(),
-            key_in_use: e.code() == codes::IDEMPOTENCY_KEY_IN_USE,
-            replay_safe: e.is_replay_safe(),
-            connect: e.is_connect(),
-        }
-    }
-
     /// The facts of a raw response, from its status and headers alone (the
     /// body is not read, so only an `x-error-code` header gives a code):
     /// for a retry layer with no error mapping below it.
