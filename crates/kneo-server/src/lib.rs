@@ -46,6 +46,7 @@
 //! | [`problem`] | kneo-core's RFC 9457 problems, re-exported: kneo's one problem vocabulary and `kneo::Error` → problem (feature `axum` for `IntoResponse`) |
 
 pub mod idempotency;
+mod record;
 pub mod store;
 #[cfg(feature = "postgres")]
 pub mod transactional;

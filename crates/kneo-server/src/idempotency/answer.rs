@@ -11,8 +11,8 @@ use kneo_core::delivery::is_not_processed;
 use kneo_core::{codes, is_valid_request_id, Delivery, X_REQUEST_ID, X_SHOULD_RETRY};
 
 use super::future::ResponseBody;
-use super::key::KeyError;
-use super::record::{Outcome, StoredResponse};
+use crate::record::key::KeyError;
+use crate::record::{Outcome, StoredResponse};
 use kneo_core::problem::{ProblemResponse, ProblemType};
 
 /// `Idempotent-Replayed: true` marks a replayed response.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::fingerprint::hex;
+use crate::record::fingerprint::hex;
 
 /// The `Idempotency-Key` of the request being handled, in its extensions
 /// (both layers put it there), and the keys the handler's own calls should

@@ -5,9 +5,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::key::RecordKey;
-use super::layer::Config;
-use super::record::{Claim, Completed};
+use super::config::Config;
+use crate::record::RecordKey;
+use crate::record::{Claim, Completed};
 use crate::store::Store;
 
 /// The claim of one request's work: completed or released once, renewed

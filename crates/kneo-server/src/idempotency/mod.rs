@@ -145,27 +145,25 @@
 pub(crate) mod answer;
 pub(crate) mod body;
 mod child;
-mod fingerprint;
+pub(crate) mod config;
 mod future;
 mod guard;
-mod key;
 pub(crate) mod layer;
-mod record;
 pub(crate) mod request;
-mod scope;
 pub(crate) mod service;
 
+pub use crate::record::{
+    Claim, Completed, CredentialScope, DecodeError, FencingToken, Fingerprint, MakeScope, Outcome,
+    Record, RecordKey, Scope, StoredResponse, DEFAULT_SCOPE_SECRET, MAX_KEY_LEN,
+};
 pub use answer::{IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST};
 pub use child::IdempotencyKey;
-pub use fingerprint::Fingerprint;
-pub use future::{ResponseBody, ResponseFuture};
-pub use key::{RecordKey, MAX_KEY_LEN};
-pub use layer::{
-    IdempotencyLayer, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_HOLD, DEFAULT_MAX_RESPONSE,
-    DEFAULT_TTL, MAX_DURATION, MIN_LEASE,
+pub use config::{
+    DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_MAX_HOLD, DEFAULT_MAX_RESPONSE, DEFAULT_TTL,
+    MAX_DURATION, MIN_LEASE,
 };
-pub use record::{Claim, Completed, DecodeError, FencingToken, Outcome, Record, StoredResponse};
-pub use scope::{CredentialScope, MakeScope, Scope, DEFAULT_SCOPE_SECRET};
+pub use future::{ResponseBody, ResponseFuture};
+pub use layer::IdempotencyLayer;
 pub use service::{Idempotency, RequestBody};
 
 /// Not public API: the header parsing the fuzz targets in `fuzz/` exercise.
@@ -179,6 +177,6 @@ pub mod __fuzz {
     /// The request's `Idempotency-Key`, as the layer reads it: `Ok(None)`
     /// when absent, `Err` with the problem's detail when refused.
     pub fn parse_key(headers: &HeaderMap) -> Result<Option<Arc<str>>, &'static str> {
-        super::key::parse(headers).map_err(super::key::KeyError::detail)
+        crate::record::key::parse(headers).map_err(crate::record::key::KeyError::detail)
     }
 }

@@ -11,9 +11,9 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method};
 
 use super::answer::{problems, request_id};
-use super::fingerprint::Fingerprint;
-use super::key::{self, RecordKey};
-use super::layer::Config;
+use super::config::Config;
+use crate::record::key::{self, RecordKey};
+use crate::record::Fingerprint;
 use kneo_core::problem::ProblemResponse;
 
 /// What the layer does with a request, decided from its head.

@@ -22,13 +22,13 @@ use super::answer::{
 };
 use super::body::{read_request, Buffer};
 use super::child::IdempotencyKey;
-use super::fingerprint::Fingerprint;
+use super::config::Config;
 use super::future::{ResponseBody, ResponseFuture};
 use super::guard::Guard;
-use super::key::RecordKey;
-use super::layer::{Config, IdempotencyLayer};
-use super::record::{Completed, Outcome, StoredResponse};
 use super::request::{identify, route, Route};
+use crate::record::Fingerprint;
+use crate::record::RecordKey;
+use crate::record::{Completed, Outcome, StoredResponse};
 use crate::store::{Acquire, Store};
 use kneo_core::problem::ProblemResponse;
 
@@ -67,11 +67,6 @@ impl<S, St> Idempotency<S, St> {
             store,
             config,
         }
-    }
-
-    /// A layer with the default configuration (same as [`IdempotencyLayer::new`]).
-    pub fn layer(store: St) -> IdempotencyLayer<St> {
-        IdempotencyLayer::new(store)
     }
 
     kneo_core::define_inner_service_accessors!();
@@ -200,7 +195,7 @@ where
 }
 
 /// Claims the key; while the same request holds it, waits up to
-/// [`wait_for_first`](IdempotencyLayer::wait_for_first) for it to end,
+/// [`wait_for_first`](crate::IdempotencyLayer::wait_for_first) for it to end,
 /// asking the store again with backoff (10 ms, doubling, at most 200 ms
 /// apart), so that a duplicate gets the first run's response (or runs, if
 /// the first gave its key back) instead of a `409`.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{Acquire, Store, StoreError};
-use crate::idempotency::{Claim, Completed, FencingToken, Fingerprint, RecordKey};
+use crate::record::{Claim, Completed, FencingToken, Fingerprint, RecordKey, MAX_DURATION};
 
 /// The default bound on records kept.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -148,10 +148,10 @@ impl MemoryStore {
     }
 }
 
-/// `now + d`, saturating at [`MAX_DURATION`](crate::idempotency::MAX_DURATION)
+/// `now + d`, saturating at [`MAX_DURATION`](MAX_DURATION)
 /// from now: no `Duration` a caller passes can overflow an `Instant`.
 fn later(now: Instant, d: Duration) -> Instant {
-    now + d.min(crate::idempotency::MAX_DURATION)
+    now + d.min(MAX_DURATION)
 }
 
 impl Map {
@@ -333,7 +333,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::idempotency::{Outcome, Scope};
+    use crate::record::{Outcome, Scope};
     use http::{Method, StatusCode};
 
     fn key(k: &str) -> RecordKey {

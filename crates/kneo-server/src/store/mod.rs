@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use kneo_core::BoxError;
 
-use crate::idempotency::{Claim, Completed, Fingerprint, RecordKey};
+use crate::record::{Claim, Completed, Fingerprint, RecordKey};
 
 mod memory;
 #[cfg(feature = "postgres")]

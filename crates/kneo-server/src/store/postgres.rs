@@ -9,9 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::{Acquire, Store, StoreError};
-use crate::idempotency::{
-    Claim, Completed, FencingToken, Fingerprint, Record, RecordKey, MAX_DURATION,
-};
+use crate::record::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey, MAX_DURATION};
 
 /// The schema: the `kneo_idempotency` table and its expiry index. Run it once
 /// (it is idempotent) with [`PostgresStore::migrate`] or your own migration

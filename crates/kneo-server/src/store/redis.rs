@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::{Acquire, Store, StoreError};
-use crate::idempotency::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey};
+use crate::record::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey, MAX_DURATION};
 
 /// The default key prefix.
 pub const DEFAULT_REDIS_PREFIX: &str = "kneo:idempotency:";
@@ -410,10 +410,10 @@ impl RedisStore {
 }
 
 /// Whole milliseconds for `PX`/`PEXPIRE`: at least 1 (Redis refuses 0), at
-/// most [`MAX_DURATION`](crate::idempotency::MAX_DURATION) (Redis refuses
+/// most [`MAX_DURATION`](MAX_DURATION) (Redis refuses
 /// what overflows its clock).
 fn millis(d: Duration) -> u64 {
-    let d = d.min(crate::idempotency::MAX_DURATION);
+    let d = d.min(MAX_DURATION);
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -430,7 +430,7 @@ impl RedisStore {
         };
         let (store, key) = (self.clone(), key.clone());
         runtime.spawn(async move {
-            let until = tokio::time::Instant::now() + lease.min(crate::idempotency::MAX_DURATION);
+            let until = tokio::time::Instant::now() + lease.min(MAX_DURATION);
             let mut wait = Duration::from_millis(50);
             while tokio::time::Instant::now() + wait < until {
                 tokio::time::sleep(wait).await;

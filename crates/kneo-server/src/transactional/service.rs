@@ -18,7 +18,7 @@ use crate::idempotency::answer::{
     not_processed, outcome_unknown, problems, replay, request_id, respond, stored_headers,
 };
 use crate::idempotency::body::{read_request, Buffer};
-use crate::idempotency::layer::Config;
+use crate::idempotency::config::Config;
 use crate::idempotency::request::identify;
 use crate::idempotency::service::Routed;
 use crate::idempotency::{
