@@ -269,8 +269,13 @@ async fn a_body_cut_by_the_upstream_keeps_the_key() {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
             .expect("valid");
-        let res = sender.send_request(req).await.expect("the head arrives");
-        let status = res.status();
+        // The cut can reach the caller before the proxy flushed the head
+        // (hyper drops what it has not written when a body breaks): that is
+        // a broken answer too.
+        let Ok(res) = sender.send_request(req).await else {
+            return (None, Vec::new(), true);
+        };
+        let status = Some(res.status());
         let mut body = res.into_body();
         let mut got = Vec::new();
         let mut broke = false;
@@ -286,9 +291,11 @@ async fn a_body_cut_by_the_upstream_keeps_the_key() {
         (status, got, broke)
     })
     .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(got, b"0123456789", "the bytes that arrived");
-    assert!(broke, "the caller sees the body break off");
+    if let Some(status) = status {
+        assert_eq!(status, StatusCode::OK);
+        assert!(b"0123456789".starts_with(&got), "what arrived: {got:?}");
+    }
+    assert!(broke, "the caller sees the answer break off");
 
     let retry = post(&proxy, "cut-1").await;
     assert_eq!(retry.status, StatusCode::GONE, "{:?}", retry.body);

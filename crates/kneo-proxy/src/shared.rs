@@ -6,14 +6,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::header::{HeaderMap, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::header::{HeaderMap, HeaderValue, HOST};
+use http::{Method, Request, Response, Uri, Version};
 use kneo::core::{is_valid_request_id, X_REQUEST_ID};
 use kneo::request_id::{RequestId, RequestIdLayer};
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::config::Upstream;
+use crate::headers::{rewrite, Hop};
 use crate::metrics::Metrics;
 use crate::outcome::{Exchange, ExchangeHook};
 use crate::problem::ProblemAnswer;
@@ -88,6 +89,39 @@ impl Shared {
         };
         refused.request_id = settled_id(&parts.headers);
         Err(Box::new(refused))
+    }
+
+    /// Makes a caller's request head the upstream's: the [target](Self::target)
+    /// joined to the upstream, the caller's host taken from the URI when it
+    /// came there (HTTP/2 carries it in `:authority`, not `Host`), the
+    /// headers [rewritten](crate::headers::rewrite), HTTP/1.1 semantics.
+    /// The problem that refuses it, when it is refused.
+    pub(crate) fn retarget(
+        &self,
+        parts: &mut http::request::Parts,
+    ) -> Result<(), Box<ProblemAnswer>> {
+        let uri = self.target(parts)?;
+        if !parts.headers.contains_key(HOST) {
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+        rewrite(
+            &mut parts.headers,
+            &Hop::Request {
+                version: parts.version,
+                peer,
+                upstream_host: self.upstream.host().clone(),
+            },
+        );
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        Ok(())
     }
 }
 

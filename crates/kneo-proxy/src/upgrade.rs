@@ -31,7 +31,7 @@ use crate::headers::{keep_upgrade, rewrite, Hop};
 use crate::metrics::Held;
 use crate::outcome::{Exchange, Outcome};
 use crate::problem::ProblemAnswer;
-use crate::shared::{finish_problem, record, upstream_request_id, ClientAddr, Shared};
+use crate::shared::{finish_problem, record, upstream_request_id, Shared};
 use kneo::transport::{Alpn, Connector};
 
 pub(crate) use crate::headers::upgrade_protocol;
@@ -91,22 +91,11 @@ where
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let original = parts.uri.clone();
-    let uri = match shared.target(&parts) {
-        Ok(uri) => uri,
-        Err(answer) => return finish_problem(&shared, *answer, &method, &original, start),
-    };
     let sent_id = parts.headers.get(kneo::core::X_REQUEST_ID).cloned();
-    let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
-    rewrite(
-        &mut parts.headers,
-        &Hop::Request {
-            version: parts.version,
-            peer,
-            upstream_host: shared.upstream.host().clone(),
-        },
-    );
+    if let Err(answer) = shared.retarget(&mut parts) {
+        return finish_problem(&shared, *answer, &method, &original, start);
+    }
     keep_upgrade(&mut parts.headers, protocol);
-    parts.uri = uri;
     let sent = upgrades.client.request(Request::from_parts(parts, body));
     let answered = match upgrades.answer_timeout {
         Some(limit) => tokio::time::timeout(limit, sent).await,

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderValue, HOST};
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use http_body::Body;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kneo::idempotency::IdempotencyKeyLayer;
@@ -32,7 +31,6 @@ use tower_service::Service;
 
 use crate::config::{ConfigError, ProxyConfig, Upstream};
 use crate::detach::Detach;
-use crate::headers::{rewrite, Hop};
 use crate::metrics::{CountingBudget, Held, Metrics};
 use crate::outcome::ExchangeHook;
 use crate::problem::ProblemAnswer;
@@ -245,34 +243,10 @@ where
         let method = req.method().clone();
         let original = req.uri().clone();
         let (mut parts, body) = req.into_parts();
-        let uri = match self.shared.target(&parts) {
-            Ok(uri) => uri,
-            Err(answer) => {
-                let res = finish_problem(&self.shared, *answer, &method, &original, start);
-                return ResponseFuture::ready(res);
-            }
-        };
-        let upstream = &self.shared.upstream;
-        // HTTP/2 carries the caller's host in the URI, not in `Host`.
-        if !parts.headers.contains_key(HOST) {
-            if let Some(host) = original
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(HOST, host);
-            }
+        if let Err(answer) = self.shared.retarget(&mut parts) {
+            let res = finish_problem(&self.shared, *answer, &method, &original, start);
+            return ResponseFuture::ready(res);
         }
-        let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
-        rewrite(
-            &mut parts.headers,
-            &Hop::Request {
-                version: parts.version,
-                peer,
-                upstream_host: upstream.host().clone(),
-            },
-        );
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, body);
         let in_flight = Held::new(&self.shared.metrics.in_flight);
         ResponseFuture {
