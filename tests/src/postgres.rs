@@ -94,15 +94,27 @@ fn scratch(what: &str) -> PathBuf {
     dir
 }
 
-/// A data directory made by `initdb` once per test process.
+/// A data directory made by `initdb`, shared by every test process as a
+/// cache (each server starts from a copy): one per Postgres installation,
+/// `kneo-pg-template-<bin dir>` in the temp directory, made once and kept,
+/// rather than one per process left behind.
 fn template(bin: &Path) -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
+        let name: String = bin
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let cached = std::env::temp_dir().join(format!("kneo-pg-template{name}"));
+        let data = cached.join("data");
+        if data.join("PG_VERSION").is_file() {
+            return data;
+        }
         let dir = scratch("template");
-        let data = dir.join("data");
         let out = as_postgres(&bin.join("initdb"))
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
             .stdin(Stdio::null())
             .output()
@@ -111,6 +123,16 @@ fn template(bin: &Path) -> &'static Path {
             out.status.success(),
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        // Another process may have made it meanwhile: the first rename wins,
+        // and a loser's copy is removed.
+        if std::fs::rename(&dir, &cached).is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        assert!(
+            data.join("PG_VERSION").is_file(),
+            "the template cluster at {}",
+            data.display()
         );
         data
     })

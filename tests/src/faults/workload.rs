@@ -512,6 +512,17 @@ struct Servers {
     processes: Vec<ServerProcess>,
     sidecar: Option<Sidecar>,
     redis: Option<Arc<Mutex<RedisServer>>>,
+    /// The crash's stall marker (a directory the first instance makes),
+    /// removed with the servers.
+    stall_marker: Option<PathBuf>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(marker) = &self.stall_marker {
+            let _ = std::fs::remove_dir_all(marker);
+        }
+    }
 }
 
 impl Servers {
@@ -568,6 +579,7 @@ async fn servers(workload: Workload, options: &Options, effects: &Arc<Effects>) 
                         fastrand::u64(..)
                     )),
                 });
+                servers.stall_marker = stall.as_ref().map(|s| s.marker.clone());
                 for name in ["a", "b"] {
                     let process = ServerProcess::start(
                         bin,
