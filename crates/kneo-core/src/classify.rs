@@ -7,9 +7,10 @@ use http::header::{HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::StatusCode;
 
 use crate::codes;
+use crate::header::{X_ERROR_CODE, X_SHOULD_RETRY};
 use crate::kind::ErrorKind;
 use crate::rate_limit;
-use crate::sent::{token, X_ERROR_CODE, X_SHOULD_RETRY};
+use crate::sent::token;
 
 /// `true` when a response with `status` is the answer the caller asked for,
 /// and not an [`Error`](crate::Error): the one definition of failure, used by error

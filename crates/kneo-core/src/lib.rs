@@ -61,6 +61,7 @@ pub mod codes;
 pub mod credential;
 pub mod delivery;
 mod error;
+mod header;
 mod kind;
 pub mod mapping;
 pub mod problem;
@@ -74,14 +75,12 @@ pub use attempt::{Attempt, Outcome};
 pub use body::{ErrorBody, DEFAULT_BODY_CAP};
 pub use delivery::Delivery;
 pub use error::{BoxError, Error, TimedOut};
+pub use header::{IDEMPOTENCY_KEY, X_ERROR_CODE, X_REQUEST_ID, X_SHOULD_RETRY};
 pub use kind::ErrorKind;
 pub use mapping::{is_conditional, is_success, is_success_for, should_retry_advice};
 pub use problem::{Problem, PROBLEM_JSON};
 pub use rate_limit::RateLimit;
-pub use sent::{
-    is_idempotent, is_valid_request_id, Sent, IDEMPOTENCY_KEY, X_ERROR_CODE, X_REQUEST_ID,
-    X_SHOULD_RETRY,
-};
+pub use sent::{is_idempotent, is_valid_request_id, Sent};
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware service whose
 /// inner service is the field `inner` (tower-http's macro of the same name),

@@ -9,9 +9,10 @@ use crate::body::ErrorBody;
 use crate::classify::kind_for;
 pub use crate::classify::{is_conditional, is_success, is_success_for, should_retry_advice};
 use crate::error::{Error, Inner};
+use crate::header::X_ERROR_CODE;
 use crate::problem::{Problem, PROBLEM_JSON};
 use crate::rate_limit::{self, RateLimit};
-use crate::sent::{token, Sent, X_ERROR_CODE};
+use crate::sent::{token, Sent};
 use crate::{retry_after, text};
 
 /// The server's own code: the first valid one of an `x-error-code` header,

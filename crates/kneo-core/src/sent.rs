@@ -2,16 +2,9 @@
 //! idempotency key, and the rules for telling a well-formed id or key.
 
 use http::header::{HeaderMap, HeaderName};
-use http::Method;
 
-/// The `X-Request-ID` header.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// The `Idempotency-Key` header.
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-/// A server's machine-readable error code, when it sends it as a header.
-pub const X_ERROR_CODE: HeaderName = HeaderName::from_static("x-error-code");
-/// A server's explicit retry advice (`true` or `false`), which overrides the status rule.
-pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+use crate::header::{IDEMPOTENCY_KEY, X_REQUEST_ID};
+use http::Method;
 
 /// The longest server code or request id kept.
 pub(crate) const TOKEN_CAP: usize = 128;
