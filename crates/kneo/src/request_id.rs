@@ -189,6 +189,14 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = settle(&self.header, &mut self.make, &mut req);
+        if let Some(id) = &id {
+            req.extensions_mut().insert(id.clone());
+            if self.header != X_REQUEST_ID {
+                // Error mapping and the retry policy read the echo from it.
+                req.extensions_mut()
+                    .insert(RequestIdHeader(self.header.clone()));
+            }
+        }
         ResponseFuture {
             inner: self.inner.call(req),
             value: id,
@@ -202,8 +210,10 @@ impl<M: MakeRequestId> RequestIdLayer<M> {
     /// (`kneo proxy` settles it as a request arrives): a valid id of the
     /// caller's is kept, else one is made (and a replaced malformed one is
     /// logged at WARN without its bytes); the id becomes the header's only
-    /// value and the request's [`RequestId`] extension. `None` (and no
-    /// header) when the maker made none.
+    /// value. `None` (and no header) when the maker made none. Only the
+    /// header is written: the layer's service, which keeps a valid id, puts
+    /// the [`RequestId`] extension in when the request reaches it, so a
+    /// request settled early does not pay for it twice.
     ///
     /// ```
     /// use http::Request;
@@ -255,11 +265,6 @@ fn settle<B, M: MakeRequestId>(
         Some(id) => {
             req.headers_mut()
                 .insert(header.clone(), id.header_value().clone());
-            req.extensions_mut().insert(id.clone());
-            if *header != X_REQUEST_ID {
-                // Error mapping and the retry policy read the echo from it.
-                req.extensions_mut().insert(RequestIdHeader(header.clone()));
-            }
         }
         None => {
             req.headers_mut().remove(header);
