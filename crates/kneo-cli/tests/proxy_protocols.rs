@@ -176,6 +176,40 @@ async fn a_refused_upgrade_is_passed_on_and_never_retried() {
 }
 
 #[tokio::test]
+async fn a_keyed_request_asking_to_upgrade_stays_under_the_idempotency_layer() {
+    let upstream = ScriptedServer::start(vec![Reply::json(201, r#"{"id":"ch_1"}"#)]).await;
+    let proxy = sidecar(&upstream.url(""), &["--idempotency", "memory"]).await;
+    let send = || async {
+        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/charges")
+            .header("host", "localhost")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("idempotency-key", "up-1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid");
+        let res = guarded("a keyed upgrade", sender.send_request(req))
+            .await
+            .expect("an answer");
+        let replayed = res.headers().get("idempotent-replayed").is_some();
+        (res.status(), replayed)
+    };
+    assert_eq!(send().await, (StatusCode::CREATED, false));
+    assert_eq!(
+        send().await,
+        (StatusCode::CREATED, true),
+        "the retry is replayed"
+    );
+    assert_eq!(upstream.count(), 1, "run once");
+    assert!(upstream.requests()[0].header("upgrade").is_none());
+    assert_eq!(metric(&proxy, "kneo_proxy_tunnels_total").await, 0.0);
+}
+
+#[tokio::test]
 async fn an_open_tunnel_holds_its_connection_slot() {
     let upstream = echo_server().await;
     let proxy = sidecar(&format!("http://{upstream}"), &["--max-connections", "1"]).await;

@@ -417,7 +417,12 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
         }
         req.extensions_mut().insert(ClientAddr(self.peer));
         // An upgrade is not the stack's (nor the front's): forwarded once.
-        if let Some(protocol) = upgrade::upgrade_protocol(req.headers(), req.version()) {
+        // Not a keyed one: that would step around the idempotency layer, so
+        // a retry with its key could run it twice. It goes the usual way,
+        // its `Upgrade` dropped as hop-by-hop.
+        let keyed = req.headers().contains_key(kneo::core::IDEMPOTENCY_KEY);
+        let upgrade = upgrade::upgrade_protocol(req.headers(), req.version()).filter(|_| !keyed);
+        if let Some(protocol) = upgrade {
             let (upgrades, shared) = (self.proxy.upgrades(), self.proxy.shared());
             let answer = upgrade::forward(
                 upgrades.clone(),
