@@ -9,10 +9,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kneo::idempotency::IdempotencyKey;
-use kneo::request_id::RequestId;
 use kneo::retry::ReplayBody;
 use kneo::Attempts;
+use kneo::Sent;
 use kneo_tests::{Reply, ScriptedServer};
 use tower::{Layer, ServiceExt};
 
@@ -59,20 +58,12 @@ async fn a_thousand_concurrent_requests_each_succeed_exactly_once() {
                     .expect("valid request");
                 let res = svc.oneshot(req).await.expect("every request succeeds");
                 assert_eq!(res.status(), StatusCode::OK);
-                let id = res
+                let sent = res
                     .extensions()
-                    .get::<RequestId>()
-                    .expect("id on response")
-                    .header_value()
-                    .to_str()
-                    .expect("ascii id")
-                    .to_owned();
-                let key = res
-                    .extensions()
-                    .get::<IdempotencyKey>()
-                    .expect("key on response")
-                    .as_str()
-                    .to_owned();
+                    .get::<Sent>()
+                    .expect("identity on response");
+                let id = sent.request_id().expect("an id").to_owned();
+                let key = sent.idempotency_key().expect("a key").to_owned();
                 let attempts = res
                     .extensions()
                     .get::<Attempts>()

@@ -115,7 +115,7 @@ async fn redis_killed_and_restarted_during_workload_2_fails_closed_and_resumes()
 /// that gets request 500 first stalls in its handler, before the effect, and
 /// is killed (`SIGKILL`). kneo's retry reaches the other instance, which
 /// answers `409 idempotency_key_in_use` while the dead one's claim lives,
-/// then, after the 2 s lease, runs the request exactly once. (On a loaded
+/// then, after the 5 s lease, runs the request exactly once. (On a loaded
 /// machine the first retry can arrive after the lease ran out and run it at
 /// once: the 409 is the usual path, not a promise, so it is not asserted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

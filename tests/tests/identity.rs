@@ -7,8 +7,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
-use kneo::idempotency::IdempotencyKey;
-use kneo::request_id::RequestId;
+use kneo::Sent;
 
 use kneo_tests::{fast, Reply, ScriptedServer};
 
@@ -44,13 +43,13 @@ async fn caller_id_and_key_arrive_unchanged_on_every_attempt() {
         assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
         assert_eq!(r.headers.get_all("idempotency-key").iter().count(), 1);
     }
-    let id = res.extensions().get::<RequestId>().expect("id on response");
-    assert_eq!(id.header_value(), "caller-req-17");
-    let key = res
+    let sent = res
         .extensions()
-        .get::<IdempotencyKey>()
-        .expect("key on response");
-    assert_eq!(key.as_str(), "caller-key-17");
+        .get::<Sent>()
+        .expect("identity on response");
+    assert_eq!(sent.request_id(), Some("caller-req-17"));
+    assert_eq!(sent.idempotency_key(), Some("caller-key-17"));
+    assert_eq!(sent.method(), Some(&http::Method::POST));
 }
 
 #[tokio::test]
@@ -74,8 +73,11 @@ async fn malformed_caller_id_is_replaced_consistently() {
         assert_eq!(r.header("x-request-id").as_deref(), Some(id.as_str()));
         assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
     }
-    let on_response = res.extensions().get::<RequestId>().expect("id on response");
-    assert_eq!(on_response.header_value(), id.as_str());
+    let on_response = res
+        .extensions()
+        .get::<Sent>()
+        .expect("identity on response");
+    assert_eq!(on_response.request_id(), Some(id.as_str()));
 }
 
 #[tokio::test]
@@ -99,8 +101,8 @@ async fn stamped_id_and_key_are_the_same_on_every_attempt() {
         assert_eq!(r.header("x-request-id").as_deref(), Some(id.as_str()));
         assert_eq!(r.header("idempotency-key").as_deref(), Some(key.as_str()));
     }
-    let on_response = res.extensions().get::<IdempotencyKey>().expect("key");
-    assert_eq!(on_response.as_str(), key);
+    let on_response = res.extensions().get::<Sent>().expect("identity");
+    assert_eq!(on_response.idempotency_key(), Some(key.as_str()));
 }
 
 #[tokio::test]

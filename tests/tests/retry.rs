@@ -365,3 +365,42 @@ async fn error_history_lists_every_attempt_with_status_and_wait() {
     assert!(h[2].wait_before >= Duration::from_millis(80), "{h:?}");
     assert!(err.to_string().contains("attempts=3"), "{err}");
 }
+
+/// The design promises a tower `Policy`: `RetryPolicy` under tower's own
+/// `RetryLayer` (no kneo `Retry` around it) retries a 503 and waits the
+/// `Retry-After` it names.
+#[tokio::test]
+async fn the_policy_under_towers_retry_layer_honours_retry_after() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use kneo::map_error::MapErrorLayer;
+    use kneo::retry::{ReplayBody, RetryLayer};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let server = ScriptedServer::start(vec![
+        Reply::status(503).header("retry-after", "1"),
+        Reply::json(200, "{}"),
+    ])
+    .await;
+    let policy = RetryLayer::new().no_budget().policy();
+    let svc = ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(policy))
+        .layer(MapErrorLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http());
+    let req = Request::get(server.url("/wait"))
+        .body(ReplayBody::new(Full::new(Bytes::new()), 1024))
+        .expect("valid request");
+    let started = Instant::now();
+    let res = svc.oneshot(req).await.expect("the second attempt succeeds");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(server.count(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}, less than the Retry-After",
+        started.elapsed()
+    );
+    assert_eq!(
+        res.extensions().get::<Attempts>().map(Attempts::count),
+        Some(2)
+    );
+}

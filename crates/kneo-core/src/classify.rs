@@ -3,14 +3,14 @@
 //! statuses that say a request was not processed. Error mapping, the retry
 //! rule and the outcome rule all read them here.
 
-use http::header::{HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::header::HeaderMap;
 use http::StatusCode;
 
 use crate::codes;
 use crate::header::{X_ERROR_CODE, X_SHOULD_RETRY};
 use crate::kind::ErrorKind;
 use crate::rate_limit;
-use crate::sent::token;
+use crate::sent::{is_conditional, token};
 
 /// `true` when a response with `status` is the answer the caller asked for,
 /// and not an [`Error`](crate::Error): the one definition of failure, used by error
@@ -34,20 +34,6 @@ pub fn is_success(status: StatusCode, conditional: bool) -> bool {
     status.is_informational()
         || status.is_success()
         || (conditional && status == StatusCode::NOT_MODIFIED)
-}
-
-/// `true` when request headers make the request conditional in the way a
-/// `304 Not Modified` answers: `If-None-Match` or `If-Modified-Since`.
-pub fn is_conditional(request_headers: &HeaderMap) -> bool {
-    let conditional = |name: &http::HeaderName| name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE;
-    // A scan of a few names is cheaper than two hash lookups; this runs on
-    // every request.
-    if request_headers.keys_len() <= 8 {
-        request_headers.keys().any(conditional)
-    } else {
-        request_headers.contains_key(IF_NONE_MATCH)
-            || request_headers.contains_key(IF_MODIFIED_SINCE)
-    }
 }
 
 /// [`is_success`] for a response to a request with `request_headers`; the

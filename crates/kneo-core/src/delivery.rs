@@ -205,27 +205,25 @@ mod tests {
         )
     }
 
-    fn history(err: &mut Error, outcomes: &[attempt::Outcome]) {
+    fn history(err: Error, outcomes: &[attempt::Outcome]) -> Error {
         let history = outcomes
             .iter()
             .enumerate()
             .map(|(i, o)| Attempt::new(i as u32 + 1, *o, Duration::ZERO))
             .collect();
-        err.set_history(history);
+        err.with_history(history)
     }
 
     #[test]
     fn a_connect_failure_after_a_sent_attempt_may_have_been_applied() {
-        let mut err = refused();
-        history(
-            &mut err,
+        let err = history(
+            refused(),
             &[attempt::Outcome::NotSent, attempt::Outcome::NotSent],
         );
         assert_eq!(Delivery::of(&err), Some(Delivery::NotSent));
 
-        let mut err = refused();
-        history(
-            &mut err,
+        let err = history(
+            refused(),
             &[
                 attempt::Outcome::Failed(ErrorKind::Network),
                 attempt::Outcome::NotSent,
@@ -233,9 +231,8 @@ mod tests {
         );
         assert_eq!(Delivery::of(&err), Some(Delivery::Unknown));
 
-        let mut err = refused();
-        history(
-            &mut err,
+        let err = history(
+            refused(),
             &[
                 attempt::Outcome::Status(StatusCode::BAD_GATEWAY),
                 attempt::Outcome::NotSent,

@@ -41,51 +41,102 @@ impl TimedOut {
 /// [crate docs](crate) for an example.
 pub struct Error(Box<Inner>);
 
-pub(crate) struct Inner {
-    pub(crate) kind: ErrorKind,
-    pub(crate) status: Option<StatusCode>,
-    pub(crate) code: Cow<'static, str>,
-    pub(crate) message: String,
+struct Inner {
+    kind: ErrorKind,
+    code: Cow<'static, str>,
+    message: String,
+    /// What the request carried.
+    sent: Sent,
+    /// The request id as reported: the server's echo, else the id sent.
+    request_id: Option<String>,
+    /// What the response said; `None` when none arrived.
+    answer: Option<Answer>,
+    retry_after: Option<Duration>,
+    rate_limit: Option<RateLimit>,
+    connect: bool,
+    source: Option<BoxError>,
+    history: Vec<Attempt>,
+}
+
+/// What an error response said, as [`mapping`](crate::mapping) reads it:
+/// handed to [`Error::from_answer`] whole.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    /// The server's own code, when it gave a valid one.
+    pub(crate) code: Option<String>,
     pub(crate) body: ErrorBody,
     pub(crate) body_truncated: bool,
     pub(crate) problem: Option<Problem>,
-    /// What the request carried.
-    pub(crate) sent: Sent,
-    /// The request id as reported: the server's echo, else the id sent.
+    /// The server's echo of the request id, when well-formed.
     pub(crate) request_id: Option<String>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) should_retry: Option<bool>,
-    pub(crate) connect: bool,
-    pub(crate) source: Option<BoxError>,
-    pub(crate) history: Vec<Attempt>,
 }
 
-impl Inner {
-    pub(crate) fn new(kind: ErrorKind, code: &'static str, message: String, sent: Sent) -> Self {
-        Inner {
-            kind,
-            status: None,
-            code: Cow::Borrowed(code),
-            message,
+impl Answer {
+    /// A response of `status` whose body is not the error's subject.
+    fn status_only(status: StatusCode) -> Answer {
+        Answer {
+            status,
+            code: None,
             body: ErrorBody::Empty,
             body_truncated: false,
             problem: None,
-            request_id: sent.request_id().map(str::to_owned),
-            sent,
+            request_id: None,
             retry_after: None,
             rate_limit: None,
             should_retry: None,
-            connect: false,
-            source: None,
-            history: Vec::new(),
         }
     }
 }
 
+/// What every error starts from: its kind, kneo's code for it, a message
+/// and the request's identity.
+fn inner(kind: ErrorKind, code: &'static str, message: String, sent: Sent) -> Inner {
+    Inner {
+        kind,
+        code: Cow::Borrowed(code),
+        message,
+        request_id: sent.request_id().map(str::to_owned),
+        sent,
+        answer: None,
+        retry_after: None,
+        rate_limit: None,
+        connect: false,
+        source: None,
+        history: Vec::new(),
+    }
+}
+
+/// The body of an error no response came with.
+static NO_BODY: ErrorBody = ErrorBody::Empty;
+
 impl Error {
-    pub(crate) fn from_inner(inner: Inner) -> Error {
+    fn from_inner(inner: Inner) -> Error {
         Error(Box::new(inner))
+    }
+
+    /// A non-success response, as [`mapping`](crate::mapping) read it: the
+    /// one constructor of an error with a status.
+    pub(crate) fn from_answer(
+        kind: ErrorKind,
+        default_code: &'static str,
+        message: String,
+        sent: Sent,
+        answer: Answer,
+    ) -> Error {
+        let mut inner = inner(kind, default_code, message, sent);
+        if let Some(code) = &answer.code {
+            inner.code = Cow::Owned(code.clone());
+        }
+        if answer.request_id.is_some() {
+            inner.request_id.clone_from(&answer.request_id);
+        }
+        inner.retry_after = answer.retry_after;
+        inner.rate_limit.clone_from(&answer.rate_limit);
+        inner.answer = Some(answer);
+        Error::from_inner(inner)
     }
 
     /// A transport failure: no HTTP response arrived.
@@ -113,7 +164,7 @@ impl Error {
         } else {
             codes::API_CONNECTION
         };
-        let mut inner = Inner::new(ErrorKind::Network, code, chain_message(&*source), sent);
+        let mut inner = inner(ErrorKind::Network, code, chain_message(&*source), sent);
         inner.connect = connect;
         inner.source = Some(source);
         Error::from_inner(inner)
@@ -138,8 +189,8 @@ impl Error {
             "response body did not decode: {}",
             chain_message(&*source)
         ));
-        let mut inner = Inner::new(ErrorKind::Decode, codes::DECODE_ERROR, message, sent);
-        inner.status = Some(status);
+        let mut inner = inner(ErrorKind::Decode, codes::DECODE_ERROR, message, sent);
+        inner.answer = Some(Answer::status_only(status));
         inner.source = Some(source);
         Error::from_inner(inner)
     }
@@ -154,7 +205,7 @@ impl Error {
             "not sent: the server's rate limit is exhausted until {:.2}s from now",
             retry_after.as_secs_f64()
         );
-        let mut inner = Inner::new(
+        let mut inner = inner(
             ErrorKind::RateLimited,
             codes::RATE_LIMITED_LOCALLY,
             message,
@@ -171,7 +222,7 @@ impl Error {
     /// header value that may hold a secret.
     pub fn invalid_request(source: impl Into<BoxError>) -> Error {
         let source = source.into();
-        let mut inner = Inner::new(
+        let mut inner = inner(
             ErrorKind::Request,
             codes::INVALID_REQUEST,
             chain_message(&*source),
@@ -188,7 +239,7 @@ impl Error {
 
     /// The HTTP status, or `None` when no response arrived.
     pub fn status(&self) -> Option<StatusCode> {
-        self.0.status
+        self.0.answer.as_ref().map(|a| a.status)
     }
 
     /// A string code for programmatic dispatch: the server's own code when the
@@ -206,17 +257,17 @@ impl Error {
 
     /// The error response body: JSON, text, or empty.
     pub fn body(&self) -> &ErrorBody {
-        &self.0.body
+        self.0.answer.as_ref().map_or(&NO_BODY, |a| &a.body)
     }
 
     /// `true` when the body was larger than the cap and was cut short.
     pub fn body_truncated(&self) -> bool {
-        self.0.body_truncated
+        self.0.answer.as_ref().is_some_and(|a| a.body_truncated)
     }
 
     /// The RFC 9457 problem details, when the response was `application/problem+json`.
     pub fn problem(&self) -> Option<&Problem> {
-        self.0.problem.as_ref()
+        self.0.answer.as_ref()?.problem.as_ref()
     }
 
     /// The server's echo of the request id (in `X-Request-ID`, or the header
@@ -243,7 +294,7 @@ impl Error {
 
     /// The server's `x-should-retry` advice, when it gave one.
     pub fn should_retry(&self) -> Option<bool> {
-        self.0.should_retry
+        self.0.answer.as_ref()?.should_retry
     }
 
     /// The method of the request that failed, when known.
@@ -275,7 +326,7 @@ impl Error {
     /// `true` when a timeout caused this error: ours, an I/O timeout anywhere
     /// in the source chain, or a 504 from the server.
     pub fn is_timeout(&self) -> bool {
-        self.0.status == Some(StatusCode::GATEWAY_TIMEOUT)
+        self.status() == Some(StatusCode::GATEWAY_TIMEOUT)
             || self
                 .0
                 .source
@@ -308,18 +359,12 @@ impl Error {
         &self.0.sent
     }
 
-    /// Fills in what the error does not know of the request (kneo's own
-    /// middleware only: see [`__private`](crate::__private)).
-    pub(crate) fn fill_sent(&mut self, sent: Sent) {
-        self.0.sent.fill_from(sent);
-        if self.0.request_id.is_none() {
-            self.0.request_id = self.0.sent.request_id().map(str::to_owned);
-        }
-    }
-
-    /// Records the attempts behind this error (kneo's own middleware only).
-    pub(crate) fn set_history(&mut self, history: Vec<Attempt>) {
+    /// The same error with the attempts behind it, oldest first: for a
+    /// retry layer, which alone knows them (kneo's records them; see
+    /// [`history`](Error::history)). Replaces any history the error had.
+    pub fn with_history(mut self, history: Vec<Attempt>) -> Error {
         self.0.history = history;
+        self
     }
 }
 
@@ -350,7 +395,7 @@ fn chain_message(e: &(dyn StdError + 'static)) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &*self.0;
-        match (i.kind, i.status) {
+        match (i.kind, self.status()) {
             (ErrorKind::Network, _) => write!(f, "network error: {}", i.message)?,
             (ErrorKind::Decode, _) => f.write_str(&i.message)?,
             (ErrorKind::Request, _) => write!(f, "invalid request: {}", i.message)?,
@@ -385,10 +430,10 @@ impl fmt::Debug for Error {
         let i = &*self.0;
         let mut d = f.debug_struct("kneo::Error");
         d.field("kind", &i.kind)
-            .field("status", &i.status)
+            .field("status", &self.status())
             .field("code", &i.code)
             .field("message", &i.message)
-            .field("body", &i.body)
+            .field("body", self.body())
             .field("request_id", &self.request_id())
             .field("idempotency_key", &self.idempotency_key())
             .field("retry_after", &i.retry_after)

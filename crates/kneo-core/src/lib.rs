@@ -108,20 +108,3 @@ macro_rules! define_inner_service_accessors {
 
 /// `Result<T, kneo_core::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Not public API: what kneo's own middleware needs to complete an error it
-/// did not build. No semver guarantee; do not call it.
-#[doc(hidden)]
-pub mod __private {
-    use crate::{Attempt, Error, Sent};
-
-    /// Fills in the request id, key and method an error was raised without.
-    pub fn fill_sent(err: &mut Error, sent: Sent) {
-        err.fill_sent(sent);
-    }
-
-    /// Records the attempts behind an error.
-    pub fn set_history(err: &mut Error, history: Vec<Attempt>) {
-        err.set_history(history);
-    }
-}

@@ -7,11 +7,12 @@ use serde_json::Value;
 
 use crate::body::ErrorBody;
 use crate::classify::kind_for;
-pub use crate::classify::{is_conditional, is_success, is_success_for, should_retry_advice};
-use crate::error::{Error, Inner};
+pub use crate::classify::{is_success, is_success_for, should_retry_advice};
+use crate::error::{Answer, Error};
 use crate::header::X_ERROR_CODE;
 use crate::problem::{Problem, PROBLEM_JSON};
 use crate::rate_limit::{self, RateLimit};
+pub use crate::sent::is_conditional;
 use crate::sent::{token, Sent};
 use crate::{retry_after, text};
 
@@ -92,26 +93,25 @@ impl Error {
         );
         let message = message_from_body(&body, problem.as_ref())
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
-        let request_id = sent.reported_request_id(headers);
-
-        let mut inner = Inner::new(kind, default_code, message, sent);
-        if let Some(code) = server_code {
-            inner.code = code.into();
-        }
-        inner.status = Some(status);
-        inner.body = body;
-        inner.body_truncated = truncated;
-        inner.problem = problem;
-        inner.request_id = request_id;
+        let request_id = token(headers.get(sent.request_id_header()).map(|v| v.as_bytes()));
         // `Retry-After` keeps precedence; an exhausted limit's reset stands in.
-        inner.retry_after = retry_after::from_headers(headers).or_else(|| {
+        let retry_after = retry_after::from_headers(headers).or_else(|| {
             rate_limit
                 .as_ref()
                 .filter(|rl| rl.is_exhausted())
                 .and_then(RateLimit::reset_after)
         });
-        inner.rate_limit = rate_limit;
-        inner.should_retry = should_retry_advice(headers);
-        Error::from_inner(inner)
+        let answer = Answer {
+            status,
+            code: server_code,
+            body,
+            body_truncated: truncated,
+            problem,
+            request_id,
+            retry_after,
+            rate_limit,
+            should_retry: should_retry_advice(headers),
+        };
+        Error::from_answer(kind, default_code, message, sent, answer)
     }
 }

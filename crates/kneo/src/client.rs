@@ -39,8 +39,6 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 
 use crate::body::read_capped;
-use crate::idempotency::IdempotencyKey;
-use crate::request_id::RequestId;
 use crate::retry::ReplayBody;
 use crate::url::{redacted, take_userinfo};
 use crate::ClientLayer;
@@ -303,17 +301,12 @@ impl Client {
                 Err(err) if err.kind() == ErrorKind::Network && resends < BODY_RESENDS => err,
                 done => return done,
             };
-            // The one replay-safety rule, with the method the error lacks.
-            let mut sent = Sent::new(req.method().clone());
-            if let Some(key) = err.idempotency_key() {
-                let Ok(value) = HeaderValue::from_str(key) else {
-                    return Err(err);
-                };
-                req.headers_mut().insert(IDEMPOTENCY_KEY, value);
-                sent = sent.with_idempotency_key(key);
-            }
-            if !sent.is_replay_safe() {
+            // The one replay-safety rule, on the identity the stack stamped.
+            if !err.is_replay_safe() {
                 return Err(err);
+            }
+            if let Some(key) = err.sent().idempotency_key_value() {
+                req.headers_mut().insert(IDEMPOTENCY_KEY, key.clone());
             }
             tracing::debug!(error = %err, "the response body broke off; sending the request again");
             resends += 1;
@@ -321,12 +314,15 @@ impl Client {
     }
 
     /// What a success response from [`request`](Self::request) was sent
-    /// with: the request id and idempotency key the stack stamped (the
-    /// method is not known). Its
+    /// with: the identity the stack stamped (method, request id,
+    /// idempotency key). Its
     /// [`reported_request_id`](Sent::reported_request_id) is the id kneo
     /// reports, as errors do: the server's echo, else the id sent.
     pub fn sent<B>(&self, res: &Response<B>) -> Sent {
-        sent_from_response(res, &self.request_id_header)
+        match res.extensions().get::<Sent>() {
+            Some(sent) => sent.clone(),
+            None => Sent::default().with_request_id_header(self.request_id_header.clone()),
+        }
     }
 
     /// Reads the body of a success response from [`request`](Self::request),
@@ -378,24 +374,6 @@ impl Client {
 /// How many times [`Client::get_json`] and [`Client::post_json`] send a
 /// request again whose success body broke off, when that is safe.
 const BODY_RESENDS: u32 = 2;
-
-/// A copy of a request the client built (no extensions yet).
-/// What a successful response says was sent: the id and key the layers
-/// stamped (from the response extensions; the method is not kept there).
-fn sent_from_response<B>(res: &Response<B>, request_id_header: &HeaderName) -> Sent {
-    let ext = res.extensions();
-    let mut sent = Sent::default().with_request_id_header(request_id_header.clone());
-    if let Some(id) = ext
-        .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-    {
-        sent = sent.with_request_id(id);
-    }
-    if let Some(key) = ext.get::<IdempotencyKey>() {
-        sent = sent.with_idempotency_key(key.as_str());
-    }
-    sent
-}
 
 #[cfg(test)]
 mod tests {

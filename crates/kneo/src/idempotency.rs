@@ -5,7 +5,8 @@
 //! ```
 //! use std::convert::Infallible;
 //! use http::{Method, Request, Response};
-//! use kneo::idempotency::{IdempotencyKey, IdempotencyKeyLayer};
+//! use kneo::idempotency::IdempotencyKeyLayer;
+//! use kneo::Sent;
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -21,8 +22,8 @@
 //! let res = svc.clone().oneshot(post).await.unwrap();
 //! let key = res.body().clone().unwrap();
 //! assert_eq!(key.len(), 36);
-//! // ...which the response carries too.
-//! assert_eq!(res.extensions().get::<IdempotencyKey>().unwrap().as_str(), key);
+//! // ...which the response carries too, in the request's identity.
+//! assert_eq!(res.extensions().get::<Sent>().unwrap().idempotency_key_value(), Some(&key));
 //!
 //! // A caller's key is never overwritten.
 //! let post = Request::post("/charges").header("idempotency-key", "charge-41").body(()).unwrap();
@@ -44,47 +45,21 @@
 //! - Requests whose method is in the set (POST and PATCH by default) leave
 //!   with an `Idempotency-Key`; a key the caller set is passed on untouched
 //!   (the stripe-php#637 bug was overwriting it).
-//! - The key is in the request's and the response's extensions as
-//!   [`IdempotencyKey`], and in any [`kneo::Error`](crate::Error) for the request.
+//! - The key is in the request's identity, [`Sent`](crate::Sent), in its
+//!   extensions and the response's, and in any
+//!   [`kneo::Error`](crate::Error) for the request.
 
-use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{Method, Request, Response};
 use kneo_core::IDEMPOTENCY_KEY;
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use crate::extension::ResponseFuture;
 use crate::id::uuid_v4_header;
-
-/// The idempotency key a request was sent with, in request and response extensions.
-#[derive(Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(HeaderValue);
-
-impl IdempotencyKey {
-    /// Wraps a header value.
-    pub fn new(value: HeaderValue) -> Self {
-        IdempotencyKey(value)
-    }
-
-    /// The key as a header value.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
-    }
-
-    /// The key as text (empty if the caller's key was not visible ASCII).
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("IdempotencyKey").field(&self.0).finish()
-    }
-}
+use crate::identity;
 
 /// Stamps idempotency keys; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -151,28 +126,21 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, IdempotencyKey>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let key = match req.headers().get(IDEMPOTENCY_KEY) {
-            Some(caller) => Some(IdempotencyKey(caller.clone())),
-            None if self.methods.contains(req.method()) => {
-                let key = uuid_v4_header();
-                req.headers_mut().insert(IDEMPOTENCY_KEY, key.clone());
-                Some(IdempotencyKey(key))
-            }
-            None => None,
-        };
-        if let Some(key) = &key {
-            req.extensions_mut().insert(key.clone());
+        if !req.headers().contains_key(IDEMPOTENCY_KEY) && self.methods.contains(req.method()) {
+            req.headers_mut().insert(IDEMPOTENCY_KEY, uuid_v4_header());
         }
+        identity::stamp(&mut req, None);
+        let sent = req.extensions().get().cloned();
         ResponseFuture {
             inner: self.inner.call(req),
-            value: key,
+            sent,
         }
     }
 }
@@ -183,7 +151,7 @@ mod tests {
     use std::convert::Infallible;
     use tower::{service_fn, ServiceExt};
 
-    async fn key_for(method: Method, layer: IdempotencyKeyLayer) -> Option<HeaderValue> {
+    async fn key_for(method: Method, layer: IdempotencyKeyLayer) -> Option<http::HeaderValue> {
         let svc = layer.layer(service_fn(|req: Request<()>| async move {
             Ok::<_, Infallible>(Response::new(req.headers().get(IDEMPOTENCY_KEY).cloned()))
         }));

@@ -65,7 +65,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::append_capped;
-use crate::sent::SentHeaders;
 use crate::transport::transport_error;
 
 /// Maps failures to [`Error`]; see the [module docs](self).
@@ -156,7 +155,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let sent = SentHeaders::capture(&req);
+        let sent = Sent::of(&req);
         ResponseFuture {
             state: State::Calling {
                 future: self.inner.call(req),
@@ -174,7 +173,7 @@ pin_project! {
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
-        sent: Option<SentHeaders>,
+        sent: Option<Sent>,
         cap: usize,
         map_responses: bool,
     }
@@ -212,13 +211,11 @@ where
                         Ok(response) => response,
                         Err(e) => {
                             let sent = this.sent.take();
-                            let err = transport_error(e.into(), || {
-                                sent.map(SentHeaders::into_sent).unwrap_or_default()
-                            });
+                            let err = transport_error(e.into(), || sent.unwrap_or_default());
                             return Poll::Ready(Err(err));
                         }
                     };
-                    let conditional = this.sent.as_ref().is_some_and(SentHeaders::is_conditional);
+                    let conditional = this.sent.as_ref().is_some_and(Sent::is_conditional);
                     if !*this.map_responses || is_success(response.status(), conditional) {
                         return Poll::Ready(Ok(response));
                     }
@@ -253,11 +250,7 @@ where
                     let parts = parts
                         .take()
                         .expect("invariant: parts are taken once, when the body is done");
-                    let sent = this
-                        .sent
-                        .take()
-                        .map(SentHeaders::into_sent)
-                        .unwrap_or_default();
+                    let sent = this.sent.take().unwrap_or_default();
                     return Poll::Ready(Err(Error::from_response(&parts, buf, truncated, sent)));
                 }
             }

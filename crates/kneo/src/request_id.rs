@@ -5,15 +5,16 @@
 //! ```
 //! use std::convert::Infallible;
 //! use http::{Request, Response};
-//! use kneo::request_id::{RequestId, RequestIdLayer};
+//! use kneo::request_id::RequestIdLayer;
+//! use kneo::Sent;
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let upstream = service_fn(|req: Request<()>| async move {
-//!     // The id is in the header and in the request extensions.
+//!     // The id is in the header and in the request's identity.
 //!     let header = req.headers()["x-request-id"].clone();
-//!     assert_eq!(req.extensions().get::<RequestId>().unwrap().header_value(), &header);
+//!     assert_eq!(req.extensions().get::<Sent>().unwrap().request_id_value(), Some(&header));
 //!     Ok::<_, Infallible>(Response::new(header))
 //! });
 //! let svc = RequestIdLayer::new().layer(upstream);
@@ -22,7 +23,7 @@
 //! let res = svc.clone().oneshot(Request::new(())).await.unwrap();
 //! assert_eq!(res.body().len(), 36);
 //! // The response carries the id it was sent with.
-//! assert_eq!(res.extensions().get::<RequestId>().unwrap().header_value(), res.body());
+//! assert_eq!(res.extensions().get::<Sent>().unwrap().request_id_value(), Some(res.body()));
 //!
 //! // A well-formed caller id is kept...
 //! let req = Request::builder().header("x-request-id", "order-7").body(()).unwrap();
@@ -48,12 +49,12 @@
 //! - A caller's well-formed id is never replaced. A malformed one is replaced
 //!   and the replacement is logged at WARN (target `kneo::request_id`), without
 //!   echoing the malformed bytes.
-//! - The id is in the request's and the response's extensions as
-//!   [`RequestId`], tower-http's type, so tower-http's
-//!   `PropagateRequestIdLayer` and friends interoperate.
+//! - The id is in the request's identity, [`Sent`](crate::Sent), in its
+//!   extensions and the response's: every later layer, the error and the
+//!   caller read it there (with the header it went in).
 //! - The header is configured here and only here: error mapping and the
 //!   retry policy read the id, and the header a server echoes it in, from
-//!   the request.
+//!   the request's identity.
 //!
 //! Why not tower-http's `SetRequestIdLayer` itself? It keeps whatever the
 //! caller put in the header; kneo must validate a caller's id first. The id
@@ -72,9 +73,8 @@ use tower_service::Service;
 
 pub use crate::extension::ResponseFuture;
 pub use crate::id::MakeUuidV4;
+use crate::identity;
 pub use tower_http::request_id::{MakeRequestId, RequestId};
-
-use crate::sent::RequestIdHeader;
 
 /// Sets a request id on every request; see the [module docs](self).
 #[derive(Clone)]
@@ -181,25 +181,19 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, RequestId>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = settle(&self.header, &mut self.make, &mut req);
-        if let Some(id) = &id {
-            req.extensions_mut().insert(id.clone());
-            if self.header != X_REQUEST_ID {
-                // Error mapping and the retry policy read the echo from it.
-                req.extensions_mut()
-                    .insert(RequestIdHeader(self.header.clone()));
-            }
-        }
+        settle(&self.header, &mut self.make, &mut req);
+        identity::stamp(&mut req, Some(&self.header));
+        let sent = req.extensions().get().cloned();
         ResponseFuture {
             inner: self.inner.call(req),
-            value: id,
+            sent,
         }
     }
 }
@@ -211,9 +205,8 @@ impl<M: MakeRequestId> RequestIdLayer<M> {
     /// caller's is kept, else one is made (and a replaced malformed one is
     /// logged at WARN without its bytes); the id becomes the header's only
     /// value. `None` (and no header) when the maker made none. Only the
-    /// header is written: the layer's service, which keeps a valid id, puts
-    /// the [`RequestId`] extension in when the request reaches it, so a
-    /// request settled early does not pay for it twice.
+    /// header is written: the layer's service, which keeps a valid id,
+    /// records the request's identity when the request reaches it.
     ///
     /// ```
     /// use http::Request;

@@ -117,7 +117,7 @@ use http::uri::Authority;
 use http::{HeaderMap, Request, Response};
 use kneo_core::credential::Credentials;
 use kneo_core::rate_limit::{self, RateLimit};
-use kneo_core::Error;
+use kneo_core::{Error, Sent};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -125,7 +125,6 @@ use tower_service::Service;
 
 use crate::deadline::Deadline;
 use crate::partition;
-use crate::sent::SentHeaders;
 
 /// Waits for an announced rate-limit reset; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -374,7 +373,7 @@ where
             };
         };
         let wait = wait + jitter(wait);
-        let sent = SentHeaders::capture(&req).into_sent();
+        let sent = Sent::of(&req);
         let past_deadline = Deadline::would_pass(&req, wait);
         if wait > self.layer.max_wait || past_deadline {
             let err = Error::throttled(wait, Some(rate_limit), sent);

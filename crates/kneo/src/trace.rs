@@ -12,8 +12,7 @@
 //! one check of the callsite's interest and formats nothing.
 
 use http::{Request, Response};
-use kneo_core::Error;
-use tower_http::request_id::RequestId;
+use kneo_core::{Error, Sent};
 use tracing::field::Empty;
 use tracing::Span;
 
@@ -26,8 +25,8 @@ pub(crate) struct AttemptNumber(pub(crate) u32);
 
 fn request_id<B>(req: &Request<B>) -> &str {
     req.extensions()
-        .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
+        .get::<Sent>()
+        .and_then(Sent::request_id)
         .unwrap_or("")
 }
 

@@ -72,16 +72,13 @@ pub fn connector(
     }
 }
 
-/// Classifies a transport error: a `kneo::Error` passes through (completed
-/// with what was sent); anything else becomes a network error, marked as a
+/// Classifies a transport error: a `kneo::Error` passes through as it was
+/// built; anything else becomes a network error, marked as a
 /// connect failure when hyper-util says so (DNS, TCP connect and TLS all fail
 /// inside its connector).
 pub(crate) fn transport_error(err: BoxError, sent: impl FnOnce() -> Sent) -> Error {
     let err = match err.downcast::<Error>() {
-        Ok(mut e) => {
-            kneo_core::__private::fill_sent(&mut e, sent());
-            return *e;
-        }
+        Ok(e) => return *e,
         Err(other) => other,
     };
     // tower's `Timeout` below this layer: keep it, under an I/O timeout so

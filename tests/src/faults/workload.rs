@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kneo::idempotency::{IdempotencyKey, IdempotencyKeyLayer};
+use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::retry::ReplayBody;
 use kneo::{Attempts, ClientLayer, Sent};
 use kneo_server::{IdempotencyLayer, MemoryStore, RedisStore};
@@ -137,17 +137,20 @@ impl Options {
         self
     }
 
-    /// Workload 2: runs the servers as processes of `fault_server`, with a
-    /// 2 s lease, and kills the one that first gets logical request `id`
-    /// mid-handler. The lease is short so that the run is: a machine loaded
-    /// enough to hold the processes' renewals back by 1.3 s lets leases end
-    /// under live work (seen once, with this suite run three times over
-    /// beside another build: 3 requests ran twice). A lease must outlast
-    /// the longest pause a holder can suffer; see kneo-server's README.
+    /// Workload 2: runs the servers as processes of `fault_server` and
+    /// kills the one that first gets logical request `id` mid-handler. The
+    /// lease stays 5 s: a lease must outlast the longest pause a holder can
+    /// suffer (see kneo-server's README), and at 2 s a loaded 2-core CI
+    /// machine held the processes' renewals back long enough for leases to
+    /// end under live work (2 requests ran twice, once in CI). The stalled
+    /// request's retries wait out the dead holder's lease, so its caller
+    /// gets 40 attempts and 30 s (attempts to the dead instance fail at once).
     pub fn crash(mut self, fault_server: impl Into<PathBuf>, id: u64) -> Self {
         self.server_processes = Some(fault_server.into());
         self.crash = Some(id);
-        self.lease = Duration::from_secs(2);
+        self.max_attempts = 40;
+        self.deadline = Duration::from_secs(30);
+        self.hang_after = Duration::from_secs(90);
         self
     }
 
@@ -450,10 +453,11 @@ where
         .headers()
         .get("idempotent-replayed")
         .is_some_and(|v| v == "true");
-    let mut sent = Sent::new(Method::POST);
-    if let Some(key) = res.extensions().get::<IdempotencyKey>() {
-        sent = sent.with_idempotency_key(key.as_str());
-    }
+    let sent = res
+        .extensions()
+        .get::<Sent>()
+        .cloned()
+        .unwrap_or_else(|| Sent::new(Method::POST));
     match res.into_body().collect().await {
         Ok(body) => Outcome::Succeeded {
             attempts,

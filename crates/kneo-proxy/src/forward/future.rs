@@ -11,8 +11,8 @@ use std::task::{ready, Context, Poll};
 use http::{Method, Response, Uri, Version};
 use hyper::body::Incoming;
 use kneo::core::X_REQUEST_ID;
-use kneo::request_id::RequestId;
 use kneo::Attempts;
+use kneo::Sent;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
@@ -91,14 +91,14 @@ where
                     .get::<Attempts>()
                     .map_or(1, Attempts::count);
                 let (mut parts, body) = res.into_parts();
-                let id = parts.extensions.remove::<RequestId>();
+                let identity = parts.extensions.remove::<Sent>();
                 rewrite(
                     &mut parts.headers,
                     &Hop::Response {
                         version: parts.version,
                     },
                 );
-                let sent = id.as_ref().map(RequestId::header_value);
+                let sent = identity.as_ref().and_then(Sent::request_id_value);
                 if let Some(sent) = sent {
                     parts
                         .headers

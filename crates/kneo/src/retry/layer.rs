@@ -122,6 +122,26 @@ impl RetryLayer {
 }
 
 impl RetryLayer {
+    /// This layer's retry decision as a `tower::retry::Policy`, for a stack
+    /// built on tower's own `RetryLayer`. Requests must carry a
+    /// [`ReplayBody`] (of this layer's `replay_cap`), which is what makes a
+    /// body sendable again. kneo's [`Retry`] drives the same policy and adds
+    /// the body wrapping, the deadline, the per-attempt timeout and the spans.
+    ///
+    /// ```
+    /// use kneo::retry::{ReplayBody, RetryLayer};
+    /// use tower::ServiceBuilder;
+    ///
+    /// let policy = RetryLayer::new().max_attempts(4).policy();
+    /// let stack = ServiceBuilder::new()
+    ///     .layer(tower::retry::RetryLayer::new(policy))
+    ///     .layer(kneo::map_error::MapErrorLayer::new());
+    /// # let _ = stack;
+    /// ```
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy::new(Arc::new(self.config.clone()))
+    }
+
     /// The longest server hint waited for, and the deadline: what the
     /// throttle above must respect too.
     pub(crate) fn waits(&self) -> (Duration, Option<Duration>) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use kneo_core::retry_rule::{is_retryable, RetryFacts};
-use kneo_core::{is_success_for, retry_after, Attempt, Error, ErrorKind, Outcome};
+use kneo_core::{is_success_for, retry_after, Attempt, Error, ErrorKind, Outcome, Sent};
 use tokio::time::Sleep;
 use tower::retry::budget::Budget;
 use tower::retry::Policy;
@@ -17,7 +17,6 @@ use super::quota::{Buckets, Cause, RetryQuota};
 use crate::deadline::Deadline;
 use crate::partition;
 use crate::request::copy_head;
-use crate::sent::SentHeaders;
 use crate::trace::AttemptNumber;
 
 /// Configuration shared by every request through one retry layer.
@@ -142,10 +141,12 @@ impl RetryPolicy {
 
     /// For stacks without the error-mapping layer below: judge the raw
     /// response by its status and headers.
-    fn judge_response<R>(&self, sent: &SentHeaders, res: &Response<R>) -> Verdict {
+    fn judge_response<R>(&self, sent: &Sent, res: &Response<R>) -> Verdict {
         let headers = res.headers();
-        let facts = RetryFacts::of_response(res.status(), headers, sent.method(), sent.is_keyed());
-        let request_id = sent.clone().into_sent().reported_request_id(headers);
+        let method = sent.method().unwrap_or(&http::Method::POST);
+        let keyed = sent.idempotency_key_value().is_some();
+        let facts = RetryFacts::of_response(res.status(), headers, method, keyed);
+        let request_id = sent.reported_request_id(headers);
         Verdict {
             retryable: is_retryable(&facts, &self.config.statuses),
             hint: retry_after::from_headers(headers),
@@ -224,11 +225,8 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
         let waited = std::mem::take(&mut self.waited);
         let verdict = match result {
             Ok(res) if is_success_for(res.status(), req.headers()) => None,
-            Ok(res) => Some(self.judge_response(&SentHeaders::capture(req), res)),
-            Err(e) => {
-                kneo_core::__private::fill_sent(e, SentHeaders::capture(req).into_sent());
-                Some(self.judge_error(e))
-            }
+            Ok(res) => Some(self.judge_response(&Sent::of(req), res)),
+            Err(e) => Some(self.judge_error(e)),
         };
         let decision = match &verdict {
             None => Err(None),
@@ -290,7 +288,12 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                             history,
                         });
                     }
-                    Err(e) => kneo_core::__private::set_history(e, history),
+                    Err(e) => {
+                        // tower lends the error; it is rebuilt with its history.
+                        let placeholder =
+                            Error::invalid_request("the retry history was being attached");
+                        *e = std::mem::replace(e, placeholder).with_history(history);
+                    }
                 }
                 None
             }

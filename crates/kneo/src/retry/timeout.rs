@@ -59,11 +59,14 @@ where
             (now + limit, limit)
         });
         let span = trace::attempt_span(&req);
+        // Only a limited attempt can fail here, with the request's identity.
+        let sent = limit.is_some().then(|| Sent::of(&req));
         TimeoutFuture {
             inner: span.in_scope(|| self.inner.call(req)),
             span,
             sleep: limit.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             limit: limit.map(|(_, l)| l).unwrap_or_default(),
+            sent,
         }
     }
 }
@@ -77,6 +80,7 @@ pin_project! {
         // Boxed: without a timeout (the default) the future stays small.
         sleep: Option<Pin<Box<Sleep>>>,
         limit: Duration,
+        sent: Option<Sent>,
         span: Span,
     }
 }
@@ -95,8 +99,10 @@ where
             Poll::Pending => match this.sleep.as_mut() {
                 Some(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
-                    // The retry policy fills in the request id and key.
-                    Err(Error::timeout(*this.limit, Sent::default()))
+                    Err(Error::timeout(
+                        *this.limit,
+                        this.sent.take().unwrap_or_default(),
+                    ))
                 }
                 None => return Poll::Pending,
             },
