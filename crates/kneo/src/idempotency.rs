@@ -136,8 +136,7 @@ where
         if !req.headers().contains_key(IDEMPOTENCY_KEY) && self.methods.contains(req.method()) {
             req.headers_mut().insert(IDEMPOTENCY_KEY, uuid_v4_header());
         }
-        identity::stamp(&mut req, None);
-        let sent = req.extensions().get().cloned();
+        let sent = Some(identity::stamp(&mut req, None));
         ResponseFuture {
             inner: self.inner.call(req),
             sent,

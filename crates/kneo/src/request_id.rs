@@ -189,8 +189,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         settle(&self.header, &mut self.make, &mut req);
-        identity::stamp(&mut req, Some(&self.header));
-        let sent = req.extensions().get().cloned();
+        let sent = Some(identity::stamp(&mut req, Some(&self.header)));
         ResponseFuture {
             inner: self.inner.call(req),
             sent,

@@ -60,13 +60,17 @@ where
         });
         let span = trace::attempt_span(&req);
         // Only a limited attempt can fail here, with the request's identity.
-        let sent = limit.is_some().then(|| Sent::of(&req));
+        let limit = limit.map(|(at, after)| {
+            Box::pin(Limit {
+                sleep: tokio::time::sleep_until(at),
+                after,
+                sent: Sent::of(&req),
+            })
+        });
         TimeoutFuture {
             inner: span.in_scope(|| self.inner.call(req)),
             span,
-            sleep: limit.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
-            limit: limit.map(|(_, l)| l).unwrap_or_default(),
-            sent,
+            limit,
         }
     }
 }
@@ -78,10 +82,19 @@ pin_project! {
         #[pin]
         inner: F,
         // Boxed: without a timeout (the default) the future stays small.
-        sleep: Option<Pin<Box<Sleep>>>,
-        limit: Duration,
-        sent: Option<Sent>,
+        limit: Option<Pin<Box<Limit>>>,
         span: Span,
+    }
+}
+
+pin_project! {
+    /// An attempt's time limit: its timer, and what the timeout error says.
+    #[derive(Debug)]
+    struct Limit {
+        #[pin]
+        sleep: Sleep,
+        after: Duration,
+        sent: Sent,
     }
 }
 
@@ -96,13 +109,11 @@ where
         let _entered = this.span.enter();
         let out = match this.inner.poll(cx) {
             Poll::Ready(out) => out,
-            Poll::Pending => match this.sleep.as_mut() {
-                Some(sleep) => {
-                    ready!(sleep.as_mut().poll(cx));
-                    Err(Error::timeout(
-                        *this.limit,
-                        this.sent.take().unwrap_or_default(),
-                    ))
+            Poll::Pending => match this.limit.as_mut() {
+                Some(limit) => {
+                    let limit = limit.as_mut().project();
+                    ready!(limit.sleep.poll(cx));
+                    Err(Error::timeout(*limit.after, std::mem::take(limit.sent)))
                 }
                 None => return Poll::Pending,
             },
