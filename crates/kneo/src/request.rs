@@ -1,4 +1,4 @@
-//! Copies of a request, for sending it again: the retry policy's attempts
+//! Copies of a request, for sending it again: the retry layer's attempts
 //! and the client's resend after a decode failure make them the same way.
 
 use http::Request;
@@ -12,5 +12,14 @@ pub(crate) fn copy_head<B, B2>(req: &Request<B>, body: B2) -> Request<B2> {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// A copy of `req` to send again as the same logical request: its head, a
+/// clone of its body (a [`ReplayBody`](crate::retry::ReplayBody) clone
+/// replays what was sent) and its extensions (identity, deadline).
+pub(crate) fn copy_attempt<B: Clone>(req: &Request<B>) -> Request<B> {
+    let mut copy = copy_head(req, req.body().clone());
+    *copy.extensions_mut() = req.extensions().clone();
     copy
 }

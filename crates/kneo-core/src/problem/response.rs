@@ -10,7 +10,7 @@ use http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::{ProblemType, PROBLEM_JSON};
-use crate::{Error, X_REQUEST_ID};
+use crate::{is_valid_request_id, Error, X_ERROR_CODE, X_REQUEST_ID};
 
 /// An RFC 9457 problem response: `type`, `title`, `status`, `detail`, the
 /// extension members `code` (always), `request_id` (when known) and any
@@ -148,7 +148,8 @@ impl ProblemResponse {
 
     /// The HTTP response, with any body type that can be made from bytes:
     /// `application/problem+json`, `Cache-Control: no-store` (an error is
-    /// about this one request), and the headers set.
+    /// about this one request), the code in `x-error-code` as well as in the
+    /// body, and the headers set.
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
         let body = Bytes::from(self.to_json().to_string());
         let mut res = Response::new(B::from(body));
@@ -166,6 +167,14 @@ impl ProblemResponse {
             .and_then(|id| HeaderValue::from_str(id).ok())
         {
             headers.insert(X_REQUEST_ID, id);
+        }
+        // The code travels with the status too: a client whose body was cut
+        // off (or that never reads it) still learns it.
+        if let Some(code) = Some(self.code.as_ref())
+            .filter(|code| is_valid_request_id(code.as_bytes()))
+            .and_then(|code| HeaderValue::from_str(code).ok())
+        {
+            headers.insert(X_ERROR_CODE, code);
         }
         res
     }
@@ -237,6 +246,7 @@ mod tests {
             .to_response();
         assert_eq!(res.headers()[RETRY_AFTER], "2");
         assert_eq!(res.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(res.headers()[X_ERROR_CODE], "busy");
         let body: Value = serde_json::from_slice(res.body()).expect("JSON");
         assert_eq!(body["attempts"], 3);
         assert_eq!(body["code"], "busy");

@@ -25,7 +25,9 @@ use kneo_core::BoxError;
 /// false, so the retry layer returns the failure instead of retrying. It is
 /// never an error before sending.
 pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    /// `None` for a body that was empty from the start: nothing to record,
+    /// so nothing is allocated (a GET's body, most often).
+    shared: Option<Arc<Mutex<Shared<B>>>>,
     /// The original body, while this clone is the one reading it.
     body: Option<B>,
     /// How many data frames this clone has sent.
@@ -84,8 +86,17 @@ impl<B: Body> ReplayBody<B> {
         // cap: until a byte is sent (a connect failure, say) it can be sent again.
         let size_hint = body.size_hint();
         let end_stream = body.is_end_stream();
+        if end_stream {
+            return ReplayBody {
+                shared: None,
+                body: Some(body),
+                pos: 0,
+                sent: 0,
+                trailers_sent: true,
+            };
+        }
         ReplayBody {
-            shared: Arc::new(Mutex::new(Shared {
+            shared: Some(Arc::new(Mutex::new(Shared {
                 body: None,
                 frames: Vec::new(),
                 read: 0,
@@ -97,7 +108,7 @@ impl<B: Body> ReplayBody<B> {
                 size_hint,
                 end_stream,
                 waiting: None,
-            })),
+            }))),
             body: Some(body),
             pos: 0,
             sent: 0,
@@ -109,7 +120,9 @@ impl<B: Body> ReplayBody<B> {
 impl<B> ReplayBody<B> {
     /// `false` once the body outgrew the cap (or failed): a clone cannot send it again.
     pub fn is_replayable(&self) -> bool {
-        !lock(&self.shared).spoiled
+        self.shared
+            .as_deref()
+            .is_none_or(|shared| !lock(shared).spoiled)
     }
 }
 
@@ -127,8 +140,8 @@ impl<B> Clone for ReplayBody<B> {
 
 impl<B> Drop for ReplayBody<B> {
     fn drop(&mut self) {
-        if let Some(body) = self.body.take() {
-            let mut shared = lock(&self.shared);
+        if let (Some(body), Some(shared)) = (self.body.take(), &self.shared) {
+            let mut shared = lock(shared);
             if !shared.complete {
                 shared.body = Some(body);
             }
@@ -141,13 +154,16 @@ impl<B> Drop for ReplayBody<B> {
 
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shared = lock(&self.shared);
-        f.debug_struct("ReplayBody")
-            .field("recorded", &shared.len)
-            .field("cap", &shared.cap)
-            .field("replayable", &!shared.spoiled)
-            .field("complete", &shared.complete)
-            .finish()
+        let mut d = f.debug_struct("ReplayBody");
+        match self.shared.as_deref().map(lock) {
+            Some(shared) => d
+                .field("recorded", &shared.len)
+                .field("cap", &shared.cap)
+                .field("replayable", &!shared.spoiled)
+                .field("complete", &shared.complete),
+            None => d.field("empty", &true),
+        };
+        d.finish()
     }
 }
 
@@ -164,7 +180,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        let mut shared = lock(&this.shared);
+        // Empty from the start: every copy ends at once.
+        let Some(cell) = this.shared.as_deref() else {
+            return Poll::Ready(None);
+        };
+        let mut shared = lock(cell);
 
         // 1. Replay what an earlier attempt read. A clone that is behind
         // the original body can only catch up from the recording: if that
@@ -203,7 +223,7 @@ where
         drop(shared);
         let body = this.body.as_mut().expect("invariant: taken just above");
         let polled = Pin::new(body).poll_frame(cx);
-        let mut shared = lock(&this.shared);
+        let mut shared = lock(cell);
         match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
@@ -257,7 +277,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let shared = lock(&self.shared);
+        let Some(shared) = self.shared.as_deref() else {
+            return true;
+        };
+        let shared = lock(shared);
         shared.end_stream
             || (self.pos == shared.read && self.body.as_ref().is_some_and(Body::is_end_stream))
     }
@@ -267,7 +290,10 @@ where
             return body.size_hint();
         }
         // A copy: what the original said up front, less what this copy sent.
-        let initial = lock(&self.shared).size_hint;
+        let Some(shared) = self.shared.as_deref() else {
+            return SizeHint::with_exact(0);
+        };
+        let initial = lock(shared).size_hint;
         let mut hint = SizeHint::new();
         hint.set_lower(initial.lower().saturating_sub(self.sent));
         if let Some(upper) = initial.upper() {

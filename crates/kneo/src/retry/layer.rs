@@ -1,5 +1,6 @@
 //! [`RetryLayer`] and the [`Retry`] service.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use kneo_core::retry_rule::DEFAULT_RETRY_STATUSES;
-use kneo_core::{BoxError, Error, DEFAULT_BODY_CAP};
+use kneo_core::{BoxError, Error, Sent, DEFAULT_BODY_CAP};
+use tokio::time::Sleep;
 use tower::retry::budget::Budget;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -17,11 +19,11 @@ use tracing::Span;
 
 use super::backoff::Backoff;
 use super::body::ReplayBody;
-use super::policy::Attempts;
-use super::policy::{Config, RetryPolicy};
+use super::policy::{Attempted, Attempts, Config, RetryPolicy};
 use super::quota::RetryQuota;
 use super::timeout::AttemptTimeout;
 use crate::deadline::Deadline;
+use crate::request::copy_attempt;
 use crate::trace;
 use pin_project_lite::pin_project;
 
@@ -167,21 +169,31 @@ impl<S> Layer<S> for RetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let config = Arc::new(self.config.clone());
         Retry {
-            inner: tower::retry::Retry::new(
-                RetryPolicy::new(config.clone()),
-                AttemptTimeout::new(inner, config.attempt_timeout),
-            ),
-            config,
+            inner: AttemptTimeout::new(inner, config.attempt_timeout),
+            template: None,
+            policy: RetryPolicy::new(config),
         }
     }
 }
 
-/// The service [`RetryLayer`] makes: tower's `Retry` with a [`RetryPolicy`],
-/// plus the request-body wrapping that makes replay possible.
+/// The service [`RetryLayer`] makes: it drives a [`RetryPolicy`] (the one
+/// tower's `Retry` can drive too) with a future of its own, and wraps
+/// request bodies so they can be sent again.
+///
+/// The first attempt goes to the service that was polled ready. A request
+/// that may be sent again keeps a copy of itself for the next attempt
+/// (none when `max_attempts` is 1); later attempts go to a clone of the
+/// service, made from one shared template when an attempt has failed, not
+/// kept by every request as tower's `Retry` does.
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
-    inner: tower::retry::Retry<RetryPolicy, AttemptTimeout<S>>,
-    config: Arc<Config>,
+    inner: AttemptTimeout<S>,
+    /// A clone of `inner` that later attempts clone from: made on the first
+    /// call (the service is `Clone` only where it is called).
+    template: Option<Arc<AttemptTimeout<S>>>,
+    /// The policy every request starts from; clones share its configuration
+    /// and quota.
+    policy: RetryPolicy,
 }
 
 impl<S> Retry<S> {
@@ -197,35 +209,114 @@ impl<S> Retry<S> {
 
     /// The inner service.
     pub fn get_ref(&self) -> &S {
-        self.inner.get_ref().get_ref()
+        self.inner.get_ref()
     }
 }
 
 pin_project! {
-    /// Response future of [`Retry`]: tower's retry future, inside the
-    /// logical request's span.
-    #[derive(Debug)]
-    pub struct ResponseFuture<F> {
+    /// Response future of [`Retry`]: the attempts of one logical request and
+    /// the waits between them, inside the request's span.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
         #[pin]
-        inner: F,
+        state: State<S::Future>,
+        plan: Plan<S, B>,
+        policy: RetryPolicy,
         span: Span,
     }
 }
 
-/// tower's retry future for a [`Retry`] over `S`.
-type TowerFuture<S, B> =
-    tower::retry::future::ResponseFuture<RetryPolicy, AttemptTimeout<S>, Request<ReplayBody<B>>>;
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F },
+        Waiting { #[pin] sleep: Sleep },
+        // The wait is over: the next attempt's service is being readied.
+        Readying,
+    }
+}
 
-impl<F, ResB> Future for ResponseFuture<F>
+/// Whether, and how, a request can be sent again.
+enum Plan<S, B> {
+    /// Never: its identity is all the policy needs.
+    Once(Sent),
+    /// Boxed: only the retry path pays for carrying it.
+    Again(Box<Again<S, B>>),
+}
+
+struct Again<S, B> {
+    /// The copy the next attempt sends.
+    request: Request<ReplayBody<B>>,
+    template: Arc<S>,
+    /// The template's clone later attempts are called on.
+    service: Option<S>,
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
 where
-    F: Future<Output = Result<Response<ResB>, Error>>,
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>, Error = Error> + Clone,
 {
     type Output = Result<Response<ResB>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let _entered = this.span.enter();
-        let result = ready!(this.inner.poll(cx));
+        let result = loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let attempted = match &mut *this.plan {
+                        Plan::Once(sent) => Attempted::Once(sent),
+                        Plan::Again(again) => Attempted::Again(&mut again.request),
+                    };
+                    match this.policy.decide(attempted, &result) {
+                        Some(wait) => this.state.set(State::Waiting {
+                            sleep: tokio::time::sleep(wait),
+                        }),
+                        None => break result,
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    let Plan::Again(again) = &mut *this.plan else {
+                        unreachable!("invariant: only a request kept to send again waits");
+                    };
+                    let Again {
+                        request,
+                        template,
+                        service,
+                    } = &mut **again;
+                    let service = service.get_or_insert_with(|| S::clone(template));
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        break Err(e);
+                    }
+                    let next = copy_attempt(request);
+                    let future = service.call(std::mem::replace(request, next));
+                    this.state.set(State::Calling { future });
+                }
+            }
+        };
+        let kept = match &*this.plan {
+            Plan::Again(again) => Some(&again.request),
+            Plan::Once(_) => None,
+        };
+        let result = this.policy.finish(kept, result);
         trace::record(this.span, &result);
         if !this.span.is_disabled() {
             let attempts = match &result {
@@ -249,24 +340,43 @@ where
 {
     type Response = Response<ResB>;
     type Error = Error;
-    type Future = ResponseFuture<TowerFuture<S, B>>;
+    type Future = ResponseFuture<AttemptTimeout<S>, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let Some(budget) = &self.config.budget {
+        let config = self.policy.config();
+        if let Some(budget) = &config.budget {
             budget.deposit();
         }
-        let cap = self.config.replay_cap;
-        let mut req = req.map(|body| ReplayBody::new(body, cap));
-        if let Some(deadline) = self.config.deadline {
+        let mut req = req.map(|body| ReplayBody::new(body, config.replay_cap));
+        if let Some(deadline) = config.deadline {
             Deadline::start(&mut req, deadline);
         }
+        let plan = if config.max_attempts > 1 {
+            let inner = &self.inner;
+            let template = self
+                .template
+                .get_or_insert_with(|| Arc::new(inner.clone()))
+                .clone();
+            Plan::Again(Box::new(Again {
+                request: copy_attempt(&req),
+                template,
+                service: None,
+            }))
+        } else {
+            Plan::Once(Sent::of(&req))
+        };
         let span = trace::request_span(&req);
         // The first attempt is sent from here: inside the span.
-        let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture { inner, span }
+        let future = span.in_scope(|| self.inner.call(req));
+        ResponseFuture {
+            state: State::Calling { future },
+            plan,
+            policy: self.policy.clone(),
+            span,
+        }
     }
 }

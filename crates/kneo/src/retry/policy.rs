@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use kneo_core::retry_rule::{is_retryable, RetryFacts};
-use kneo_core::{is_success_for, retry_after, Attempt, Error, ErrorKind, Outcome, Sent};
+use kneo_core::{
+    is_success, is_success_for, retry_after, Attempt, Error, ErrorKind, Outcome, Sent,
+};
 use tokio::time::Sleep;
 use tower::retry::budget::Budget;
 use tower::retry::Policy;
@@ -16,7 +18,7 @@ use super::body::ReplayBody;
 use super::quota::{Buckets, Cause, RetryQuota};
 use crate::deadline::Deadline;
 use crate::partition;
-use crate::request::copy_head;
+use crate::request::copy_attempt;
 use crate::trace::AttemptNumber;
 
 /// Configuration shared by every request through one retry layer.
@@ -126,6 +128,11 @@ impl RetryPolicy {
         }
     }
 
+    /// The configuration every request through the layer shares.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     fn judge_error(&self, e: &Error) -> Verdict {
         Verdict {
             retryable: is_retryable(&RetryFacts::of_error(e), &self.config.statuses),
@@ -213,31 +220,59 @@ fn partition<B>(req: &Request<B>) -> &str {
     partition::authority(req).map_or("", |a| a.as_str())
 }
 
-impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPolicy {
-    type Future = Sleep;
+/// The request an attempt sent, as the policy sees it.
+pub(crate) enum Attempted<'a, B> {
+    /// The copy kept to send again.
+    Again(&'a mut Request<ReplayBody<B>>),
+    /// A request that is never sent again (`max_attempts` is 1): its identity.
+    Once(&'a Sent),
+}
 
-    fn retry(
+impl<B> Attempted<'_, B> {
+    /// `true` when a response with `status` answered the request.
+    fn succeeded(&self, status: StatusCode) -> bool {
+        match self {
+            Attempted::Again(req) => is_success_for(status, req.headers()),
+            Attempted::Once(sent) => is_success(status, sent.is_conditional()),
+        }
+    }
+
+    fn judge_response<R>(&self, policy: &RetryPolicy, res: &Response<R>) -> Verdict {
+        match self {
+            Attempted::Again(req) => policy.judge_response(&Sent::of(req), res),
+            Attempted::Once(sent) => policy.judge_response(sent, res),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Judges the attempt that just ended and records it: `Some(wait)` to
+    /// send the request again after `wait` (the copy is marked as the next
+    /// attempt), `None` when `result` is final; [`finish`](Self::finish)
+    /// then puts the record on it.
+    pub(crate) fn decide<B, ResB>(
         &mut self,
-        req: &mut Request<ReplayBody<B>>,
-        result: &mut Result<Response<ResB>, Error>,
-    ) -> Option<Self::Future> {
+        mut req: Attempted<'_, B>,
+        result: &Result<Response<ResB>, Error>,
+    ) -> Option<Duration> {
         self.attempt += 1;
         let waited = std::mem::take(&mut self.waited);
         let verdict = match result {
-            Ok(res) if is_success_for(res.status(), req.headers()) => None,
-            Ok(res) => Some(self.judge_response(&Sent::of(req), res)),
+            Ok(res) if req.succeeded(res.status()) => None,
+            Ok(res) => Some(req.judge_response(self, res)),
             Err(e) => Some(self.judge_error(e)),
         };
-        let decision = match &verdict {
-            None => Err(None),
-            Some(v) => self.next_wait(req, v),
+        let decision = match (&verdict, &mut req) {
+            (None, _) => Err(None),
+            (Some(v), Attempted::Again(req)) => self.next_wait(req, v),
+            (Some(_), Attempted::Once(_)) => Err(None),
         };
         let request_id = verdict.as_ref().and_then(|v| v.request_id.clone());
         if let Some(v) = verdict {
             self.history
                 .push(Attempt::new(self.attempt, v.outcome, waited).with_request_id(v.request_id));
         }
-        let failure = || match &*result {
+        let failure = || match result {
             Ok(res) => format!("{}", res.status()),
             Err(e) if e.kind() == ErrorKind::Network => format!("network error: {}", e.message()),
             Err(e) => match e.status() {
@@ -258,9 +293,11 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                 );
                 self.waited = wait;
                 self.total_wait += wait;
-                // The next attempt's span says which attempt it is.
-                req.extensions_mut().insert(AttemptNumber(self.attempt + 1));
-                Some(tokio::time::sleep(wait))
+                if let Attempted::Again(req) = req {
+                    // The next attempt's span says which attempt it is.
+                    req.extensions_mut().insert(AttemptNumber(self.attempt + 1));
+                }
+                Some(wait)
             }
             Err(reason) => {
                 if let Some(reason) = reason {
@@ -274,36 +311,64 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
                         reason,
                     );
                 }
-                let history = std::mem::take(&mut self.history);
-                match result {
-                    Ok(res) => {
-                        if let Some(buckets) = &self.buckets {
-                            if is_success_for(res.status(), req.headers()) {
-                                buckets.refund(partition(req), self.spent);
-                            }
-                        }
-                        res.extensions_mut().insert(Attempts {
-                            count: self.attempt,
-                            total_wait: self.total_wait,
-                            history,
-                        });
-                    }
-                    Err(e) => {
-                        // tower lends the error; it is rebuilt with its history.
-                        let placeholder =
-                            Error::invalid_request("the retry history was being attached");
-                        *e = std::mem::replace(e, placeholder).with_history(history);
-                    }
-                }
                 None
             }
         }
     }
 
+    /// Puts the record of the attempts on the final result: [`Attempts`] on
+    /// a response (and a success refunds the retry quota), the history on
+    /// an error. `req` is the copy kept to send again, if any (a request
+    /// never sent again spent nothing from the quota).
+    pub(crate) fn finish<B, ResB>(
+        &mut self,
+        req: Option<&Request<B>>,
+        result: Result<Response<ResB>, Error>,
+    ) -> Result<Response<ResB>, Error> {
+        let history = std::mem::take(&mut self.history);
+        match result {
+            Ok(mut res) => {
+                if let (Some(buckets), Some(req)) = (&self.buckets, req) {
+                    if is_success_for(res.status(), req.headers()) {
+                        buckets.refund(partition(req), self.spent);
+                    }
+                }
+                res.extensions_mut().insert(Attempts {
+                    count: self.attempt,
+                    total_wait: self.total_wait,
+                    history,
+                });
+                Ok(res)
+            }
+            Err(e) => Err(e.with_history(history)),
+        }
+    }
+}
+
+/// For tower's own `Retry` (see [`RetryLayer::policy`](super::RetryLayer::policy));
+/// kneo's [`Retry`](super::Retry) drives the same decision with a future of
+/// its own.
+impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPolicy {
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<ReplayBody<B>>,
+        result: &mut Result<Response<ResB>, Error>,
+    ) -> Option<Self::Future> {
+        if let Some(wait) = self.decide(Attempted::Again(req), result) {
+            return Some(tokio::time::sleep(wait));
+        }
+        // tower lends the result: it is taken out for a moment to be finished.
+        let placeholder = Err(Error::invalid_request(
+            "the retry record was being attached",
+        ));
+        let taken = std::mem::replace(result, placeholder);
+        *result = self.finish(Some(&*req), taken);
+        None
+    }
+
     fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
-        // The same logical request: its extensions (id, key, deadline) too.
-        let mut clone = copy_head(req, req.body().clone());
-        *clone.extensions_mut() = req.extensions().clone();
-        Some(clone)
+        Some(copy_attempt(req))
     }
 }
