@@ -2,17 +2,14 @@
 //! value into a usage error before anything is sent.
 
 use std::io::Read;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
-use kneo::idempotency::IdempotencyKeyLayer;
-use kneo::retry::RetryLayer;
 use kneo::ClientLayer;
 
-use crate::secs::{non_negative_secs, positive_secs};
+use crate::stack::StackArgs;
 
 /// `kneo`: HTTP API calls through the kneo stack.
 #[derive(Debug, Parser)]
@@ -60,25 +57,8 @@ pub(crate) struct RequestArgs {
     #[arg(short, long, value_name = "BODY")]
     pub(crate) data: Option<String>,
 
-    /// Total attempts, the first included (1 = no retry).
-    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub(crate) max_attempts: u32,
-
-    /// The limit on each attempt, in seconds (fractions allowed).
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "30", value_parser = positive_secs)]
-    pub(crate) timeout: Duration,
-
-    /// An overall limit on all attempts and waits, in seconds.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = positive_secs)]
-    pub(crate) deadline: Option<Duration>,
-
-    /// The longest Retry-After waited for, in seconds; a longer hint ends retrying.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "60", value_parser = non_negative_secs)]
-    pub(crate) max_retry_after: Duration,
-
-    /// Do not stamp an Idempotency-Key (a POST that may have been applied is then not re-sent).
-    #[arg(long)]
-    pub(crate) no_idempotency_key: bool,
+    #[command(flatten)]
+    pub(crate) stack: StackArgs,
 
     /// Log retries (`kneo::retry` at INFO) on standard error.
     #[arg(short, long)]
@@ -108,18 +88,7 @@ impl RequestArgs {
 
     /// The stack configuration the options ask for.
     pub(crate) fn layer(&self) -> ClientLayer {
-        let mut retry = RetryLayer::new()
-            .max_attempts(self.max_attempts)
-            .attempt_timeout(self.timeout)
-            .max_retry_after(self.max_retry_after);
-        if let Some(deadline) = self.deadline {
-            retry = retry.deadline(deadline);
-        }
-        let mut layer = ClientLayer::new().retry(retry);
-        if self.no_idempotency_key {
-            layer = layer.idempotency(IdempotencyKeyLayer::new().methods([]));
-        }
-        layer
+        self.stack.layer()
     }
 
     /// The request: method, URL, headers (repeats appended) and `body`.

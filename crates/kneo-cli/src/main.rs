@@ -20,6 +20,7 @@ mod args;
 mod output;
 mod proxy;
 mod secs;
+mod stack;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 
 use crate::output;
 use crate::secs::{non_negative_secs, positive_secs};
+use crate::stack::StackArgs;
 
 /// The options of `kneo proxy`.
 #[derive(Debug, Args)]
@@ -59,32 +60,13 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     admin: Option<SocketAddr>,
 
-    /// Total attempts per request, the first included (1 = no retry).
-    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    max_attempts: u32,
-
-    /// The limit on each attempt up to the upstream's response head, in seconds.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "30", value_parser = positive_secs)]
-    timeout: Duration,
-
-    /// An overall limit on all attempts and waits of one request, in seconds.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = positive_secs)]
-    deadline: Option<Duration>,
-
-    /// The longest Retry-After waited for, in seconds; a longer hint hands
-    /// the upstream's answer to the caller at once.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "60", value_parser = non_negative_secs)]
-    max_retry_after: Duration,
+    #[command(flatten)]
+    stack: StackArgs,
 
     /// Retries allowed as a percentage of requests (over 10 s, beside a floor
     /// of 10 retries a second), so a sidecar does not multiply an outage.
     #[arg(long, value_name = "P", allow_negative_numbers = true, default_value = "20", value_parser = parse_percent)]
     budget_percent: f32,
-
-    /// Do not stamp an Idempotency-Key on POST and PATCH (one that may have
-    /// been applied is then not re-sent).
-    #[arg(long)]
-    no_idempotency_key: bool,
 
     /// Caller connections served at once; one more is answered 503.
     #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -318,11 +300,7 @@ impl ProxyArgs {
     fn proxy_config(&self) -> Result<ProxyConfig, String> {
         let config = ProxyConfig::new(&self.upstream)
             .map_err(|e| format!("invalid value for --upstream: {e}"))?
-            .max_attempts(self.max_attempts)
-            .attempt_timeout(self.timeout)
-            .deadline(self.deadline)
-            .max_retry_after(self.max_retry_after)
-            .idempotency_keys(!self.no_idempotency_key)
+            .client(self.stack.layer())
             .budget_percent(Some(self.budget_percent))
             .map_err(|e| format!("invalid value for --budget-percent: {e}"))?
             .upstream_h2c(self.upstream_h2c)

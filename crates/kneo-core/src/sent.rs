@@ -123,6 +123,21 @@ impl Sent {
         self
     }
 
+    /// Sets the request id as the header value it is sent as, and the
+    /// header it goes in: what a layer that stamps the id records (an id
+    /// that is not [well-formed](is_valid_request_id) is not kept).
+    pub fn set_request_id(&mut self, header: &HeaderName, id: Option<HeaderValue>) {
+        self.request_id = id.filter(|v| is_valid_request_id(v.as_bytes()));
+        self.request_id_header = (header != X_REQUEST_ID).then(|| header.clone());
+    }
+
+    /// Sets the idempotency key as the header value it is sent as: what a
+    /// layer that stamps the key records (a key that is not 1 to 1,024
+    /// visible ASCII characters is not kept).
+    pub fn set_idempotency_key(&mut self, key: Option<HeaderValue>) {
+        self.idempotency_key = key.filter(|v| is_valid_key(v.as_bytes()));
+    }
+
     /// The request method (`None` for [`Sent::default`]: not known).
     pub fn method(&self) -> Option<&Method> {
         self.method.as_ref()

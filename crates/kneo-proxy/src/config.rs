@@ -5,12 +5,11 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use kneo::ClientLayer;
+
 use crate::path::PathError;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
-
-/// The default request-body replay cap: 64 KiB, kneo's.
-pub const DEFAULT_REPLAY_CAP: usize = kneo::core::DEFAULT_BODY_CAP;
 
 /// Why an upstream URL or a setting was refused. The message never quotes
 /// the URL: it may carry a password or a key.
@@ -153,49 +152,42 @@ impl fmt::Display for Upstream {
     }
 }
 
-/// What the forwarding service does: where to, how to retry, what to stamp.
+/// What the forwarding service does: where to, and the kneo stack in front
+/// of the upstream, configured as for any client ([`ClientLayer`]).
 ///
 /// ```
 /// use std::time::Duration;
+/// use kneo::ClientLayer;
 /// use kneo_proxy::ProxyConfig;
 ///
 /// let config = ProxyConfig::new("http://127.0.0.1:9000/api")?
-///     .max_attempts(5)
-///     .attempt_timeout(Duration::from_secs(2))
+///     .client(ClientLayer::new().max_attempts(5).attempt_timeout(Duration::from_secs(2)))
 ///     .budget_percent(Some(10.0))?;
 /// assert_eq!(config.upstream().to_string(), "http://127.0.0.1:9000/api");
+/// assert_eq!(config.client_layer().retry_layer().attempt_timeout_value(), Some(Duration::from_secs(2)));
 /// assert!(ProxyConfig::new("http://user:secret@host").is_err());
 /// # Ok::<(), kneo_proxy::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub(crate) upstream: Upstream,
-    pub(crate) max_attempts: u32,
-    pub(crate) attempt_timeout: Option<Duration>,
-    pub(crate) deadline: Option<Duration>,
-    pub(crate) max_retry_after: Duration,
+    pub(crate) client: ClientLayer,
     pub(crate) budget_ratio: Option<f32>,
-    pub(crate) idempotency_keys: bool,
-    pub(crate) replay_cap: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) upstream_h2c: bool,
 }
 
 impl ProxyConfig {
-    /// Forwarding to `upstream` (see [`Upstream::parse`]): 3 attempts, 30 s
-    /// per attempt, no deadline, `Retry-After` up to 60 s, a retry budget of
-    /// 20 % of traffic (with tower's floor of 10 retries a second),
-    /// idempotency keys on POST and PATCH, 64 KiB bodies replayable.
+    /// Forwarding to `upstream` (see [`Upstream::parse`]) through
+    /// `ClientLayer::new().attempt_timeout(30 s)`: 3 attempts, no deadline,
+    /// `Retry-After` up to 60 s, idempotency keys on POST and PATCH, 64 KiB
+    /// bodies replayable; and a retry budget of 20 % of traffic (with a
+    /// floor of 10 retries a second).
     pub fn new(upstream: &str) -> Result<ProxyConfig, ConfigError> {
         Ok(ProxyConfig {
             upstream: Upstream::parse(upstream)?,
-            max_attempts: 3,
-            attempt_timeout: Some(Duration::from_secs(30)),
-            deadline: None,
-            max_retry_after: Duration::from_secs(60),
+            client: ClientLayer::new().attempt_timeout(Duration::from_secs(30)),
             budget_ratio: Some(0.2),
-            idempotency_keys: true,
-            replay_cap: DEFAULT_REPLAY_CAP,
             connect_timeout: Duration::from_secs(10),
             upstream_h2c: false,
         })
@@ -206,34 +198,30 @@ impl ProxyConfig {
         &self.upstream
     }
 
-    /// Total attempts, the first included (0 is taken as 1).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
+    /// The kneo stack in front of the upstream: its request ids,
+    /// idempotency keys, throttle and retries, each configured as for any
+    /// client. The proxy sets two things of its own on it: error mapping
+    /// hands every upstream answer on ([`MapErrorLayer::map_responses`]
+    /// `(false)`), and [`budget_percent`](Self::budget_percent), when set,
+    /// is the retry layer's budget. The retry layer's per-attempt timeout
+    /// also bounds an upgrade handshake's answer.
+    ///
+    /// [`MapErrorLayer::map_responses`]: kneo::map_error::MapErrorLayer::map_responses
+    pub fn client(mut self, layer: ClientLayer) -> Self {
+        self.client = layer;
         self
     }
 
-    /// The limit on each attempt, up to the upstream's response head.
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
-        self
-    }
-
-    /// An overall limit on all attempts and the waits between them.
-    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
-        self.deadline = deadline;
-        self
-    }
-
-    /// The longest `Retry-After` waited for; a longer hint hands the
-    /// upstream's answer to the caller at once.
-    pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.max_retry_after = max;
-        self
+    /// The kneo stack as configured.
+    pub fn client_layer(&self) -> &ClientLayer {
+        &self.client
     }
 
     /// Retries allowed as a percentage of requests over 10 s, beside a floor
-    /// of 10 retries a second (kneo's `RatioBudget`, exact for fractional ratios); `None` for no budget.
-    /// Refused outside 0 to 1000.
+    /// of 10 retries a second (kneo's `RatioBudget`, exact for fractional
+    /// ratios), counted in the proxy's metrics; it replaces any budget on
+    /// the [client](Self::client)'s retry layer. `None` leaves that layer's
+    /// own. Refused outside 0 to 1000.
     pub fn budget_percent(mut self, percent: Option<f32>) -> Result<Self, ConfigError> {
         if let Some(p) = percent {
             if !(0.0..=1000.0).contains(&p) {
@@ -242,18 +230,6 @@ impl ProxyConfig {
         }
         self.budget_ratio = percent.map(|p| p / 100.0);
         Ok(self)
-    }
-
-    /// Whether POST and PATCH without a key get an `Idempotency-Key` (default `true`).
-    pub fn idempotency_keys(mut self, stamp: bool) -> Self {
-        self.idempotency_keys = stamp;
-        self
-    }
-
-    /// How much of a request body is kept for a retry (default 64 KiB).
-    pub fn replay_cap(mut self, cap: usize) -> Self {
-        self.replay_cap = cap;
-        self
     }
 
     /// The TCP connect timeout (default 10 s).

@@ -14,7 +14,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! // Nothing listens on port 1: the proxy answers for the upstream.
-//! let config = ProxyConfig::new("http://127.0.0.1:1").unwrap().max_attempts(1);
+//! let config = ProxyConfig::new("http://127.0.0.1:1").unwrap().client(kneo::ClientLayer::new().max_attempts(1));
 //! let proxy: Proxy<Full<Bytes>> = Proxy::new(&config, None).unwrap();
 //! let req = Request::get("/runs/7").header("x-request-id", "order-7").body(Full::default()).unwrap();
 //! let res = proxy.oneshot(req).await.unwrap();
@@ -118,7 +118,7 @@ mod upgrade;
 
 pub use admin::Admin;
 pub use body::ProxyBody;
-pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream, DEFAULT_REPLAY_CAP};
+pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream};
 pub use detach::{Detach, DetachFuture};
 pub use forward::{Incoming, Proxy, ResponseFuture};
 pub use metrics::Metrics;

@@ -54,7 +54,7 @@ impl Upgrades {
             .build(config.connector(Alpn::Http1)?);
         Ok(Upgrades {
             client,
-            answer_timeout: config.attempt_timeout,
+            answer_timeout: config.client.retry_layer().attempt_timeout_value(),
             tunnels: TaskTracker::new(),
             cut: CancellationToken::new(),
         })

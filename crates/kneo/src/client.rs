@@ -183,7 +183,7 @@ impl ClientBuilder {
             }
             None => None,
         };
-        let body_timeout = self.layer.retry_layer().configured_attempt_timeout();
+        let body_timeout = self.layer.retry_layer().attempt_timeout_value();
         let request_id_header = self.layer.request_id_layer().header_name().clone();
         let connector = transport::connector(self.connect_timeout, Alpn::default())?;
         let transport =

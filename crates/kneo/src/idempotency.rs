@@ -133,10 +133,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if !req.headers().contains_key(IDEMPOTENCY_KEY) && self.methods.contains(req.method()) {
-            req.headers_mut().insert(IDEMPOTENCY_KEY, uuid_v4_header());
-        }
-        let sent = Some(identity::stamp(&mut req, None));
+        let key = match req.headers().get(IDEMPOTENCY_KEY) {
+            Some(caller) => Some(caller.clone()),
+            None if self.methods.contains(req.method()) => {
+                let key = uuid_v4_header();
+                req.headers_mut().insert(IDEMPOTENCY_KEY, key.clone());
+                Some(key)
+            }
+            None => None,
+        };
+        let sent = Some(identity::stamp_idempotency_key(&mut req, key));
         ResponseFuture {
             inner: self.inner.call(req),
             sent,

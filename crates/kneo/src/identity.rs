@@ -1,28 +1,48 @@
 //! A request's identity, stamped once: the id and key layers record
-//! [`Sent`] in the request's extensions after setting their header, and put
-//! it on the response; every later layer reads it with [`Sent::of`].
+//! [`Sent`] in the request's extensions as they set their header (the first
+//! to run reads the rest from the headers, the second updates it in place)
+//! and put it on the response; every later layer reads it with [`Sent::of`].
 
-use http::{HeaderName, Request};
-use kneo_core::{Sent, X_REQUEST_ID};
+use http::{HeaderName, HeaderValue, Request};
+use kneo_core::{is_conditional, Sent, IDEMPOTENCY_KEY, X_REQUEST_ID};
 
-/// Records `req`'s identity, read from its headers now that a stamping layer
-/// has set them, in its extensions (replacing an earlier one in place), and
-/// returns it. The request id is read from `request_id_header`, else from
-/// the header an earlier stamp named, else from `X-Request-ID`.
-pub(crate) fn stamp<B>(req: &mut Request<B>, request_id_header: Option<&HeaderName>) -> Sent {
-    let header = match request_id_header {
-        Some(header) => header.clone(),
-        None => req
-            .extensions()
-            .get::<Sent>()
-            .map_or(X_REQUEST_ID, |earlier| earlier.request_id_header().clone()),
-    };
-    let sent = Sent::from_headers(req.method(), req.headers(), &header);
-    match req.extensions_mut().get_mut::<Sent>() {
-        Some(slot) => *slot = sent.clone(),
-        None => {
-            req.extensions_mut().insert(sent.clone());
-        }
+/// Records that `req` is sent with request id `id` in `header`; returns the
+/// identity now recorded.
+pub(crate) fn stamp_request_id<B>(
+    req: &mut Request<B>,
+    header: &HeaderName,
+    id: Option<HeaderValue>,
+) -> Sent {
+    if let Some(sent) = req.extensions_mut().get_mut::<Sent>() {
+        sent.set_request_id(header, id);
+        return sent.clone();
     }
+    let key = req.headers().get(IDEMPOTENCY_KEY).cloned();
+    record(req, |sent| {
+        sent.set_request_id(header, id);
+        sent.set_idempotency_key(key);
+    })
+}
+
+/// Records that `req` is sent with idempotency key `key`; returns the
+/// identity now recorded.
+pub(crate) fn stamp_idempotency_key<B>(req: &mut Request<B>, key: Option<HeaderValue>) -> Sent {
+    if let Some(sent) = req.extensions_mut().get_mut::<Sent>() {
+        sent.set_idempotency_key(key);
+        return sent.clone();
+    }
+    let id = req.headers().get(X_REQUEST_ID).cloned();
+    record(req, |sent| {
+        sent.set_request_id(&X_REQUEST_ID, id);
+        sent.set_idempotency_key(key);
+    })
+}
+
+/// The first stamp: the method and whether the request is conditional, with
+/// what `fill` sets, put into the extensions.
+fn record<B>(req: &mut Request<B>, fill: impl FnOnce(&mut Sent)) -> Sent {
+    let mut sent = Sent::new(req.method().clone()).with_conditional(is_conditional(req.headers()));
+    fill(&mut sent);
+    req.extensions_mut().insert(sent.clone());
     sent
 }

@@ -188,8 +188,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        settle(&self.header, &mut self.make, &mut req);
-        let sent = Some(identity::stamp(&mut req, Some(&self.header)));
+        let id = settle(&self.header, &mut self.make, &mut req);
+        let id = id.map(RequestId::into_header_value);
+        let sent = Some(identity::stamp_request_id(&mut req, &self.header, id));
         ResponseFuture {
             inner: self.inner.call(req),
             sent,

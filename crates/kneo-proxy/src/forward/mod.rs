@@ -19,9 +19,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use kneo::idempotency::IdempotencyKeyLayer;
 use kneo::map_error::MapErrorLayer;
-use kneo::retry::{RatioBudget, ReplayBody, RetryLayer};
+use kneo::retry::{RatioBudget, ReplayBody};
 use kneo::transport::{Alpn, Connector};
 use kneo::{BoxError, ClientLayer};
 use tokio::time::Instant;
@@ -123,27 +122,16 @@ where
     B: Body + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut retry = RetryLayer::new()
-        .max_attempts(config.max_attempts)
-        .max_retry_after(config.max_retry_after)
-        .replay_cap(config.replay_cap);
-    if let Some(timeout) = config.attempt_timeout {
-        retry = retry.attempt_timeout(timeout);
-    }
-    if let Some(deadline) = config.deadline {
-        retry = retry.deadline(deadline);
-    }
+    let mut layer = config
+        .client
+        .clone()
+        .map_error(MapErrorLayer::new().map_responses(false));
     if let Some(ratio) = config.budget_ratio {
-        retry = retry.budget(CountingBudget {
+        let retry = layer.retry_layer().clone().budget(CountingBudget {
             inner: RatioBudget::new(Duration::from_secs(10), 10, ratio),
             refusals: metrics.budget_refusals.clone(),
         });
-    }
-    let mut layer = ClientLayer::new()
-        .retry(retry)
-        .map_error(MapErrorLayer::new().map_responses(false));
-    if !config.idempotency_keys {
-        layer = layer.idempotency(IdempotencyKeyLayer::new().methods([]));
+        layer = layer.retry(retry);
     }
     Ok(layer.layer(transport(config)?))
 }

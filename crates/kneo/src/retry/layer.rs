@@ -150,9 +150,10 @@ impl RetryLayer {
         (self.config.max_retry_after, self.config.deadline)
     }
 
-    /// The per-attempt timeout, for the client's body reads.
-    #[cfg(feature = "client")]
-    pub(crate) fn configured_attempt_timeout(&self) -> Option<Duration> {
+    /// The per-attempt timeout as configured (`None`: none), for what
+    /// reads on after the stack answers (a client's body read, a proxy's
+    /// upgrade handshake).
+    pub fn attempt_timeout_value(&self) -> Option<Duration> {
         self.config.attempt_timeout
     }
 }

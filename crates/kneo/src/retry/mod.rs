@@ -1,4 +1,6 @@
-//! Retry failed attempts the way the server asks: tower's `Retry` with a kneo policy.
+//! Retry failed attempts the way the server asks: a kneo [`RetryPolicy`],
+//! which is a `tower::retry::Policy`, driven by kneo's [`Retry`] (or by tower's
+//! own `Retry`: see [`RetryLayer::policy`]).
 //!
 //! # Example
 //!

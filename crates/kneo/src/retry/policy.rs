@@ -1,4 +1,5 @@
-//! The kneo retry [`Policy`] for tower's `Retry`.
+//! The retry decision, [`RetryPolicy`]: kneo's [`Retry`](super::Retry)
+//! drives it, and it is a tower [`Policy`] for tower's own `Retry`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -89,7 +90,7 @@ impl Attempts {
 
 /// The retry decision for one logical request.
 ///
-/// tower clones the policy for every request (see `tower::retry::Retry`), so
+/// The retry layer (kneo's or tower's) clones the policy for every request, so
 /// the attempt count and history here are per request; the configuration and
 /// budget are shared.
 #[derive(Clone, Debug)]

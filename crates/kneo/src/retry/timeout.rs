@@ -16,7 +16,7 @@ use crate::trace;
 use tracing::Span;
 
 /// Fails an attempt that takes longer than the per-attempt timeout or runs
-/// past the deadline. Sits between tower's `Retry` and the inner service.
+/// past the deadline. Sits between the retry layer and the inner service.
 #[derive(Debug, Clone)]
 pub struct AttemptTimeout<S> {
     inner: S,
