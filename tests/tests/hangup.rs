@@ -13,7 +13,7 @@ use http_body_util::{Full, StreamBody};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kneo::retry::ReplayBody;
-use kneo::{Attempts, ErrorKind, Outcome};
+use kneo::{AttemptOutcome, Attempts, ErrorKind};
 use kneo_tests::{fast, Reply, ScriptedServer};
 use tower::{Layer, ServiceExt};
 
@@ -31,7 +31,7 @@ async fn get_is_retried_after_a_hangup() {
     assert_eq!(attempts.count(), 2);
     assert_eq!(
         attempts.history()[0].outcome,
-        Outcome::Failed(ErrorKind::Network)
+        AttemptOutcome::Failed(ErrorKind::Network)
     );
 }
 

@@ -257,7 +257,7 @@ async fn key_in_use_conflict_is_retried_with_the_same_key() {
     assert_eq!(attempts.count(), 2);
     assert_eq!(
         attempts.history()[0].outcome,
-        kneo::Outcome::Status(StatusCode::CONFLICT)
+        kneo::AttemptOutcome::Status(StatusCode::CONFLICT)
     );
 
     let reqs = server.requests();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use kneo::{codes, Attempts, ClientLayer, ErrorKind, Outcome};
+use kneo::{codes, AttemptOutcome, Attempts, ClientLayer, ErrorKind};
 use kneo_tests::{fast, Reply, ScriptedServer};
 
 fn get() -> Request<Full<Bytes>> {
@@ -279,7 +279,7 @@ async fn attempt_timeout_is_a_retried_network_timeout_for_get() {
         "filled in after the timeout"
     );
     for a in err.history() {
-        assert_eq!(a.outcome, Outcome::Failed(ErrorKind::Network));
+        assert_eq!(a.outcome, AttemptOutcome::Failed(ErrorKind::Network));
     }
 }
 
@@ -320,11 +320,14 @@ async fn success_carries_attempts() {
     assert_eq!(history[0].number, 1);
     assert_eq!(
         history[0].outcome,
-        Outcome::Status(StatusCode::SERVICE_UNAVAILABLE)
+        AttemptOutcome::Status(StatusCode::SERVICE_UNAVAILABLE)
     );
     assert_eq!(history[0].request_id.as_deref(), Some("srv-a"));
     assert_eq!(history[1].number, 2);
-    assert_eq!(history[1].outcome, Outcome::Status(StatusCode::BAD_GATEWAY));
+    assert_eq!(
+        history[1].outcome,
+        AttemptOutcome::Status(StatusCode::BAD_GATEWAY)
+    );
     let sent_id = server.requests()[1]
         .header("x-request-id")
         .expect("id stamped");
@@ -353,9 +356,9 @@ async fn error_history_lists_every_attempt_with_status_and_wait() {
     assert_eq!(
         statuses,
         [
-            Outcome::Status(StatusCode::SERVICE_UNAVAILABLE),
-            Outcome::Status(StatusCode::TOO_MANY_REQUESTS),
-            Outcome::Status(StatusCode::GATEWAY_TIMEOUT),
+            AttemptOutcome::Status(StatusCode::SERVICE_UNAVAILABLE),
+            AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS),
+            AttemptOutcome::Status(StatusCode::GATEWAY_TIMEOUT),
         ]
     );
     let numbers: Vec<_> = h.iter().map(|a| a.number).collect();

@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use kneo_server::idempotency::{Completed, Fingerprint, Outcome, RecordKey, Scope, StoredResponse};
+use kneo_server::idempotency::{
+    Completed, Completion, Fingerprint, RecordKey, Scope, StoredResponse,
+};
 use kneo_server::store::{Acquire, Store};
 use kneo_server::RedisStore;
 use kneo_tests::redis::{RedisServer, TLS_PASSWORD, TLS_USER};
@@ -29,7 +31,7 @@ fn fp(body: &str) -> Fingerprint {
 fn record(body: &str, n: u8) -> Completed {
     Completed::new(
         fp(body),
-        Outcome::Stored(StoredResponse::new(
+        Completion::Stored(StoredResponse::new(
             StatusCode::CREATED,
             vec![(
                 HeaderName::from_static("content-type"),
@@ -195,7 +197,7 @@ async fn scope_and_key_name_the_record<St: Store>(store: St) {
 /// A record too big to store is kept as its status only.
 async fn not_stored_outcome_round_trips<St: Store>(store: St) {
     let c = claimed(&store, "big", LONG).await;
-    let done = Completed::new(fp("a"), Outcome::NotStored(StatusCode::OK));
+    let done = Completed::new(fp("a"), Completion::NotStored(StatusCode::OK));
     assert!(store
         .complete(&key("big"), &c, &done, LONG)
         .await

@@ -9,7 +9,7 @@ use crate::ErrorKind;
 /// What one attempt of a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum AttemptOutcome {
     /// The server answered with this status.
     Status(StatusCode),
     /// No response; the error was of this kind (always [`ErrorKind::Network`] today).
@@ -25,9 +25,9 @@ pub enum Outcome {
 /// ```
 /// use std::time::Duration;
 /// use http::StatusCode;
-/// use kneo_core::{Attempt, Outcome};
+/// use kneo_core::{Attempt, AttemptOutcome};
 ///
-/// let a = Attempt::new(2, Outcome::Status(StatusCode::SERVICE_UNAVAILABLE), Duration::from_millis(200));
+/// let a = Attempt::new(2, AttemptOutcome::Status(StatusCode::SERVICE_UNAVAILABLE), Duration::from_millis(200));
 /// assert_eq!(a.number, 2);
 /// assert_eq!(a.wait_before, Duration::from_millis(200));
 /// ```
@@ -37,7 +37,7 @@ pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
     /// The status or error the attempt ended with.
-    pub outcome: Outcome,
+    pub outcome: AttemptOutcome,
     /// How long the retry layer waited before sending this attempt (zero for the first).
     pub wait_before: Duration,
     /// The request id of this attempt: the server's echo when it sent one, else the id sent.
@@ -46,7 +46,7 @@ pub struct Attempt {
 
 impl Attempt {
     /// Records one attempt.
-    pub fn new(number: u32, outcome: Outcome, wait_before: Duration) -> Self {
+    pub fn new(number: u32, outcome: AttemptOutcome, wait_before: Duration) -> Self {
         Attempt {
             number,
             outcome,

@@ -90,7 +90,7 @@ impl Delivery {
         let earlier_sent = err
             .history()
             .iter()
-            .any(|a| !matches!(a.outcome, attempt::Outcome::NotSent));
+            .any(|a| !matches!(a.outcome, attempt::AttemptOutcome::NotSent));
         Some(if never_left && !earlier_sent {
             Delivery::NotSent
         } else if err.is_timeout() {
@@ -205,7 +205,7 @@ mod tests {
         )
     }
 
-    fn history(err: Error, outcomes: &[attempt::Outcome]) -> Error {
+    fn history(err: Error, outcomes: &[attempt::AttemptOutcome]) -> Error {
         let history = outcomes
             .iter()
             .enumerate()
@@ -218,15 +218,18 @@ mod tests {
     fn a_connect_failure_after_a_sent_attempt_may_have_been_applied() {
         let err = history(
             refused(),
-            &[attempt::Outcome::NotSent, attempt::Outcome::NotSent],
+            &[
+                attempt::AttemptOutcome::NotSent,
+                attempt::AttemptOutcome::NotSent,
+            ],
         );
         assert_eq!(Delivery::of(&err), Some(Delivery::NotSent));
 
         let err = history(
             refused(),
             &[
-                attempt::Outcome::Failed(ErrorKind::Network),
-                attempt::Outcome::NotSent,
+                attempt::AttemptOutcome::Failed(ErrorKind::Network),
+                attempt::AttemptOutcome::NotSent,
             ],
         );
         assert_eq!(Delivery::of(&err), Some(Delivery::Unknown));
@@ -234,8 +237,8 @@ mod tests {
         let err = history(
             refused(),
             &[
-                attempt::Outcome::Status(StatusCode::BAD_GATEWAY),
-                attempt::Outcome::NotSent,
+                attempt::AttemptOutcome::Status(StatusCode::BAD_GATEWAY),
+                attempt::AttemptOutcome::NotSent,
             ],
         );
         assert_eq!(Delivery::of(&err), Some(Delivery::Unknown));

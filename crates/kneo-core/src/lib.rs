@@ -71,7 +71,7 @@ pub mod retry_rule;
 mod sent;
 mod text;
 
-pub use attempt::{Attempt, Outcome};
+pub use attempt::{Attempt, AttemptOutcome};
 pub use body::{ErrorBody, DEFAULT_BODY_CAP};
 pub use delivery::Delivery;
 pub use error::{BoxError, Error, TimedOut};

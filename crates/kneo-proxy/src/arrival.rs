@@ -9,7 +9,7 @@ use kneo::core::X_REQUEST_ID;
 use tokio::time::Instant;
 
 use crate::headers::{rewrite, Hop};
-use crate::outcome::{Exchange, Outcome};
+use crate::outcome::{Exchange, ExchangeOutcome};
 use crate::shared::{record, upstream_request_id, Recorded, Shared};
 
 /// `Idempotent-Replayed` (kneo-server's header; this crate does not depend
@@ -44,7 +44,7 @@ impl Arrival {
 
     /// Finishes `res`, the front's answer: one the proxy forwarded was
     /// recorded already (its mark is taken off). Any other is recorded here,
-    /// [`Outcome::Replayed`] or [`Outcome::Idempotency`] with no attempts,
+    /// [`ExchangeOutcome::Replayed`] or [`ExchangeOutcome::Idempotency`] with no attempts,
     /// and gets the headers the proxy's own answers carry: this request's
     /// `X-Request-ID` when it has none, and the response rules of
     /// [`rewrite`] (this hop's `Via`) unless it has a `Via` already (a
@@ -58,9 +58,9 @@ impl Arrival {
             .get(IDEMPOTENT_REPLAYED)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let outcome = if replayed {
-            Outcome::Replayed
+            ExchangeOutcome::Replayed
         } else {
-            Outcome::Idempotency
+            ExchangeOutcome::Idempotency
         };
         let headers = res.headers_mut();
         if let Some(id) = &self.request_id {

@@ -38,7 +38,7 @@
 //!   through after the retry decision, bodies streaming.
 //! - [`headers::rewrite`]: the header rules (hop-by-hop, `X-Forwarded-*`,
 //!   `Via`), one pure function.
-//! - The problem answers (`502`, `504`, `503`), documented on [`Outcome`].
+//! - The problem answers (`502`, `504`, `503`), documented on [`ExchangeOutcome`].
 //! - [`Admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`serve`] and [`serve_admin`]: hyper's HTTP/1 and HTTP/2 (h2c, prior
 //!   knowledge) servers with a header-read timeout, a header size limit, a
@@ -74,7 +74,7 @@
 //!
 //! Every answer is recorded once, in the [`Metrics`]
 //! (`kneo_proxy_requests_total{outcome, class}`) and the [`Exchange`] hook,
-//! whoever made it: [`Outcome::as_str`] names it.
+//! whoever made it: [`ExchangeOutcome::as_str`] names it.
 //!
 //! | outcome | answer | attempts |
 //! |---|---|---|
@@ -122,7 +122,7 @@ pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream};
 pub use detach::{Detach, DetachFuture};
 pub use forward::{Incoming, Proxy, ResponseFuture};
 pub use metrics::Metrics;
-pub use outcome::{Exchange, ExchangeHook, Outcome};
+pub use outcome::{Exchange, ExchangeHook, ExchangeOutcome};
 pub use problem::{METHOD_NOT_ALLOWED, TOO_MANY_CONNECTIONS};
 pub use server::{front, serve, serve_admin, serve_with, Drained, Front, FrontBody};
 pub use shared::ClientAddr;

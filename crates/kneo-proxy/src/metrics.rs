@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tower::retry::budget::Budget;
 
-use crate::outcome::Outcome;
+use crate::outcome::ExchangeOutcome;
 
 /// Status classes, as labels.
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
@@ -22,7 +22,7 @@ type Labels = [(&'static str, &'static str); 2];
 /// Every metric the proxy keeps, registered under the prefix `kneo_proxy`.
 ///
 /// - `kneo_proxy_requests_total{outcome, class}`: requests answered, every
-///   one once, by [outcome](Outcome::as_str) (`upstream`, `unreachable`,
+///   one once, by [outcome](ExchangeOutcome::as_str) (`upstream`, `unreachable`,
 ///   `timeout`, `overloaded`, `bad_request`, `rate_limited`, `replayed`,
 ///   `idempotency`) and status class (`2xx`...);
 /// - `kneo_proxy_upstream_attempts_total`: requests sent upstream, retries included;
@@ -62,14 +62,16 @@ impl Metrics {
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("kneo_proxy");
         let family = Family::<Labels, Counter>::default();
-        let handles = Outcome::ALL
+        let handles = ExchangeOutcome::ALL
             .iter()
             .map(|&outcome| {
                 CLASSES.map(|class| {
                     let occurs = match outcome {
-                        Outcome::Upstream | Outcome::Replayed => true,
-                        Outcome::BadRequest | Outcome::RateLimited => class == "4xx",
-                        Outcome::Idempotency => class == "4xx" || class == "5xx",
+                        ExchangeOutcome::Upstream | ExchangeOutcome::Replayed => true,
+                        ExchangeOutcome::BadRequest | ExchangeOutcome::RateLimited => {
+                            class == "4xx"
+                        }
+                        ExchangeOutcome::Idempotency => class == "4xx" || class == "5xx",
                         _ => class == "5xx",
                     };
                     occurs.then(|| {
@@ -149,7 +151,7 @@ impl Metrics {
     /// Records one answered request.
     pub(crate) fn record(
         &self,
-        outcome: Outcome,
+        outcome: ExchangeOutcome,
         status: StatusCode,
         attempts: u32,
         elapsed: Duration,

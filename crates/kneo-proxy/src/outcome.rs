@@ -1,4 +1,4 @@
-//! What an answered request was: its [`Outcome`], and the [`Exchange`] an
+//! What an answered request was: its [`ExchangeOutcome`], and the [`Exchange`] an
 //! access log sees, handed to the [`ExchangeHook`] once per answer.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 /// How a request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum ExchangeOutcome {
     /// The upstream's answer, passed on (whatever its status).
     Upstream,
     /// A `502` problem: the upstream could not be reached or hung up.
@@ -31,30 +31,30 @@ pub enum Outcome {
     Idempotency,
 }
 
-impl Outcome {
+impl ExchangeOutcome {
     /// Every outcome, in declaration order.
-    pub(crate) const ALL: [Outcome; 8] = [
-        Outcome::Upstream,
-        Outcome::Unreachable,
-        Outcome::Timeout,
-        Outcome::Overloaded,
-        Outcome::BadRequest,
-        Outcome::RateLimited,
-        Outcome::Replayed,
-        Outcome::Idempotency,
+    pub(crate) const ALL: [ExchangeOutcome; 8] = [
+        ExchangeOutcome::Upstream,
+        ExchangeOutcome::Unreachable,
+        ExchangeOutcome::Timeout,
+        ExchangeOutcome::Overloaded,
+        ExchangeOutcome::BadRequest,
+        ExchangeOutcome::RateLimited,
+        ExchangeOutcome::Replayed,
+        ExchangeOutcome::Idempotency,
     ];
 
     /// The outcome as a stable snake_case string (`upstream`, `unreachable`...).
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Upstream => "upstream",
-            Outcome::Unreachable => "unreachable",
-            Outcome::Timeout => "timeout",
-            Outcome::Overloaded => "overloaded",
-            Outcome::BadRequest => "bad_request",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Replayed => "replayed",
-            Outcome::Idempotency => "idempotency",
+            ExchangeOutcome::Upstream => "upstream",
+            ExchangeOutcome::Unreachable => "unreachable",
+            ExchangeOutcome::Timeout => "timeout",
+            ExchangeOutcome::Overloaded => "overloaded",
+            ExchangeOutcome::BadRequest => "bad_request",
+            ExchangeOutcome::RateLimited => "rate_limited",
+            ExchangeOutcome::Replayed => "replayed",
+            ExchangeOutcome::Idempotency => "idempotency",
         }
     }
 }
@@ -70,7 +70,7 @@ pub struct Exchange<'a> {
     pub(crate) status: StatusCode,
     pub(crate) attempts: u32,
     pub(crate) upstream_time: Duration,
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: ExchangeOutcome,
 }
 
 impl Exchange<'_> {
@@ -118,7 +118,7 @@ impl Exchange<'_> {
     }
 
     /// How it was answered.
-    pub fn outcome(&self) -> Outcome {
+    pub fn outcome(&self) -> ExchangeOutcome {
         self.outcome
     }
 }
@@ -132,11 +132,11 @@ mod tests {
 
     #[test]
     fn outcome_names_are_distinct() {
-        let mut names: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        let mut names: Vec<_> = ExchangeOutcome::ALL.iter().map(|o| o.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), Outcome::ALL.len());
-        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+        assert_eq!(names.len(), ExchangeOutcome::ALL.len());
+        for (i, outcome) in ExchangeOutcome::ALL.iter().enumerate() {
             assert_eq!(*outcome as usize, i, "ALL is in declaration order");
         }
     }

@@ -26,7 +26,7 @@ use http_body_util::Full;
 use kneo::core::problem::{ProblemResponse, ProblemType};
 use kneo::Error;
 
-use crate::outcome::Outcome;
+use crate::outcome::ExchangeOutcome;
 
 /// `code` of a 503 at `max_connections`.
 pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
@@ -37,7 +37,7 @@ pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 /// One problem answer, before it is a response.
 #[derive(Debug, Clone)]
 pub(crate) struct ProblemAnswer {
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: ExchangeOutcome,
     pub(crate) status: StatusCode,
     problem_type: ProblemType,
     detail: String,
@@ -55,7 +55,7 @@ impl ProblemAnswer {
         let (status, problem_type) = ProblemType::of_error(err);
         if status == StatusCode::TOO_MANY_REQUESTS {
             return ProblemAnswer {
-                outcome: Outcome::RateLimited,
+                outcome: ExchangeOutcome::RateLimited,
                 status,
                 problem_type,
                 detail: err.message().to_owned(),
@@ -67,9 +67,9 @@ impl ProblemAnswer {
             };
         }
         let outcome = if status == StatusCode::GATEWAY_TIMEOUT {
-            Outcome::Timeout
+            ExchangeOutcome::Timeout
         } else {
-            Outcome::Unreachable
+            ExchangeOutcome::Unreachable
         };
         let attempts = err.attempts();
         let tries = if attempts == 1 {
@@ -80,7 +80,7 @@ impl ProblemAnswer {
         // kneo's message is the source chain (hyper's and the OS's words),
         // never a header value; the upstream URL has no userinfo or query.
         let detail = match outcome {
-            Outcome::Timeout => format!(
+            ExchangeOutcome::Timeout => format!(
                 "the upstream did not answer in time ({tries}): {}",
                 err.message()
             ),
@@ -105,7 +105,7 @@ impl ProblemAnswer {
     /// A connection over `max_connections`.
     pub(crate) fn overloaded(request_id: Option<String>) -> ProblemAnswer {
         ProblemAnswer {
-            outcome: Outcome::Overloaded,
+            outcome: ExchangeOutcome::Overloaded,
             status: StatusCode::SERVICE_UNAVAILABLE,
             problem_type: ProblemType::OVERLOADED,
             detail: "the proxy is serving as many connections as it may; retry shortly".to_owned(),
@@ -121,7 +121,7 @@ impl ProblemAnswer {
     /// the upstream's URL).
     pub(crate) fn bad_request(request_id: Option<String>) -> ProblemAnswer {
         ProblemAnswer {
-            outcome: Outcome::BadRequest,
+            outcome: ExchangeOutcome::BadRequest,
             status: StatusCode::BAD_REQUEST,
             problem_type: ProblemType::BAD_REQUEST,
             detail: "the request target cannot be forwarded to the upstream".to_owned(),
@@ -147,7 +147,7 @@ impl ProblemAnswer {
     pub(crate) fn handshake_failed(timed_out: bool, detail: &str) -> ProblemAnswer {
         let (outcome, status, problem_type, code, what) = if timed_out {
             (
-                Outcome::Timeout,
+                ExchangeOutcome::Timeout,
                 StatusCode::GATEWAY_TIMEOUT,
                 ProblemType::UPSTREAM_TIMEOUT,
                 kneo::codes::API_TIMEOUT,
@@ -155,7 +155,7 @@ impl ProblemAnswer {
             )
         } else {
             (
-                Outcome::Unreachable,
+                ExchangeOutcome::Unreachable,
                 StatusCode::BAD_GATEWAY,
                 ProblemType::UPSTREAM_UNREACHABLE,
                 kneo::codes::API_CONNECTION,
@@ -198,7 +198,7 @@ impl ProblemAnswer {
         if let Some(id) = self.request_id {
             problem = problem.request_id(id);
         }
-        if self.outcome == Outcome::Overloaded {
+        if self.outcome == ExchangeOutcome::Overloaded {
             problem = problem.retry_after(std::time::Duration::from_secs(1));
         }
         if let Some(wait) = self.retry_after {

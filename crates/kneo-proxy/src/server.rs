@@ -119,9 +119,9 @@ where
 ///
 /// Every answer is recorded once, in `proxy`'s metrics and access-log hook:
 /// those `proxy` forwarded by `proxy` itself, and those `front` made by
-/// itself here, as [`Outcome::Replayed`](crate::Outcome::Replayed) (the
+/// itself here, as [`ExchangeOutcome::Replayed`](crate::ExchangeOutcome::Replayed) (the
 /// response says `Idempotent-Replayed: true`) or
-/// [`Outcome::Idempotency`](crate::Outcome::Idempotency), with no attempts.
+/// [`ExchangeOutcome::Idempotency`](crate::ExchangeOutcome::Idempotency), with no attempts.
 /// Those also get this request's `X-Request-ID` when they carry none, and a
 /// `Via` when they carry none (a replay keeps the one of the answer it
 /// replays).

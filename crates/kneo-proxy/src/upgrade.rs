@@ -29,7 +29,7 @@ use crate::body::ProxyBody;
 use crate::config::{ConfigError, ProxyConfig};
 use crate::headers::{keep_upgrade, rewrite, Hop};
 use crate::metrics::Held;
-use crate::outcome::{Exchange, Outcome};
+use crate::outcome::{Exchange, ExchangeOutcome};
 use crate::problem::ProblemAnswer;
 use crate::shared::{finish_problem, record, upstream_request_id, Shared};
 use kneo::transport::{Alpn, Connector};
@@ -150,7 +150,7 @@ where
             status: parts.status,
             attempts: 1,
             upstream_time: start.elapsed(),
-            outcome: Outcome::Upstream,
+            outcome: ExchangeOutcome::Upstream,
         },
     );
     Response::from_parts(parts, ProxyBody::upstream(body))

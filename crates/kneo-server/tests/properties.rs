@@ -223,7 +223,7 @@ mod record {
     use bytes::Bytes;
     use http::{HeaderName, HeaderValue, StatusCode};
     use kneo_server::idempotency::{
-        Claim, Completed, FencingToken, Fingerprint, Outcome, Record, StoredResponse,
+        Claim, Completed, Completion, FencingToken, Fingerprint, Record, StoredResponse,
     };
     use proptest::sample::{select, Index};
 
@@ -301,10 +301,11 @@ mod record {
             (token, fingerprint())
                 .prop_map(|(t, f)| Record::InFlight(Claim::new(FencingToken::new(t), f))),
             (fingerprint(), stored()).prop_map(|(f, res)| {
-                Record::Completed(Completed::new(f, Outcome::Stored(res)))
+                Record::Completed(Completed::new(f, Completion::Stored(res)))
             }),
-            (fingerprint(), status())
-                .prop_map(|(f, s)| { Record::Completed(Completed::new(f, Outcome::NotStored(s))) }),
+            (fingerprint(), status()).prop_map(|(f, s)| {
+                Record::Completed(Completed::new(f, Completion::NotStored(s)))
+            }),
         ]
     }
 
@@ -367,7 +368,7 @@ mod record {
                 out.extend_from_slice(claim.fingerprint().as_bytes());
             }
             Record::Completed(done) => match done.outcome() {
-                Outcome::Stored(res) => {
+                Completion::Stored(res) => {
                     out.push(2);
                     out.extend_from_slice(done.fingerprint().as_bytes());
                     out.extend_from_slice(&res.status().as_u16().to_be_bytes());
@@ -381,7 +382,7 @@ mod record {
                     var(&mut out, res.body().len());
                     out.extend_from_slice(res.body());
                 }
-                Outcome::NotStored(status) => {
+                Completion::NotStored(status) => {
                     out.push(3);
                     out.extend_from_slice(done.fingerprint().as_bytes());
                     out.extend_from_slice(&status.as_u16().to_be_bytes());
@@ -469,7 +470,7 @@ mod record {
             longer.extend(extra);
             prop_assert!(Record::decode(&longer).is_err(), "trailing bytes accepted");
             if let Record::Completed(done) = &record {
-                if let Outcome::Stored(res) = done.outcome() {
+                if let Completion::Stored(res) = done.outcome() {
                     let varints = 2 + 2 * res.headers().len();
                     let bytes = layout(&record, at.index(varints), long);
                     prop_assert!(Record::decode(&bytes).is_err(), "{:?} varint accepted", long);

@@ -66,8 +66,8 @@ pub mod client;
 
 pub use builder::ServiceBuilderExt;
 pub use kneo_core::{
-    codes, credential, rate_limit, retry_after, Attempt, BoxError, Error, ErrorBody, ErrorKind,
-    Outcome, Problem, RateLimit, Result, Sent,
+    codes, credential, rate_limit, retry_after, Attempt, AttemptOutcome, BoxError, Error,
+    ErrorBody, ErrorKind, Problem, RateLimit, Result, Sent,
 };
 pub use retry::Attempts;
 pub use stack::ClientLayer;

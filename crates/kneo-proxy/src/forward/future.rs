@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::body::ProxyBody;
 use crate::headers::{rewrite, Hop};
 use crate::metrics::Held;
-use crate::outcome::{Exchange, Outcome};
+use crate::outcome::{Exchange, ExchangeOutcome};
 use crate::problem::ProblemAnswer;
 use crate::shared::{finish_problem, record, upstream_request_id, Recorded, Shared};
 
@@ -116,7 +116,7 @@ where
                         status: parts.status,
                         attempts,
                         upstream_time: elapsed,
-                        outcome: Outcome::Upstream,
+                        outcome: ExchangeOutcome::Upstream,
                     },
                 );
                 Response::from_parts(parts, ProxyBody::upstream(body))

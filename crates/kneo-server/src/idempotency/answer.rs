@@ -12,7 +12,7 @@ use kneo_core::{codes, is_valid_request_id, Delivery, X_REQUEST_ID, X_SHOULD_RET
 
 use super::future::ResponseBody;
 use crate::record::key::KeyError;
-use crate::record::{Outcome, StoredResponse};
+use crate::record::{Completion, StoredResponse};
 use kneo_core::problem::{ProblemResponse, ProblemType};
 
 /// `Idempotent-Replayed: true` marks a replayed response.
@@ -96,11 +96,11 @@ pub(crate) fn outcome_unknown(status: StatusCode, delivery: Delivery) -> StoredR
 /// The stored response, replayed with this request's id; or the problem
 /// saying there is none.
 pub(crate) fn replay<B>(
-    outcome: Outcome,
+    outcome: Completion,
     request_id: Option<&HeaderValue>,
 ) -> Response<ResponseBody<B>> {
     match outcome {
-        Outcome::Stored(stored) => {
+        Completion::Stored(stored) => {
             let (status, headers, body) = stored.into_parts();
             let mut res = Response::new(ResponseBody::full(body));
             *res.status_mut() = status;
@@ -115,7 +115,7 @@ pub(crate) fn replay<B>(
             map.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             res
         }
-        Outcome::NotStored(_) => respond(problems::not_stored(), request_id),
+        Completion::NotStored(_) => respond(problems::not_stored(), request_id),
     }
 }
 

@@ -153,8 +153,8 @@ pub(crate) mod request;
 pub(crate) mod service;
 
 pub use crate::record::{
-    Claim, Completed, CredentialScope, DecodeError, FencingToken, Fingerprint, MakeScope, Outcome,
-    Record, RecordKey, Scope, StoredResponse, DEFAULT_SCOPE_SECRET, MAX_KEY_LEN,
+    Claim, Completed, Completion, CredentialScope, DecodeError, FencingToken, Fingerprint,
+    MakeScope, Record, RecordKey, Scope, StoredResponse, DEFAULT_SCOPE_SECRET, MAX_KEY_LEN,
 };
 pub use answer::{IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST};
 pub use child::IdempotencyKey;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body::Body;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full};
 use kneo_core::delivery::LateAnswer;
 use kneo_core::{BoxError, Delivery};
@@ -28,7 +28,7 @@ use super::guard::Guard;
 use super::request::{identify, route, Route};
 use crate::record::Fingerprint;
 use crate::record::RecordKey;
-use crate::record::{Completed, Outcome, StoredResponse};
+use crate::record::{Completed, Completion, StoredResponse};
 use crate::store::{Acquire, Store};
 use kneo_core::problem::ProblemResponse;
 
@@ -353,6 +353,10 @@ impl Work {
         futures_util::future::select(work, heartbeat).await;
     }
 
+    /// Runs the handler, then settles the claim by what it answered: a
+    /// failure keeps the key with nothing to replay; "not processed"
+    /// releases it; a gateway's lost or late answer is recorded as such;
+    /// anything else is recorded and answered.
     async fn work<S, St, Req, ResBody>(
         self,
         mut guard: Guard<St>,
@@ -366,9 +370,10 @@ impl Work {
         ResBody: Body<Data = Bytes> + Unpin,
         ResBody::Error: Into<BoxError>,
     {
-        let fingerprint = self.fingerprint;
-        let not_stored =
-            |status: StatusCode| Completed::new(fingerprint, Outcome::NotStored(status));
+        let not_stored = Completed::new(
+            self.fingerprint,
+            Completion::NotStored(StatusCode::INTERNAL_SERVER_ERROR),
+        );
         let res = match AssertUnwindSafe(async { inner.call(req).await })
             .catch_unwind()
             .await
@@ -377,22 +382,16 @@ impl Work {
             // The handler began: whatever it did may have been applied.
             // Keep the key, with no response to replay (a retry gets 410).
             Ok(Err(error)) => {
-                guard
-                    .complete(not_stored(StatusCode::INTERNAL_SERVER_ERROR))
-                    .await;
+                guard.complete(not_stored).await;
                 let _ = answer.send(Answer::Failed(error));
                 return;
             }
             Err(panic) => {
-                guard
-                    .complete(not_stored(StatusCode::INTERNAL_SERVER_ERROR))
-                    .await;
+                guard.complete(not_stored).await;
                 let _ = answer.send(Answer::Panicked(panic));
                 return;
             }
         };
-
-        let status = res.status();
         if not_processed(&res) {
             // Nothing reached the upstream, or the handler said it did not
             // process the request: let a retry run.
@@ -401,13 +400,34 @@ impl Work {
             return;
         }
         match res.extensions().get::<Delivery>().copied() {
-            // A gateway's attempt timed out after it was sent: the caller
-            // gets the gateway's answer now; the record waits (the claim
-            // renewed meanwhile) for the upstream's own answer.
-            Some(Delivery::TimedOut) => {
-                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+            Some(delivery) => self.gateway(guard, res, delivery, answer, late).await,
+            None => self.record(guard, res, answer).await,
+        }
+    }
+
+    /// A gateway's own answer (its `Delivery` says the upstream's was lost
+    /// or late): the caller gets it now; the record says what is known.
+    async fn gateway<St, ResBody, E>(
+        self,
+        mut guard: Guard<St>,
+        res: Response<ResBody>,
+        delivery: Delivery,
+        answer: oneshot::Sender<Answer<ResBody, E>>,
+        late: LateReceiver,
+    ) where
+        St: Store,
+        ResBody: Body<Data = Bytes> + Unpin,
+    {
+        let status = res.status();
+        let res = res.map(ResponseBody::inner);
+        let record = match delivery {
+            // The attempt timed out after it was sent: the caller gets the
+            // gateway's answer now; the record waits (the claim renewed
+            // meanwhile) for the upstream's own answer.
+            Delivery::TimedOut => {
+                let _ = answer.send(Answer::Response(res));
                 let late = tokio::time::timeout(self.config.max_hold, late).await;
-                let record = match late.ok().and_then(Result::ok) {
+                match late.ok().and_then(Result::ok) {
                     Some(late) if not_processed(&late) => {
                         guard.release().await;
                         return;
@@ -418,70 +438,112 @@ impl Work {
                             Some(body) => {
                                 let headers =
                                     stored_headers(&parts.headers, self.request_id.as_ref());
-                                Outcome::Stored(StoredResponse::new(parts.status, headers, body))
+                                Completion::Stored(StoredResponse::new(parts.status, headers, body))
                             }
-                            None => Outcome::NotStored(parts.status),
+                            None => Completion::NotStored(parts.status),
                         }
                     }
-                    None => Outcome::Stored(outcome_unknown(status, Delivery::TimedOut)),
-                };
-                guard.complete(Completed::new(fingerprint, record)).await;
-                return;
+                    None => Completion::Stored(outcome_unknown(status, delivery)),
+                }
             }
-            // A gateway sent the request and lost its answer: record that
-            // the outcome is unknown, never the gateway's answer as the
-            // upstream's.
-            Some(delivery) => {
-                let stored = outcome_unknown(status, delivery);
+            // It sent the request and lost the answer: record that the
+            // outcome is unknown, never the gateway's answer as the
+            // upstream's; then answer.
+            _ => {
+                let stored = Completion::Stored(outcome_unknown(status, delivery));
                 guard
-                    .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                    .complete(Completed::new(self.fingerprint, stored))
                     .await;
-                let _ = answer.send(Answer::Response(res.map(ResponseBody::inner)));
+                let _ = answer.send(Answer::Response(res));
                 return;
             }
-            None => {}
-        }
+        };
+        guard
+            .complete(Completed::new(self.fingerprint, record))
+            .await;
+    }
 
+    /// The handler's answer: recorded, then answered. A head alone, or a
+    /// body whole in its first frame (the common JSON answer), is recorded
+    /// first and answered whole, head and body in one write (sent apart, the
+    /// body would wait on Nagle's algorithm for the ACK of the head, which
+    /// the peer delays: 40 ms on Linux). A longer body is [streamed](Self::stream).
+    async fn record<St, ResBody, E>(
+        self,
+        mut guard: Guard<St>,
+        res: Response<ResBody>,
+        answer: oneshot::Sender<Answer<ResBody, E>>,
+    ) where
+        St: Store,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let status = res.status();
         let (parts, mut body) = res.into_parts();
         let headers = stored_headers(&parts.headers, self.request_id.as_ref());
         if body.is_end_stream() {
-            // No body: the head is the whole answer, so it goes out once the
-            // record is kept.
             let stored = StoredResponse::new(status, headers, Bytes::new());
             guard
-                .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
                 .await;
             let res = Response::from_parts(parts, ResponseBody::inner(body));
             let _ = answer.send(Answer::Response(res));
             return;
         }
         let hint = body.size_hint();
-        let max = self.config.max_response;
-        let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > max);
-        // The first frame before the head: a body whole in it (the common
-        // JSON answer) is recorded, then answered whole, head and body in
-        // one write. (Sent apart, the body would wait on Nagle's algorithm
-        // for the ACK of the head, which the peer delays: 40 ms on Linux.)
         let first = body
             .frame()
             .await
             .map(|r| r.map_err(Into::<BoxError>::into));
         if let Some(data) = first.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
             let len = data.len() as u64;
-            if (body.is_end_stream() || hint.exact() == Some(len)) && !too_big(len) {
+            let whole = body.is_end_stream() || hint.exact() == Some(len);
+            if whole && !self.too_big(len) {
                 let data = data.clone();
                 let stored = StoredResponse::new(status, headers, data.clone());
                 guard
-                    .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                    .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
                     .await;
                 let res = Response::from_parts(parts, ResponseBody::full(data));
                 let _ = answer.send(Answer::Response(res));
                 return;
             }
         }
+        let head = Response::from_parts(parts, ());
+        let body = Streamed { body, hint, first };
+        self.stream(guard, head, body, headers, answer).await;
+    }
+
+    /// `true` when a response body of `len` bytes is not stored.
+    fn too_big(&self, len: u64) -> bool {
+        usize::try_from(len).map_or(true, |len| len > self.config.max_response)
+    }
+
+    /// A body that comes in frames: each goes to the caller as it arrives
+    /// and into the recording (until it outgrows `max_response`). The last
+    /// bytes go out only once the record is kept.
+    async fn stream<St, ResBody, E>(
+        self,
+        mut guard: Guard<St>,
+        head: Response<()>,
+        body: Streamed<ResBody>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        answer: oneshot::Sender<Answer<ResBody, E>>,
+    ) where
+        St: Store,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let status = head.status();
+        let not_stored = Completed::new(self.fingerprint, Completion::NotStored(status));
+        let Streamed {
+            mut body,
+            hint,
+            first,
+        } = body;
         let mut pending = Some(first);
         let (frames, caller_body) = ResponseBody::channel(hint);
-        let caller = Response::from_parts(parts, caller_body);
+        let caller = head.map(|()| caller_body);
         // A caller that has gone away is not waited for; the body is still
         // read to its end and recorded.
         let mut frames = answer
@@ -489,9 +551,9 @@ impl Work {
             .is_ok()
             .then_some(frames);
         let mut recording = Some(Buffer::Empty);
-        if too_big(hint.lower()) {
+        if self.too_big(hint.lower()) {
             recording = None;
-            guard.complete(not_stored(status)).await;
+            guard.complete(not_stored.clone()).await;
         }
         let mut headers = Some(headers);
         let mut read: u64 = 0;
@@ -512,7 +574,7 @@ impl Work {
                     // (a retry gets 410); the caller gets what arrived, then
                     // the error, as it would without a key.
                     if recording.is_some() {
-                        guard.complete(not_stored(status)).await;
+                        guard.complete(not_stored).await;
                     }
                     if let Some(frames) = frames {
                         let _ = frames.send(Err(error)).await;
@@ -524,9 +586,9 @@ impl Work {
                 read = read.saturating_add(data.len() as u64);
                 if let Some(buf) = recording.as_mut() {
                     buf.push(data.clone());
-                    if too_big(buf.len() as u64) {
+                    if self.too_big(buf.len() as u64) {
                         recording = None;
-                        guard.complete(not_stored(status)).await;
+                        guard.complete(not_stored.clone()).await;
                     }
                 }
             }
@@ -538,7 +600,7 @@ impl Work {
                 if let (Some(buf), Some(headers)) = (recording.take(), headers.take()) {
                     let stored = StoredResponse::new(status, headers, buf.freeze());
                     guard
-                        .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                        .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
                         .await;
                 }
             }
@@ -552,11 +614,19 @@ impl Work {
         if let (Some(buf), Some(headers)) = (recording, headers) {
             let stored = StoredResponse::new(status, headers, buf.freeze());
             guard
-                .complete(Completed::new(fingerprint, Outcome::Stored(stored)))
+                .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
                 .await;
         }
         // Only now does the caller's body end: a caller that has read its
         // response to the end and retries finds the record.
         drop(frames);
     }
+}
+
+/// A response body being streamed to the caller: the body, what it said of
+/// its size before a byte was read, and the first frame, already read.
+struct Streamed<B> {
+    body: B,
+    hint: SizeHint,
+    first: Option<Result<Frame<Bytes>, BoxError>>,
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use fingerprint::Fingerprint;
 pub use key::{RecordKey, MAX_KEY_LEN};
 pub use scope::{CredentialScope, MakeScope, Scope, DEFAULT_SCOPE_SECRET};
-pub use stored::{Claim, Completed, DecodeError, FencingToken, Outcome, Record, StoredResponse};
+pub use stored::{Claim, Completed, Completion, DecodeError, FencingToken, Record, StoredResponse};
 
 /// The longest lease, TTL or hold a layer uses (a longer one is lowered to
 /// it): 366 days, far from any clock's or store's overflow.

@@ -106,7 +106,7 @@ impl StoredResponse {
 /// How a completed request ended, as far as a replay cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum Completion {
     /// The response was stored and is replayed.
     Stored(StoredResponse),
     /// The response (with this status) was larger than `max_response`: the
@@ -114,16 +114,16 @@ pub enum Outcome {
     NotStored(StatusCode),
 }
 
-/// A finished request: its fingerprint and its [`Outcome`].
+/// A finished request: its fingerprint and its [`Completion`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completed {
     fingerprint: Fingerprint,
-    outcome: Outcome,
+    outcome: Completion,
 }
 
 impl Completed {
     /// A completed record.
-    pub fn new(fingerprint: Fingerprint, outcome: Outcome) -> Self {
+    pub fn new(fingerprint: Fingerprint, outcome: Completion) -> Self {
         Completed {
             fingerprint,
             outcome,
@@ -136,19 +136,19 @@ impl Completed {
     }
 
     /// The outcome.
-    pub fn outcome(&self) -> &Outcome {
+    pub fn outcome(&self) -> &Completion {
         &self.outcome
     }
 
     /// The outcome, by value.
-    pub fn into_outcome(self) -> Outcome {
+    pub fn into_outcome(self) -> Completion {
         self.outcome
     }
 
     /// `Record::Completed(self).encode()`, without the copy.
     pub fn encode(&self) -> Vec<u8> {
         match &self.outcome {
-            Outcome::Stored(res) => {
+            Completion::Stored(res) => {
                 let headers: usize = res
                     .headers
                     .iter()
@@ -166,7 +166,7 @@ impl Completed {
                 put_bytes(&mut out, &res.body);
                 out
             }
-            Outcome::NotStored(status) => {
+            Completion::NotStored(status) => {
                 let mut out = Vec::with_capacity(2 + 32 + 2);
                 out.extend_from_slice(&[VERSION, TAG_NOT_STORED]);
                 out.extend_from_slice(self.fingerprint.as_bytes());
@@ -187,7 +187,7 @@ impl Completed {
 /// ```
 /// use bytes::Bytes;
 /// use http::{HeaderName, HeaderValue, Method, StatusCode};
-/// use kneo_server::idempotency::{Completed, Fingerprint, Outcome, Record, StoredResponse};
+/// use kneo_server::idempotency::{Completed, Fingerprint, Completion, Record, StoredResponse};
 ///
 /// let fp = Fingerprint::of(&Method::POST, "/payments", b"{}");
 /// let res = StoredResponse::new(
@@ -195,7 +195,7 @@ impl Completed {
 ///     vec![(HeaderName::from_static("content-type"), HeaderValue::from_static("application/json"))],
 ///     Bytes::from_static(b"{\"id\":1}"),
 /// );
-/// let record = Record::Completed(Completed::new(fp, Outcome::Stored(res)));
+/// let record = Record::Completed(Completed::new(fp, Completion::Stored(res)));
 /// let bytes = record.encode();
 /// assert_eq!(Record::decode(&bytes).unwrap(), record);
 /// assert!(Record::decode(&bytes[..bytes.len() - 1]).is_err());
@@ -276,12 +276,12 @@ impl Record {
                 }
                 let body = Bytes::copy_from_slice(r.bytes()?);
                 let res = StoredResponse::new(status, headers, body);
-                Record::Completed(Completed::new(fingerprint, Outcome::Stored(res)))
+                Record::Completed(Completed::new(fingerprint, Completion::Stored(res)))
             }
             TAG_NOT_STORED => {
                 let fingerprint = Fingerprint::from_bytes(r.array()?);
                 let status = r.status()?;
-                Record::Completed(Completed::new(fingerprint, Outcome::NotStored(status)))
+                Record::Completed(Completed::new(fingerprint, Completion::NotStored(status)))
             }
             _ => return Err(DecodeError("unknown record tag")),
         };
@@ -392,7 +392,7 @@ mod tests {
             Record::InFlight(Claim::new(FencingToken(0), fp())),
             Record::Completed(Completed::new(
                 fp(),
-                Outcome::Stored(StoredResponse::new(
+                Completion::Stored(StoredResponse::new(
                     StatusCode::CREATED,
                     headers,
                     Bytes::from(vec![7u8; 300]),
@@ -400,13 +400,13 @@ mod tests {
             )),
             Record::Completed(Completed::new(
                 fp(),
-                Outcome::Stored(StoredResponse::new(
+                Completion::Stored(StoredResponse::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     vec![],
                     Bytes::new(),
                 )),
             )),
-            Record::Completed(Completed::new(fp(), Outcome::NotStored(StatusCode::OK))),
+            Record::Completed(Completed::new(fp(), Completion::NotStored(StatusCode::OK))),
         ]
     }
 
@@ -426,7 +426,7 @@ mod tests {
         else {
             panic!("not completed")
         };
-        let Outcome::Stored(res) = done.outcome() else {
+        let Completion::Stored(res) = done.outcome() else {
             panic!("not stored")
         };
         let names: Vec<_> = res.headers().iter().map(|(n, _)| n.as_str()).collect();

@@ -333,7 +333,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Outcome, Scope};
+    use crate::record::{Completion, Scope};
     use http::{Method, StatusCode};
 
     fn key(k: &str) -> RecordKey {
@@ -345,7 +345,7 @@ mod tests {
     }
 
     fn done() -> Completed {
-        Completed::new(fp(), Outcome::NotStored(StatusCode::OK))
+        Completed::new(fp(), Completion::NotStored(StatusCode::OK))
     }
 
     const LONG: Duration = Duration::from_secs(3600);

@@ -4,7 +4,7 @@
 //! ```
 //! use std::time::Duration;
 //! use http::Method;
-//! use kneo_server::idempotency::{Completed, Fingerprint, Outcome, RecordKey, Scope};
+//! use kneo_server::idempotency::{Completed, Fingerprint, Completion, RecordKey, Scope};
 //! use kneo_server::store::{Acquire, MemoryStore, Store};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -18,7 +18,7 @@
 //! // While it runs, the key is busy.
 //! assert!(matches!(store.claim(&key, fp, lease).await.unwrap(), Acquire::InFlight(_)));
 //! // Done: the record replaces the claim, for a day.
-//! let done = Completed::new(fp, Outcome::NotStored(http::StatusCode::OK));
+//! let done = Completed::new(fp, Completion::NotStored(http::StatusCode::OK));
 //! assert!(store.complete(&key, &claim, &done, Duration::from_secs(86_400)).await.unwrap());
 //! assert_eq!(store.claim(&key, fp, lease).await.unwrap(), Acquire::Completed(done));
 //! # }

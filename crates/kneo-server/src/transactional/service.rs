@@ -22,7 +22,7 @@ use crate::idempotency::config::Config;
 use crate::idempotency::request::identify;
 use crate::idempotency::service::Routed;
 use crate::idempotency::{
-    Claim, Completed, FencingToken, Fingerprint, Idempotency, IdempotencyKey, Outcome, Record,
+    Claim, Completed, Completion, FencingToken, Fingerprint, Idempotency, IdempotencyKey, Record,
     RecordKey, RequestBody, ResponseBody, ResponseFuture, StoredResponse,
 };
 use crate::store::{redacted, secs};
@@ -168,9 +168,9 @@ where
     }
     let bytes = buf.freeze();
     let outcome = match (spilled, delivery) {
-        (true, _) => Outcome::NotStored(status),
-        (false, Some(delivery)) => Outcome::Stored(outcome_unknown(status, delivery)),
-        (false, None) => Outcome::Stored(StoredResponse::new(
+        (true, _) => Completion::NotStored(status),
+        (false, Some(delivery)) => Completion::Stored(outcome_unknown(status, delivery)),
+        (false, None) => Completion::Stored(StoredResponse::new(
             status,
             stored_headers(&parts.headers, request_id.as_ref()),
             bytes.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use kneo_core::retry_rule::{is_retryable, RetryFacts};
 use kneo_core::{
-    is_success, is_success_for, retry_after, Attempt, Error, ErrorKind, Outcome, Sent,
+    is_success, is_success_for, retry_after, Attempt, AttemptOutcome, Error, ErrorKind, Sent,
 };
 use tokio::time::Sleep;
 use tower::retry::budget::Budget;
@@ -112,7 +112,7 @@ pub struct RetryPolicy {
 struct Verdict {
     retryable: bool,
     hint: Option<Duration>,
-    outcome: Outcome,
+    outcome: AttemptOutcome,
     request_id: Option<String>,
 }
 
@@ -139,9 +139,9 @@ impl RetryPolicy {
             retryable: is_retryable(&RetryFacts::of_error(e), &self.config.statuses),
             hint: e.retry_after(),
             outcome: match e.status() {
-                Some(status) => Outcome::Status(status),
-                None if e.is_connect() => Outcome::NotSent,
-                None => Outcome::Failed(e.kind()),
+                Some(status) => AttemptOutcome::Status(status),
+                None if e.is_connect() => AttemptOutcome::NotSent,
+                None => AttemptOutcome::Failed(e.kind()),
             },
             request_id: e.request_id().map(str::to_owned),
         }
@@ -158,7 +158,7 @@ impl RetryPolicy {
         Verdict {
             retryable: is_retryable(&facts, &self.config.statuses),
             hint: retry_after::from_headers(headers),
-            outcome: Outcome::Status(res.status()),
+            outcome: AttemptOutcome::Status(res.status()),
             request_id,
         }
     }
@@ -203,7 +203,7 @@ impl RetryPolicy {
         }
         if let Some(buckets) = &self.buckets {
             let cause = match (v.outcome, v.hint) {
-                (Outcome::Failed(_) | Outcome::NotSent, _) => Cause::Transport,
+                (AttemptOutcome::Failed(_) | AttemptOutcome::NotSent, _) => Cause::Transport,
                 (_, Some(_)) => Cause::Advised,
                 (_, None) => Cause::Status,
             };
