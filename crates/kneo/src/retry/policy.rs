@@ -216,6 +216,18 @@ impl RetryPolicy {
     }
 }
 
+/// How an attempt failed, for the retry log: the status, or the error.
+fn failure<R>(result: &Result<Response<R>, Error>) -> String {
+    match result {
+        Ok(res) => format!("{}", res.status()),
+        Err(e) if e.kind() == ErrorKind::Network => format!("network error: {}", e.message()),
+        Err(e) => match e.status() {
+            Some(status) => format!("{status}"),
+            None => e.kind().to_string(),
+        },
+    }
+}
+
 /// A request's retry-quota partition: its [authority](partition::authority).
 fn partition<B>(req: &Request<B>) -> &str {
     partition::authority(req).map_or("", |a| a.as_str())
@@ -273,25 +285,20 @@ impl RetryPolicy {
             self.history
                 .push(Attempt::new(self.attempt, v.outcome, waited).with_request_id(v.request_id));
         }
-        let failure = || match result {
-            Ok(res) => format!("{}", res.status()),
-            Err(e) if e.kind() == ErrorKind::Network => format!("network error: {}", e.message()),
-            Err(e) => match e.status() {
-                Some(status) => format!("{status}"),
-                None => e.kind().to_string(),
-            },
+        let log = |decision: std::fmt::Arguments<'_>| {
+            tracing::info!(
+                target: "kneo::retry",
+                request_id = request_id.as_deref().unwrap_or(""),
+                attempt = self.attempt,
+                "attempt {} failed ({}); {}",
+                self.attempt,
+                failure(result),
+                decision,
+            );
         };
         match decision {
             Ok(wait) => {
-                tracing::info!(
-                    target: "kneo::retry",
-                    request_id = request_id.as_deref().unwrap_or(""),
-                    attempt = self.attempt,
-                    "attempt {} failed ({}); retrying in {:.2}s",
-                    self.attempt,
-                    failure(),
-                    wait.as_secs_f64(),
-                );
+                log(format_args!("retrying in {:.2}s", wait.as_secs_f64()));
                 self.waited = wait;
                 self.total_wait += wait;
                 if let Attempted::Again(req) = req {
@@ -302,15 +309,7 @@ impl RetryPolicy {
             }
             Err(reason) => {
                 if let Some(reason) = reason {
-                    tracing::info!(
-                        target: "kneo::retry",
-                        request_id = request_id.as_deref().unwrap_or(""),
-                        attempt = self.attempt,
-                        "attempt {} failed ({}); not retrying: {}",
-                        self.attempt,
-                        failure(),
-                        reason,
-                    );
+                    log(format_args!("not retrying: {reason}"));
                 }
                 None
             }
