@@ -325,23 +325,27 @@ impl RetryPolicy {
         req: Option<&Request<B>>,
         result: Result<Response<ResB>, Error>,
     ) -> Result<Response<ResB>, Error> {
-        let history = std::mem::take(&mut self.history);
         match result {
             Ok(mut res) => {
-                if let (Some(buckets), Some(req)) = (&self.buckets, req) {
-                    if is_success_for(res.status(), req.headers()) {
-                        buckets.refund(partition(req), self.spent);
-                    }
-                }
-                res.extensions_mut().insert(Attempts {
-                    count: self.attempt,
-                    total_wait: self.total_wait,
-                    history,
-                });
+                self.finish_response(req, &mut res);
                 Ok(res)
             }
-            Err(e) => Err(e.with_history(history)),
+            Err(e) => Err(e.with_history(std::mem::take(&mut self.history))),
         }
+    }
+
+    /// [`finish`](Self::finish) for a response.
+    fn finish_response<B, ResB>(&mut self, req: Option<&Request<B>>, res: &mut Response<ResB>) {
+        if let (Some(buckets), Some(req)) = (&self.buckets, req) {
+            if is_success_for(res.status(), req.headers()) {
+                buckets.refund(partition(req), self.spent);
+            }
+        }
+        res.extensions_mut().insert(Attempts {
+            count: self.attempt,
+            total_wait: self.total_wait,
+            history: std::mem::take(&mut self.history),
+        });
     }
 }
 
@@ -359,12 +363,16 @@ impl<B, ResB> Policy<Request<ReplayBody<B>>, Response<ResB>, Error> for RetryPol
         if let Some(wait) = self.decide(Attempted::Again(req), result) {
             return Some(tokio::time::sleep(wait));
         }
-        // tower lends the result: it is taken out for a moment to be finished.
-        let placeholder = Err(Error::invalid_request(
-            "the retry record was being attached",
-        ));
-        let taken = std::mem::replace(result, placeholder);
-        *result = self.finish(Some(&*req), taken);
+        match result {
+            Ok(res) => self.finish_response(Some(&*req), res),
+            // tower lends the error: it is taken out for a moment, on the
+            // final failure only, to be finished with its history.
+            Err(e) => {
+                let placeholder = Error::invalid_request("the retry record was being attached");
+                let history = std::mem::take(&mut self.history);
+                *e = std::mem::replace(e, placeholder).with_history(history);
+            }
+        }
         None
     }
 
