@@ -73,6 +73,30 @@ impl fmt::Display for NotReplayable {
 
 impl std::error::Error for NotReplayable {}
 
+impl<B> Shared<B> {
+    /// Counts a data frame read from the original body, and keeps it while
+    /// the recording stays under the cap.
+    fn record(&mut self, bytes: &Bytes) {
+        self.read += 1;
+        if self.spoiled {
+            return;
+        }
+        if self.len + bytes.len() > self.cap {
+            self.spoil();
+        } else {
+            self.len += bytes.len();
+            self.frames.push(bytes.clone());
+        }
+    }
+
+    /// Stops recording for good (over the cap, or the body failed) and
+    /// frees what was kept.
+    fn spoil(&mut self) {
+        self.spoiled = true;
+        self.frames = Vec::new();
+    }
+}
+
 fn lock<B>(m: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
     // No code path panics while holding the lock; if one ever did, the state
     // is still consistent enough to read.
@@ -233,26 +257,16 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                shared.spoiled = true;
-                shared.frames = Vec::new();
+                shared.spoil();
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
                     Ok(mut data) => {
                         let bytes = data.copy_to_bytes(data.remaining());
-                        shared.read += 1;
+                        shared.record(&bytes);
                         this.pos += 1;
                         this.sent += bytes.len() as u64;
-                        if !shared.spoiled {
-                            if shared.len + bytes.len() > shared.cap {
-                                shared.spoiled = true;
-                                shared.frames = Vec::new();
-                            } else {
-                                shared.len += bytes.len();
-                                shared.frames.push(bytes.clone());
-                            }
-                        }
                         Frame::data(bytes)
                     }
                     Err(frame) => match frame.into_trailers() {
