@@ -231,7 +231,60 @@ fn per_request(calls: &BTreeMap<String, u64>, requests: u64) -> String {
         .join(", ")
 }
 
+/// `KNEO_BENCH_SCENARIO=bare|memory KNEO_BENCH_REQUESTS=N`: exactly `N`
+/// first requests against that one server, from 16 callers, on a
+/// one-thread runtime, then exit: what `benches/instructions.sh` counts
+/// under callgrind (a fixed amount of work, where the load loop runs for a
+/// fixed time).
+fn counted(scenario: &str, requests: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let app = match scenario {
+            "bare" => routes(),
+            "memory" => routes().layer(IdempotencyLayer::new(MemoryStore::new())),
+            other => panic!("KNEO_BENCH_SCENARIO is bare or memory, not {other:?}"),
+        };
+        let url = serve(app).await;
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        const CALLERS: u64 = 16;
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|caller| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    for n in (caller..requests).step_by(CALLERS as usize) {
+                        let req = Request::post(url.as_str())
+                            .header("idempotency-key", format!("counted-{n}"))
+                            .header("authorization", "Bearer sk_bench")
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(
+                                br#"{"amount":1200,"currency":"eur"}"#,
+                            )))
+                            .expect("valid request");
+                        let res = client.request(req).await.expect("loopback server answers");
+                        assert_eq!(res.status(), StatusCode::CREATED);
+                        res.into_body().collect().await.expect("body");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("caller");
+        }
+    });
+    println!("requests: {requests}");
+}
+
 fn main() {
+    if let Ok(scenario) = std::env::var("KNEO_BENCH_SCENARIO") {
+        let requests = std::env::var("KNEO_BENCH_REQUESTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2_000);
+        return counted(&scenario, requests);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

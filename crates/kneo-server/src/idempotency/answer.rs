@@ -185,6 +185,7 @@ pub(crate) mod problems {
             .detail(detail)
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn rolled_back() -> ProblemResponse {
         ProblemResponse::new(
             StatusCode::SERVICE_UNAVAILABLE,

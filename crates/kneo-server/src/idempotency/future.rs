@@ -132,7 +132,9 @@ impl<B> ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
-    /// `prefix`, then what is left of `rest`.
+    /// `prefix`, then what is left of `rest` (the transactional layer's
+    /// answers, under the `postgres` feature).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn spill(prefix: Bytes, rest: B) -> Self {
         ResponseBody {
             kind: BodyKind::Spill {
