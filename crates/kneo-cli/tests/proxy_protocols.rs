@@ -48,6 +48,21 @@ async fn h1_get(url: &str) -> (StatusCode, String) {
     try_h1_get(url).await.expect("an answer")
 }
 
+/// `callers` GETs of `url` at once, each on a connection of its own: every
+/// one is answered `200` with `body`.
+async fn all_answer(url: &str, callers: usize, body: &str) {
+    let callers: Vec<_> = (0..callers)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { h1_get(&url).await })
+        })
+        .collect();
+    for caller in callers {
+        let (status, answered) = caller.await.expect("the caller task");
+        assert_eq!((status, answered.as_str()), (StatusCode::OK, body));
+    }
+}
+
 /// [`h1_get`], or the error when the connection closed without an answer
 /// (a proxy past twice its connection limit closes at once).
 async fn try_h1_get(url: &str) -> Result<(StatusCode, String), hyper::Error> {
@@ -463,16 +478,7 @@ async fn an_h2c_upstream_gets_one_connection_for_50_concurrent_requests() {
     let proxy = sidecar(&format!("http://{addr}"), &["--upstream-h2c"]).await;
     // 50 callers on HTTP/1.1, each on a connection of its own.
     let url = format!("http://{}/multiplexed", proxy.addr());
-    let callers: Vec<_> = (0..50)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { h1_get(&url).await })
-        })
-        .collect();
-    for caller in callers {
-        let (status, body) = caller.await.expect("the caller task");
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "h2"));
-    }
+    all_answer(&url, 50, "h2").await;
     assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection");
     assert!(
         most.load(Ordering::SeqCst) > 1,
@@ -569,16 +575,7 @@ async fn an_https_upstream_that_picks_h2_by_alpn_gets_one_connection() {
     // finishing after the first was pooled is kept too).
     let (status, _) = h1_get(&url).await;
     assert_eq!(status, StatusCode::OK);
-    let callers: Vec<_> = (0..20)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { h1_get(&url).await })
-        })
-        .collect();
-    for caller in callers {
-        let (status, body) = caller.await.expect("the caller task");
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "tls"));
-    }
+    all_answer(&url, 20, "tls").await;
     assert_eq!(
         *seen.lock().expect("lock"),
         ["h2"],

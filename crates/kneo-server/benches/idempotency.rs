@@ -47,6 +47,18 @@ async fn handler(body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
         .expect("valid response"))
 }
 
+/// A keyed POST of a payment, as every scenario sends it.
+fn payment(url: &str, key: String) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("idempotency-key", key)
+        .header("authorization", "Bearer sk_bench")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"amount":1200,"currency":"eur"}"#,
+        )))
+        .expect("valid request")
+}
+
 async fn serve(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -106,14 +118,7 @@ async fn load(client: &HttpClient, url: &str, keys: Keys, label: &str) -> Run {
                         Keys::Fresh => format!("{label}-{}", SEQ.fetch_add(1, Ordering::Relaxed)),
                         Keys::Replay => format!("{label}-replay-{worker}"),
                     };
-                    let req = Request::post(url.as_str())
-                        .header("idempotency-key", key)
-                        .header("authorization", "Bearer sk_bench")
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(
-                            br#"{"amount":1200,"currency":"eur"}"#,
-                        )))
-                        .expect("valid request");
+                    let req = payment(&url, key);
                     let res = client.request(req).await.expect("loopback server answers");
                     assert_eq!(res.status(), StatusCode::CREATED, "{label}");
                     res.into_body().collect().await.expect("body");
@@ -255,14 +260,7 @@ fn counted(scenario: &str, requests: u64) {
                 let (client, url) = (client.clone(), url.clone());
                 tokio::spawn(async move {
                     for n in (caller..requests).step_by(CALLERS as usize) {
-                        let req = Request::post(url.as_str())
-                            .header("idempotency-key", format!("counted-{n}"))
-                            .header("authorization", "Bearer sk_bench")
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(
-                                br#"{"amount":1200,"currency":"eur"}"#,
-                            )))
-                            .expect("valid request");
+                        let req = payment(&url, format!("counted-{n}"));
                         let res = client.request(req).await.expect("loopback server answers");
                         assert_eq!(res.status(), StatusCode::CREATED);
                         res.into_body().collect().await.expect("body");
@@ -394,14 +392,7 @@ fn main() {
 #[cfg(feature = "redis")]
 async fn load_once(client: &HttpClient, url: &str, label: &str) {
     for worker in 0..CONCURRENCY {
-        let req = Request::post(url)
-            .header("idempotency-key", format!("{label}-replay-{worker}"))
-            .header("authorization", "Bearer sk_bench")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(
-                br#"{"amount":1200,"currency":"eur"}"#,
-            )))
-            .expect("valid request");
+        let req = payment(url, format!("{label}-replay-{worker}"));
         let res = client.request(req).await.expect("answers");
         res.into_body().collect().await.expect("body");
     }
