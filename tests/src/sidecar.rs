@@ -15,7 +15,9 @@
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A guard against a hang while the proxy starts, not a claim about speed.
@@ -27,6 +29,15 @@ pub struct Sidecar {
     child: Child,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
+    log: Arc<AccessLog>,
+}
+
+/// What the proxy printed after its startup line.
+#[derive(Debug, Default)]
+struct AccessLog {
+    lines: Mutex<Vec<String>>,
+    /// Its standard output is closed (it exited).
+    closed: AtomicBool,
 }
 
 impl Sidecar {
@@ -61,21 +72,24 @@ impl Sidecar {
             .take()
             .ok_or_else(|| "no standard output".to_owned())?;
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let log = Arc::new(AccessLog::default());
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut lines = std::io::BufReader::new(stdout).lines();
             let first = lines.next();
             let _ = first_tx.send(first);
             // Keep draining, so access-log lines never fill the pipe.
             for line in lines {
-                if line.is_err() {
-                    break;
-                }
+                let Ok(line) = line else { break };
+                kept.lines.lock().expect("not poisoned").push(line);
             }
+            kept.closed.store(true, Ordering::Release);
         });
         let mut sidecar = Sidecar {
             child,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: None,
+            log,
         };
         let first = match tokio::time::timeout(STARTUP_GUARD, first_rx).await {
             Ok(Ok(Some(Ok(line)))) => line,
@@ -121,6 +135,30 @@ impl Sidecar {
     /// Its exit status, once it has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// The access-log lines it printed so far (standard output after the
+    /// startup line).
+    pub fn access_log(&self) -> Vec<String> {
+        self.log.lines.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits for it to exit and its standard output to be read to the end:
+    /// its exit status. `guard` is a guard against a hang, not a claim.
+    pub async fn exited(&mut self, guard: Duration) -> Result<ExitStatus, String> {
+        let wait = async {
+            loop {
+                if let Some(status) = self.child.try_wait().ok().flatten() {
+                    if self.log.closed.load(Ordering::Acquire) {
+                        return status;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(guard, wait)
+            .await
+            .map_err(|_| format!("kneo proxy still running after {guard:?}"))
     }
 }
 

@@ -139,6 +139,25 @@ pub(crate) fn to_line(line: &impl Serialize) -> serde_json::Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Appends `line` to `out` as [`to_line`] makes it, and a newline; on an
+/// error `out` is as it was.
+pub(crate) fn write_line(out: &mut Vec<u8>, line: &impl Serialize) -> serde_json::Result<()> {
+    let len = out.len();
+    let written = line.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut *out, OneLine,
+    ));
+    match written {
+        Ok(()) => {
+            out.push(b'\n');
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(len);
+            Err(e)
+        }
+    }
+}
+
 /// Prints `line` as one line of JSON on standard output and returns `code`;
 /// a failure to print is reported on standard error.
 pub(crate) fn print(line: &impl Serialize, code: u8) -> ExitCode {

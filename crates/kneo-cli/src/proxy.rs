@@ -21,12 +21,14 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use http::HeaderName;
-use kneo_proxy::{Admin, Exchange, Proxy, ProxyConfig, ServerConfig, Upstream};
+use kneo_proxy::{
+    Admin, Exchange, ExchangeLog, MakeFront, Proxy, ProxyConfig, ServerConfig, Upstream, Workers,
+};
 use kneo_server::idempotency::CredentialScope;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -55,6 +57,13 @@ pub(crate) struct ProxyArgs {
     /// clients do).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     listen: SocketAddr,
+
+    /// Serving threads, each with its own listening socket on --listen
+    /// (SO_REUSEPORT), its own runtime and its own upstream connections: a
+    /// request stays on the thread that accepted it [default: the number of
+    /// CPUs].
+    #[arg(long, value_name = "N", env = "KNEO_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
 
     /// The address of /healthz, /readyz and /metrics [default: none].
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
@@ -173,20 +182,16 @@ struct Scoping {
     keyed: bool,
 }
 
-/// The idempotency layer in front of the proxy, when asked for.
+/// The idempotency layer each worker puts in front of its proxy, when asked
+/// for: one store for every worker.
 async fn front(
     args: &ProxyArgs,
     store: &IdempotencyStore,
     scoping: Scoping,
-    proxy: &Proxy,
     config: &ProxyConfig,
-) -> Result<kneo_proxy::Front, String> {
-    use kneo_server::idempotency::RequestBody;
+) -> Result<MakeFront, String> {
     use kneo_server::{MemoryStore, PostgresStore, RedisStore};
-    use tower::Layer;
 
-    let inner: Proxy<RequestBody<kneo_proxy::Incoming>> =
-        proxy.with_body(config).map_err(|e| e.to_string())?;
     // Once a shared store is reached (an unreachable one is the one error line).
     let warn_unkeyed = || {
         if !scoping.keyed {
@@ -198,16 +203,15 @@ async fn front(
     };
     let scope = &scoping.scope;
     Ok(match store {
-        IdempotencyStore::Memory => kneo_proxy::front(
-            args.idempotency_layer(MemoryStore::new(), scope)
-                .layer(inner),
-        ),
+        IdempotencyStore::Memory => {
+            make_front(args.idempotency_layer(MemoryStore::new(), scope), config)
+        }
         IdempotencyStore::Redis(url) => {
             let store = RedisStore::connect(url.clone())
                 .await
                 .map_err(|e| format!("cannot reach the Redis of --idempotency: {e}"))?;
             warn_unkeyed();
-            kneo_proxy::front(args.idempotency_layer(store, scope).layer(inner))
+            make_front(args.idempotency_layer(store, scope), config)
         }
         IdempotencyStore::Postgres(url) => {
             let store = PostgresStore::connect(url)
@@ -218,8 +222,24 @@ async fn front(
                     .to_owned()
             })?;
             warn_unkeyed();
-            kneo_proxy::front(args.idempotency_layer(store, scope).layer(inner))
+            make_front(args.idempotency_layer(store, scope), config)
         }
+    })
+}
+
+/// `layer` over a worker's proxy (with a pool of its own for the layer's
+/// request body).
+fn make_front<St>(layer: kneo_server::IdempotencyLayer<St>, config: &ProxyConfig) -> MakeFront
+where
+    St: kneo_server::Store + Clone + Send + Sync + 'static,
+{
+    use kneo_server::idempotency::RequestBody;
+    use tower::Layer;
+
+    let config = config.clone();
+    Arc::new(move |proxy: &Proxy| {
+        let inner: Proxy<RequestBody<kneo_proxy::Incoming>> = proxy.with_body(&config)?;
+        Ok(kneo_proxy::front(layer.layer(inner)))
     })
 }
 
@@ -376,7 +396,9 @@ pub(crate) fn main(args: ProxyArgs) -> ExitCode {
         Err(message) => return output::usage(&message),
     };
     crate::init_tracing(args.verbose);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The signals, the admin endpoints and a shared store's connection run
+    // here; requests on the workers' own threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     match runtime {
@@ -397,8 +419,12 @@ struct Listening {
 }
 
 async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCode {
-    let listener = match TcpListener::bind(args.listen).await {
-        Ok(l) => l,
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let workers = match Workers::bind(args.listen, workers) {
+        Ok(workers) => workers,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", args.listen);
             return ExitCode::FAILURE;
@@ -414,19 +440,16 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCo
         },
         None => None,
     };
-    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).ok();
     let startup = Listening {
-        listening: local(&listener).unwrap_or_default(),
-        admin: admin_listener.as_ref().and_then(local),
+        listening: workers.local_addr().to_string(),
+        admin: admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string()),
         upstream: config.upstream().to_string(),
     };
 
-    let log = AccessLog::start();
-    let hook = {
-        let log = log.clone();
-        Box::new(move |ex: &Exchange<'_>| log.write(ex))
-    };
-    let proxy: Proxy = match Proxy::new(config, Some(hook)) {
+    let proxy: Proxy = match Proxy::new(config, Some(Box::new(AccessLog))) {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("error: {e}");
@@ -434,7 +457,7 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCo
         }
     };
     let front = match &args.idempotency {
-        Some(store) => match front(args, store, scoping, &proxy, config).await {
+        Some(store) => match front(args, store, scoping, config).await {
             Ok(front) => Some(front),
             Err(message) => return output::usage(&message),
         },
@@ -472,21 +495,25 @@ async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCo
             drain.as_secs_f64()
         );
     };
-    let drained = match front {
-        Some(front) => {
-            kneo_proxy::serve_with(listener, proxy, front, &server_config, shutdown).await
+    let drained = workers
+        .serve(&proxy, config, front, &server_config, shutdown)
+        .await;
+    let code = match drained {
+        Ok(drained) if !drained.completed() => {
+            eprintln!("kneo proxy: the drain timeout ran out; cutting off what is left");
+            ExitCode::SUCCESS
         }
-        None => kneo_proxy::serve(listener, proxy, &server_config, shutdown).await,
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot start the workers: {e}");
+            ExitCode::FAILURE
+        }
     };
-    if !drained.completed() {
-        eprintln!("kneo proxy: the drain timeout ran out; cutting off what is left");
-    }
     let _ = admin_stop.send(());
     if let Some(task) = admin_task {
         let _ = task.await;
     }
-    log.flush();
-    ExitCode::SUCCESS
+    code
 }
 
 /// SIGTERM and SIGINT, watched from before the startup line is printed,
@@ -549,47 +576,23 @@ struct AccessLine<'a> {
     outcome: &'static str,
 }
 
-enum LogMessage {
-    Line(String),
-    Flush(mpsc::Sender<()>),
+/// The access log: each serving thread writes its lines into a buffer of
+/// its own, written to standard output when it passes [`LOG_BUFFER`] bytes
+/// and when the worker flushes it (every
+/// [`FLUSH_EVERY`](kneo_proxy::FLUSH_EVERY) and after its drain, so no line
+/// is lost on SIGTERM). No lock and no other thread on a request's way, as
+/// nginx's `access_log … buffer= flush=`.
+struct AccessLog;
+
+/// The bytes a thread's access-log buffer holds before it is written out.
+const LOG_BUFFER: usize = 32 * 1024;
+
+thread_local! {
+    static LOG_LINES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The access log: lines are made on the request's task and written by
-/// one thread, so a slow standard output never stalls the runtime's workers
-/// (until 8,192 lines are waiting: then requests wait for the log).
-#[derive(Clone)]
-struct AccessLog {
-    tx: mpsc::SyncSender<LogMessage>,
-}
-
-impl AccessLog {
-    fn start() -> AccessLog {
-        let (tx, rx) = mpsc::sync_channel::<LogMessage>(8192);
-        std::thread::spawn(move || {
-            // Locked per write, not for good: the startup line is printed
-            // from the main thread.
-            let mut out = std::io::BufWriter::new(std::io::stdout());
-            while let Ok(first) = rx.recv() {
-                let mut next = Some(first);
-                while let Some(message) = next {
-                    match message {
-                        LogMessage::Line(line) => {
-                            let _ = out.write_all(line.as_bytes());
-                        }
-                        LogMessage::Flush(done) => {
-                            let _ = out.flush();
-                            let _ = done.send(());
-                        }
-                    }
-                    next = rx.try_recv().ok();
-                }
-                let _ = out.flush();
-            }
-        });
-        AccessLog { tx }
-    }
-
-    fn write(&self, ex: &Exchange<'_>) {
+impl ExchangeLog for AccessLog {
+    fn record(&self, ex: &Exchange<'_>) {
         let line = AccessLine {
             request_id: ex.request_id(),
             upstream_request_id: ex.upstream_request_id(),
@@ -600,19 +603,27 @@ impl AccessLog {
             upstream_ms: (ex.upstream_time().as_secs_f64() * 1e6).round() / 1e3,
             outcome: ex.outcome().as_str(),
         };
-        if let Ok(mut json) = output::to_line(&line) {
-            json.push('\n');
-            let _ = self.tx.send(LogMessage::Line(json));
-        }
+        LOG_LINES.with_borrow_mut(|buffer| {
+            if output::write_line(buffer, &line).is_ok() && buffer.len() >= LOG_BUFFER {
+                write_out(buffer);
+            }
+        });
     }
 
-    /// Waits (a little) until every line so far is written.
     fn flush(&self) {
-        let (done, wait) = mpsc::channel();
-        if self.tx.send(LogMessage::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(2));
-        }
+        LOG_LINES.with_borrow_mut(write_out);
     }
+}
+
+/// Writes `buffer` to standard output and empties it.
+fn write_out(buffer: &mut Vec<u8>) {
+    if buffer.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(buffer);
+    let _ = out.flush();
+    buffer.clear();
 }
 
 #[cfg(test)]

@@ -473,13 +473,23 @@ async fn h2_upstream(hold: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<Atomi
 }
 
 #[tokio::test]
-async fn an_h2c_upstream_gets_one_connection_for_50_concurrent_requests() {
+async fn an_h2c_upstream_gets_one_connection_per_worker_for_50_concurrent_requests() {
     let (addr, connections, most) = h2_upstream(Duration::from_millis(200)).await;
     let proxy = sidecar(&format!("http://{addr}"), &["--upstream-h2c"]).await;
     // 50 callers on HTTP/1.1, each on a connection of its own.
     let url = format!("http://{}/multiplexed", proxy.addr());
     all_answer(&url, 50, "h2").await;
-    assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection");
+    // Each worker has a pool of its own (as many as `--workers` says,
+    // `KNEO_PROXY_WORKERS` here, else one per CPU).
+    let workers = std::env::var("KNEO_PROXY_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=workers).contains(&opened),
+        "{opened} connections for {workers} workers"
+    );
     assert!(
         most.load(Ordering::SeqCst) > 1,
         "requests shared it at once: at most {} in flight",
@@ -565,9 +575,16 @@ async fn an_https_upstream_that_picks_h2_by_alpn_gets_one_connection() {
     let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
     let ca = tls.dir.join("ca.pem");
     let upstream = format!("https://localhost:{}", addr.port());
-    let proxy = Sidecar::start_with_env(kneo, &upstream, &[], &[("SSL_CERT_FILE", &ca)])
-        .await
-        .expect("starts");
+    // One worker: one pool, which the request below warms (a pool is per
+    // worker, and which worker a connection reaches is the kernel's choice).
+    let proxy = Sidecar::start_with_env(
+        kneo,
+        &upstream,
+        &["--workers", "1"],
+        &[("SSL_CERT_FILE", &ca)],
+    )
+    .await
+    .expect("starts");
     let url = format!("http://{}/over-tls", proxy.addr());
     // One request first: until ALPN has said h2, the pool cannot know the
     // connection will be shared, so a cold burst may open a few (hyper-util

@@ -115,6 +115,7 @@ mod problem;
 mod server;
 mod shared;
 mod upgrade;
+mod workers;
 
 pub use admin::Admin;
 pub use body::ProxyBody;
@@ -122,8 +123,9 @@ pub use config::{ConfigError, ProxyConfig, ServerConfig, Upstream};
 pub use detach::{Detach, DetachFuture};
 pub use forward::{Incoming, Proxy, ResponseFuture};
 pub use metrics::Metrics;
-pub use outcome::{Exchange, ExchangeHook, ExchangeOutcome};
+pub use outcome::{Exchange, ExchangeHook, ExchangeLog, ExchangeOutcome, FLUSH_EVERY};
 pub use problem::{METHOD_NOT_ALLOWED, TOO_MANY_CONNECTIONS};
 pub use server::{front, serve, serve_admin, serve_with, Drained, Front, FrontBody};
 pub use shared::ClientAddr;
 pub use shared::Health;
+pub use workers::{MakeFront, Workers};

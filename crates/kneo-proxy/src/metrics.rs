@@ -31,6 +31,8 @@ type Labels = [(&'static str, &'static str); 2];
 /// - `kneo_proxy_in_flight`: requests waiting for an answer;
 /// - `kneo_proxy_request_duration_seconds`: time to the response head, retries and waits included;
 /// - `kneo_proxy_open_connections`: caller connections open;
+/// - `kneo_proxy_connections_total{worker}`: caller connections accepted, by
+///   [worker](crate::Workers) (`0` for [`serve`](crate::serve));
 /// - `kneo_proxy_overload_connections_total`: connections over `max_connections`;
 /// - `kneo_proxy_tunnels_total`: upgrades the upstream accepted (`101`), each
 ///   a tunnel joining the two connections (WebSocket, say);
@@ -48,6 +50,7 @@ pub struct Metrics {
     duration: Histogram,
     pub(crate) open_connections: Gauge,
     pub(crate) overload_connections: Counter,
+    accepted: Family<[(&'static str, String); 1], Counter>,
     pub(crate) tunnels: Counter,
     pub(crate) tunnels_open: Gauge,
 }
@@ -124,6 +127,12 @@ impl Metrics {
             "Caller connections over max_connections",
             overload_connections.clone(),
         );
+        let accepted = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "connections",
+            "Caller connections accepted, by worker",
+            accepted.clone(),
+        );
         let tunnels = Counter::default();
         registry.register(
             "tunnels",
@@ -143,6 +152,7 @@ impl Metrics {
             duration,
             open_connections,
             overload_connections,
+            accepted,
             tunnels,
             tunnels_open,
         }
@@ -178,6 +188,12 @@ impl Metrics {
             self.retries.inc_by(u64::from(attempts - 1));
         }
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of connections `worker` accepts.
+    pub(crate) fn accepted(&self, worker: usize) -> Counter {
+        self.accepted
+            .get_or_create_owned(&[("worker", worker.to_string())])
     }
 
     /// The registry in the Prometheus text format.

@@ -123,8 +123,36 @@ impl Exchange<'_> {
     }
 }
 
-/// The hook [`Proxy::new`](crate::Proxy::new) takes: called once per answered request.
-pub type ExchangeHook = Box<dyn Fn(&Exchange<'_>) + Send + Sync>;
+/// What [`Proxy::new`](crate::Proxy::new) tells about every answered
+/// request: an access log, say. A closure `Fn(&Exchange<'_>)` is one.
+///
+/// [`serve`](crate::serve) and [`Workers`](crate::Workers) call
+/// [`flush`](Self::flush) every [`FLUSH_EVERY`] from each serving runtime and
+/// once more when it has drained. On a thread-per-core worker that is the
+/// thread every [`record`](Self::record) of the worker ran on, so a log may
+/// buffer per thread (as `kneo proxy`'s does) and write on `flush`.
+pub trait ExchangeLog: Send + Sync {
+    /// One answered request, once its response head is ready.
+    fn record(&self, exchange: &Exchange<'_>);
+
+    /// Writes out what [`record`](Self::record) buffered on this thread.
+    fn flush(&self) {}
+}
+
+impl<F> ExchangeLog for F
+where
+    F: Fn(&Exchange<'_>) + Send + Sync,
+{
+    fn record(&self, exchange: &Exchange<'_>) {
+        self(exchange);
+    }
+}
+
+/// How often a serving runtime calls [`ExchangeLog::flush`].
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// The hook [`Proxy::new`](crate::Proxy::new) takes.
+pub type ExchangeHook = Box<dyn ExchangeLog>;
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,7 @@ use crate::arrival::Arrival;
 use crate::config::ServerConfig;
 use crate::forward::{ClientAddr, Proxy, ProxyBody, ResponseFuture};
 use crate::metrics::Held;
+use crate::outcome::FLUSH_EVERY;
 use crate::shared::settle_request_id;
 use crate::upgrade;
 
@@ -43,6 +44,10 @@ pub struct Drained {
 }
 
 impl Drained {
+    pub(crate) fn new(cut: bool) -> Drained {
+        Drained { cut }
+    }
+
     /// `true` when every connection finished within the drain timeout;
     /// `false` when some were cut off.
     pub fn completed(&self) -> bool {
@@ -84,7 +89,7 @@ pub async fn serve(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
-    serve_inner(listener, proxy, None, config, shutdown).await
+    serve_inner(listener, proxy, None, config, 0, shutdown).await
 }
 
 /// A service in front of the proxy, boxed: what [`serve_with`] hands each
@@ -132,14 +137,17 @@ pub async fn serve_with(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
-    serve_inner(listener, proxy, Some(front), config, shutdown).await
+    serve_inner(listener, proxy, Some(front), config, 0, shutdown).await
 }
 
-async fn serve_inner(
+/// Serves `listener` as [`serve_with`] says, counting its connections as
+/// `worker`'s.
+pub(crate) async fn serve_inner(
     listener: TcpListener,
     proxy: Proxy,
     front: Option<Front>,
     config: &ServerConfig,
+    worker: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
     let protocols = Arc::new(Protocols::new(config));
@@ -150,7 +158,19 @@ async fn serve_inner(
         let proxy = proxy.clone();
         tokio::spawn(async move { proxy.probe_upstream(Duration::from_secs(1)).await })
     };
+    let flusher = proxy.shared().on_exchange.is_some().then(|| {
+        let shared = proxy.shared().clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(FLUSH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                shared.flush_log();
+            }
+        })
+    });
     let metrics = proxy.metrics();
+    let connections_accepted = metrics.accepted(worker);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -166,6 +186,7 @@ async fn serve_inner(
                 continue;
             }
         };
+        connections_accepted.inc();
         // Every open caller connection and tunnel, as the gauge counts them.
         let n = usize::try_from(metrics.open_connections.get()).unwrap_or(0);
         let overloaded = n >= max;
@@ -201,6 +222,10 @@ async fn serve_inner(
     if drained.is_err() {
         upgrades.cut();
     }
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
+    proxy.shared().flush_log();
     Drained {
         cut: drained.is_err(),
     }

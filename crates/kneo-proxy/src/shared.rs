@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) health: Arc<Health>,
     pub(crate) on_exchange: Option<ExchangeHook>,
+    /// The stack every pool of this proxy is wrapped in (one retry budget).
+    pub(crate) client: kneo::ClientLayer,
 }
 
 impl Shared {
@@ -153,6 +155,15 @@ pub(crate) fn finish_problem(
     answer.into_response().map(ProxyBody::full)
 }
 
+impl Shared {
+    /// Has the exchange log write out what this thread buffered.
+    pub(crate) fn flush_log(&self) {
+        if let Some(hook) = &self.on_exchange {
+            hook.flush();
+        }
+    }
+}
+
 /// Counts `exchange` in the metrics and hands it to the hook: once per
 /// answered request.
 pub(crate) fn record(shared: &Shared, exchange: &Exchange<'_>) {
@@ -163,7 +174,7 @@ pub(crate) fn record(shared: &Shared, exchange: &Exchange<'_>) {
         exchange.upstream_time,
     );
     if let Some(hook) = &shared.on_exchange {
-        hook(exchange);
+        hook.record(exchange);
     }
 }
 

@@ -173,6 +173,15 @@ impl<M> ClientLayer<M> {
         &self.retry
     }
 
+    /// The throttle layer as configured, else the one [`layer`](Layer::layer)
+    /// builds: waits bounded by the retry layer's.
+    pub fn throttle_layer(&self) -> ThrottleLayer {
+        self.throttle.clone().unwrap_or_else(|| {
+            let (max_wait, deadline) = self.retry.waits();
+            ThrottleLayer::new().max_wait(max_wait).deadline(deadline)
+        })
+    }
+
     /// The request-id layer as configured.
     pub fn request_id_layer(&self) -> &RequestIdLayer<M> {
         &self.request_id
@@ -185,11 +194,7 @@ impl<S, M: Clone> Layer<S> for ClientLayer<M> {
     fn layer(&self, inner: S) -> Self::Service {
         let inner = self.map_error.layer(inner);
         let inner = self.retry.layer(inner);
-        let throttle = self.throttle.clone().unwrap_or_else(|| {
-            let (max_wait, deadline) = self.retry.waits();
-            ThrottleLayer::new().max_wait(max_wait).deadline(deadline)
-        });
-        let inner = throttle.layer(inner);
+        let inner = self.throttle_layer().layer(inner);
         let inner = self.idempotency.layer(inner);
         self.request_id.layer(inner)
     }

@@ -132,6 +132,8 @@ pub struct ThrottleLayer {
     max_wait: Duration,
     deadline: Option<Duration>,
     credentials: Credentials,
+    /// One record for every service this layer makes ([`Self::shared`]).
+    state: Option<Arc<State>>,
 }
 
 impl ThrottleLayer {
@@ -142,6 +144,7 @@ impl ThrottleLayer {
             max_wait: Duration::from_secs(60),
             deadline: None,
             credentials: Credentials::new(),
+            state: None,
         }
     }
 
@@ -164,6 +167,18 @@ impl ThrottleLayer {
     /// authority among all callers.
     pub fn credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
+        if self.state.is_some() {
+            self = self.shared();
+        }
+        self
+    }
+
+    /// Makes every service this layer, and its clones, build share one
+    /// record of the rate limits learned, as a [`Throttle`]'s own clones do
+    /// (by default each service built has its own): for one client served
+    /// by several stacks, such as a connection pool per thread.
+    pub fn shared(mut self) -> Self {
+        self.state = Some(Arc::new(State::new(self.credentials.clone())));
         self
     }
 }
@@ -181,7 +196,10 @@ impl<S> Layer<S> for ThrottleLayer {
         Throttle {
             inner,
             layer: self.clone(),
-            state: Arc::new(State::new(self.credentials.clone())),
+            state: self
+                .state
+                .clone()
+                .unwrap_or_else(|| Arc::new(State::new(self.credentials.clone()))),
         }
     }
 }

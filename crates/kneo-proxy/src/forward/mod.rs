@@ -86,7 +86,8 @@ where
         on_exchange: Option<ExchangeHook>,
     ) -> Result<Proxy<B>, ConfigError> {
         let metrics = Metrics::new();
-        let stack = stack(config, &metrics)?;
+        let client = client_layer(config, &metrics);
+        let stack = client.layer(transport(config)?);
         Ok(Proxy {
             stack,
             shared: Arc::new(Shared {
@@ -94,37 +95,39 @@ where
                 metrics,
                 health: Arc::new(Health::default()),
                 on_exchange,
+                client,
             }),
             upgrades: Arc::new(Upgrades::new(config)?),
         })
     }
 
-    /// The same proxy (metrics, health, access log) for requests whose body
-    /// is a `B2`: for a layer in front that wraps the caller's body (the
-    /// idempotency layer of `kneo-server`, say). It has its own connection
-    /// pool.
+    /// The same proxy (metrics, health, access log, retry budget) for
+    /// requests whose body is a `B2`: for a layer in front that wraps the
+    /// caller's body (the idempotency layer of `kneo-server`, say), or for
+    /// another [worker](crate::Workers). It has its own connection pool.
     pub fn with_body<B2>(&self, config: &ProxyConfig) -> Result<Proxy<B2>, ConfigError>
     where
         B2: Body + Send + Unpin + 'static,
         B2::Error: Into<BoxError>,
     {
         Ok(Proxy {
-            stack: stack(config, &self.shared.metrics)?,
+            stack: self.shared.client.layer(transport(config)?),
             shared: self.shared.clone(),
             upgrades: self.upgrades.clone(),
         })
     }
 }
 
-/// The kneo stack over a fresh transport, as `config` says.
-fn stack<B>(config: &ProxyConfig, metrics: &Metrics) -> Result<Stack<B>, ConfigError>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
+/// The kneo stack `config` asks for, with the proxy's own error mapping
+/// (upstream answers pass through) and its budget counting refusals into
+/// `metrics`. Every stack it builds shares the budget and what the throttle
+/// learned.
+fn client_layer(config: &ProxyConfig, metrics: &Metrics) -> ClientLayer {
+    let throttle = config.client.throttle_layer().shared();
     let mut layer = config
         .client
         .clone()
+        .throttle(throttle)
         .map_error(MapErrorLayer::new().map_responses(false));
     if let Some(ratio) = config.budget_ratio {
         let retry = layer.retry_layer().clone().budget(CountingBudget {
@@ -133,7 +136,7 @@ where
         });
         layer = layer.retry(retry);
     }
-    Ok(layer.layer(transport(config)?))
+    layer
 }
 
 fn transport<B>(config: &ProxyConfig) -> Result<Transport<B>, ConfigError>
