@@ -118,6 +118,11 @@ impl serde_json::ser::Formatter for OneLine {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
+        // The usual case (an access log's ids and paths), checked a word at
+        // a time: no character outside ASCII, nothing to look for.
+        if fragment.is_ascii() {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut rest = fragment;
         while let Some(at) = rest.find(['\u{85}', '\u{2028}', '\u{2029}']) {
             writer.write_all(&rest.as_bytes()[..at])?;

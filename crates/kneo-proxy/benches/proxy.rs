@@ -13,7 +13,11 @@
 //! machine's loopback interface and stops by itself.
 //!
 //! - `kneo`: the release `kneo` binary next to this bench (or `KNEO_BIN`),
-//!   `kneo proxy` with its defaults, access log to /dev/null.
+//!   `kneo proxy` with its defaults (one worker per CPU), then with
+//!   `--workers 1`; access log to /dev/null.
+//! - With `wrk` installed (Debian's package), every target is measured a
+//!   second time by `wrk -t1 -cBENCH_CONNS --latency`, as nginx users
+//!   measure.
 //! - `nginx`: Debian's, started here with its own config in a temp dir:
 //!   `worker_processes 2`, `proxy_pass` to an upstream block with
 //!   `keepalive 64`, access log to /dev/null. Skipped, with a note, when
@@ -68,29 +72,48 @@ fn main() {
     );
     // BENCH_ONLY=callgrind skips the load runs.
     let load_runs = std::env::var("BENCH_ONLY").map_or(true, |v| v != "callgrind");
+    let wrk = which("wrk");
+    if load_runs && wrk.is_none() {
+        println!("wrk is not installed (apt-get install -y wrk); the hyper load generator only");
+    }
     let mut rows = Vec::new();
     if load_runs {
         let direct = load.block_on(run_load(upstream, conns, secs));
-        rows.push(("direct", direct, None));
+        let by_wrk = wrk.as_deref().and_then(|wrk| run_wrk(wrk, upstream, conns, secs));
+        rows.push(("direct".to_owned(), direct, by_wrk, None));
     }
 
     match kneo_bin() {
         Some(_) if !load_runs => {}
         Some(bin) => {
-            let port = free_port();
-            let child = Command::new(&bin)
-                .args(["proxy", "--upstream", &format!("http://{upstream}")])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn kneo proxy");
-            let mut child = Guard(child);
-            let addr = wait_listening(port);
-            let stats = load.block_on(run_load(addr, conns, secs));
-            let rss = vm_hwm(child.0.id());
-            rows.push(("kneo proxy", stats, rss));
-            terminate(&mut child.0);
+            // Thread-per-core with one worker per CPU (the default), and one.
+            for workers in [None, Some("1")] {
+                let port = free_port();
+                let mut command = Command::new(&bin);
+                command
+                    .args(["proxy", "--upstream", &format!("http://{upstream}")])
+                    .args(["--listen", &format!("127.0.0.1:{port}")]);
+                if let Some(n) = workers {
+                    command.args(["--workers", n]);
+                }
+                let child = command
+                    .env_remove("KNEO_PROXY_WORKERS")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("spawn kneo proxy");
+                let mut child = Guard(child);
+                let addr = wait_listening(port);
+                let stats = load.block_on(run_load(addr, conns, secs));
+                let by_wrk = wrk.as_deref().and_then(|wrk| run_wrk(wrk, addr, conns, secs));
+                let rss = vm_hwm(child.0.id());
+                let name = match workers {
+                    None => "kneo proxy".to_owned(),
+                    Some(n) => format!("kneo proxy --workers {n}"),
+                };
+                rows.push((name, stats, by_wrk, rss));
+                terminate(&mut child.0);
+            }
         }
         None => println!(
             "kneo binary not found: build it with `cargo build --release -p kneo-cli` (or set KNEO_BIN); skipping kneo"
@@ -104,23 +127,26 @@ fn main() {
         let mut child = Guard(child);
         let addr = wait_listening(port);
         let stats = load.block_on(run_load(addr, conns, secs));
+        let by_wrk = wrk.as_deref().and_then(|wrk| run_wrk(wrk, addr, conns, secs));
         let rss = nginx_rss(child.0.id());
-        rows.push(("nginx", stats, rss));
+        rows.push(("nginx".to_owned(), stats, by_wrk, rss));
         terminate(&mut child.0);
     } else {
         println!("nginx is not installed (apt-get install -y nginx); skipping nginx");
     }
 
     println!();
-    println!("| target | requests/s | p50 | p99 | errors | proxy peak RSS |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, s, rss) in &rows {
+    println!("| target | requests/s | p50 | p99 | errors | wrk requests/s | wrk p99 | proxy peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, s, by_wrk, rss) in &rows {
         println!(
-            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {} | {} |",
+            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {} | {} | {} | {} |",
             s.rps,
             s.p50_us,
             s.p99_us,
             s.errors,
+            by_wrk.as_ref().map_or("-".to_owned(), |w| format!("{:.0}", w.rps)),
+            by_wrk.as_ref().map_or("-".to_owned(), |w| format!("{:.0} µs", w.p99_us)),
             rss.map_or("-".to_owned(), |kb| format!(
                 "{:.1} MiB",
                 kb as f64 / 1024.0
@@ -313,6 +339,52 @@ async fn connection_loop(addr: SocketAddr, warm: Instant, end: Instant) -> (Vec<
         }
     }
     (latencies, errors)
+}
+
+/// What `wrk` measured.
+struct WrkStats {
+    rps: f64,
+    p99_us: f64,
+}
+
+/// `wrk -t1 -c CONNS -d SECS s --latency` against `addr` (after a 1 s
+/// warm-up run), as nginx users measure; `None` when it fails.
+fn run_wrk(wrk: &Path, addr: SocketAddr, conns: usize, secs: u64) -> Option<WrkStats> {
+    let url = format!("http://{addr}/bench");
+    let run = |secs: u64| {
+        Command::new(wrk)
+            .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"])
+            .arg(&url)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+    };
+    run(1)?;
+    let out = run(secs)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| wrk_duration_us(v.trim()))?;
+    Some(WrkStats { rps, p99_us: p99 })
+}
+
+/// `812.00us`, `3.90ms`, `1.02s` in µs.
+fn wrk_duration_us(v: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// `VmHWM` of `pid`, in KiB.
