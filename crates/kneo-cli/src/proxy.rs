@@ -418,27 +418,31 @@ struct Listening {
     upstream: String,
 }
 
-async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCode {
+/// Binds `--listen` once per worker and `--admin`: a message and exit 1
+/// when either cannot be bound.
+async fn bind(args: &ProxyArgs) -> Result<(Workers, Option<TcpListener>), ExitCode> {
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
     );
-    let workers = match Workers::bind(args.listen, workers) {
-        Ok(workers) => workers,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    let admin_listener = match args.admin {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("error: cannot listen on {addr} (--admin): {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let workers = Workers::bind(args.listen, workers).map_err(|e| {
+        eprintln!("error: cannot listen on {}: {e}", args.listen);
+        ExitCode::FAILURE
+    })?;
+    let admin = match args.admin {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            eprintln!("error: cannot listen on {addr} (--admin): {e}");
+            ExitCode::FAILURE
+        })?),
         None => None,
+    };
+    Ok((workers, admin))
+}
+
+async fn run(args: &ProxyArgs, config: &ProxyConfig, scoping: Scoping) -> ExitCode {
+    let (workers, admin_listener) = match bind(args).await {
+        Ok(bound) => bound,
+        Err(code) => return code,
     };
     let startup = Listening {
         listening: workers.local_addr().to_string(),

@@ -79,7 +79,9 @@ fn main() {
     let mut rows = Vec::new();
     if load_runs {
         let direct = load.block_on(run_load(upstream, conns, secs));
-        let by_wrk = wrk.as_deref().and_then(|wrk| run_wrk(wrk, upstream, conns, secs));
+        let by_wrk = wrk
+            .as_deref()
+            .and_then(|wrk| run_wrk(wrk, upstream, conns, secs));
         rows.push(("direct".to_owned(), direct, by_wrk, None));
     }
 
@@ -127,7 +129,9 @@ fn main() {
         let mut child = Guard(child);
         let addr = wait_listening(port);
         let stats = load.block_on(run_load(addr, conns, secs));
-        let by_wrk = wrk.as_deref().and_then(|wrk| run_wrk(wrk, addr, conns, secs));
+        let by_wrk = wrk
+            .as_deref()
+            .and_then(|wrk| run_wrk(wrk, addr, conns, secs));
         let rss = nginx_rss(child.0.id());
         rows.push(("nginx".to_owned(), stats, by_wrk, rss));
         terminate(&mut child.0);
@@ -136,7 +140,9 @@ fn main() {
     }
 
     println!();
-    println!("| target | requests/s | p50 | p99 | errors | wrk requests/s | wrk p99 | proxy peak RSS |");
+    println!(
+        "| target | requests/s | p50 | p99 | errors | wrk requests/s | wrk p99 | proxy peak RSS |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, s, by_wrk, rss) in &rows {
         println!(
@@ -145,8 +151,12 @@ fn main() {
             s.p50_us,
             s.p99_us,
             s.errors,
-            by_wrk.as_ref().map_or("-".to_owned(), |w| format!("{:.0}", w.rps)),
-            by_wrk.as_ref().map_or("-".to_owned(), |w| format!("{:.0} µs", w.p99_us)),
+            by_wrk
+                .as_ref()
+                .map_or("-".to_owned(), |w| format!("{:.0}", w.rps)),
+            by_wrk
+                .as_ref()
+                .map_or("-".to_owned(), |w| format!("{:.0} µs", w.p99_us)),
             rss.map_or("-".to_owned(), |kb| format!(
                 "{:.1} MiB",
                 kb as f64 / 1024.0
@@ -353,7 +363,12 @@ fn run_wrk(wrk: &Path, addr: SocketAddr, conns: usize, secs: u64) -> Option<WrkS
     let url = format!("http://{addr}/bench");
     let run = |secs: u64| {
         Command::new(wrk)
-            .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"])
+            .args([
+                "-t1",
+                &format!("-c{conns}"),
+                &format!("-d{secs}s"),
+                "--latency",
+            ])
             .arg(&url)
             .stderr(Stdio::null())
             .output()

@@ -121,9 +121,20 @@ pub fn rewrite(headers: &mut HeaderMap, hop: &Hop) {
                 append_list(headers, X_FORWARDED_FOR, &peer.to_string());
             }
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-            append_list(headers, VIA, via(*version));
+            append_via(headers, *version);
         }
-        Hop::Response { version } => append_list(headers, VIA, via(*version)),
+        Hop::Response { version } => append_via(headers, *version),
+    }
+}
+
+/// Appends this hop's `Via` entry: a static value when there is no `Via`
+/// yet (the usual case, nothing to join, nothing to allocate).
+fn append_via(headers: &mut HeaderMap, version: Version) {
+    match headers.entry(VIA) {
+        http::header::Entry::Vacant(vacant) => {
+            vacant.insert(HeaderValue::from_static(via(version)));
+        }
+        http::header::Entry::Occupied(_) => append_list(headers, VIA, via(version)),
     }
 }
 
@@ -140,8 +151,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    // One pass over the names (standard ones compare as numbers) rather
+    // than a hashed lookup per hop-by-hop name: most messages have none.
+    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
 }
 

@@ -39,10 +39,10 @@ pub type MakeFront = Arc<dyn Fn(&Proxy) -> Result<Front, ConfigError> + Send + S
 /// let config = ProxyConfig::new("http://127.0.0.1:9000")?;
 /// let proxy: Proxy = Proxy::new(&config, None)?;
 /// let workers = Workers::bind("127.0.0.1:8080".parse()?, 2)?;
+/// // Serves for a minute, then drains (a signal, in a real program).
+/// let shutdown = tokio::time::sleep(std::time::Duration::from_secs(60));
 /// let drained = workers
-///     .serve(&proxy, &config, None, &ServerConfig::new(), async {
-///         let _ = tokio::signal::ctrl_c().await;
-///     })
+///     .serve(&proxy, &config, None, &ServerConfig::new(), shutdown)
 ///     .await?;
 /// assert!(drained.completed());
 /// # Ok(())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
 use kneo_core::{BoxError, Delivery};
@@ -113,15 +113,7 @@ where
     let tx = match claim(&db, &config, &record_key, fingerprint).await {
         Ok(Claimed::Ours(tx)) => tx,
         Ok(Claimed::Theirs(record)) => {
-            return Ok(match record {
-                Record::InFlight(holder) if holder.fingerprint() == fingerprint => {
-                    respond(problems::in_use(), request_id.as_ref())
-                }
-                Record::Completed(done) if done.fingerprint() == fingerprint => {
-                    replay(done.into_outcome(), request_id.as_ref())
-                }
-                _ => respond(problems::mismatch(), request_id.as_ref()),
-            })
+            return Ok(answer_theirs(record, fingerprint, request_id.as_ref()))
         }
         Err(Refused::Busy) => return answer(problems::in_use()),
         Err(Refused::Unavailable(error)) => {
@@ -146,27 +138,13 @@ where
         return Ok(res.map(ResponseBody::inner));
     }
     let (parts, mut body) = res.into_parts();
-    let max = config.max_response;
-    let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > max);
-    let mut buf = Buffer::Empty;
-    let mut spilled = too_big(body.size_hint().lower());
-    while !spilled {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.push(data);
-                    spilled = too_big(buf.len() as u64);
-                }
-            }
-            Some(Err(error)) => {
-                let error: BoxError = error.into();
-                tracing::warn!(idempotency_key = %key, %error, "the response failed before it was whole; rolled back");
-                return answer(problems::rolled_back());
-            }
+    let (bytes, spilled) = match collect(&mut body, config.max_response).await {
+        Ok(collected) => collected,
+        Err(error) => {
+            tracing::warn!(idempotency_key = %key, %error, "the response failed before it was whole; rolled back");
+            return answer(problems::rolled_back());
         }
-    }
-    let bytes = buf.freeze();
+    };
     let outcome = match (spilled, delivery) {
         (true, _) => Completion::NotStored(status),
         (false, Some(delivery)) => Completion::Stored(outcome_unknown(status, delivery)),
@@ -192,6 +170,50 @@ where
             ResponseBody::full(bytes)
         },
     ))
+}
+
+/// The answer for a key another request's row holds: `409` while it runs,
+/// its response once completed, `422` for another payload.
+fn answer_theirs<B>(
+    record: Record,
+    fingerprint: Fingerprint,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody<B>> {
+    match record {
+        Record::InFlight(holder) if holder.fingerprint() == fingerprint => {
+            respond(problems::in_use(), request_id)
+        }
+        Record::Completed(done) if done.fingerprint() == fingerprint => {
+            replay(done.into_outcome(), request_id)
+        }
+        _ => respond(problems::mismatch(), request_id),
+    }
+}
+
+/// Reads `body` until its end or past `max` bytes: what was read, and
+/// whether it went past (the rest is still in `body`, to stream on). An
+/// error when the body broke off.
+async fn collect<B>(body: &mut B, max: usize) -> Result<(Bytes, bool), BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > max);
+    let mut buf = Buffer::Empty;
+    let mut spilled = too_big(body.size_hint().lower());
+    while !spilled {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.push(data);
+                    spilled = too_big(buf.len() as u64);
+                }
+            }
+            Some(Err(error)) => return Err(error.into()),
+        }
+    }
+    Ok((buf.freeze(), spilled))
 }
 
 /// How the claim went.

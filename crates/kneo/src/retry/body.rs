@@ -91,6 +91,27 @@ impl<B> Shared<B> {
 
     /// Stops recording for good (over the cap, or the body failed) and
     /// frees what was kept.
+    /// A frame read from the original body, as every copy sends it: data
+    /// recorded; trailers kept, and the body complete now (they are the
+    /// last frame, whether or not anyone polls for the end: hyper does not),
+    /// so a replay sends them too. `None` for a frame kind http-body does
+    /// not know yet.
+    fn pass_on<D: Buf>(&mut self, frame: Frame<D>) -> Option<Frame<Bytes>> {
+        match frame.into_data() {
+            Ok(mut data) => {
+                let bytes = data.copy_to_bytes(data.remaining());
+                self.record(&bytes);
+                Some(Frame::data(bytes))
+            }
+            Err(frame) => {
+                let trailers = frame.into_trailers().ok()?;
+                self.trailers = Some(trailers.clone());
+                self.complete = true;
+                Some(Frame::trailers(trailers))
+            }
+        }
+    }
+
     fn spoil(&mut self) {
         self.spoiled = true;
         self.frames = Vec::new();
@@ -260,33 +281,24 @@ where
                 shared.spoil();
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                let frame = match frame.into_data() {
-                    Ok(mut data) => {
-                        let bytes = data.copy_to_bytes(data.remaining());
-                        shared.record(&bytes);
-                        this.pos += 1;
-                        this.sent += bytes.len() as u64;
-                        Frame::data(bytes)
-                    }
-                    Err(frame) => match frame.into_trailers() {
-                        // Trailers are the last frame: the body is complete
-                        // now, whether or not anyone polls for its end (hyper
-                        // does not), so a replay sends them too.
-                        Ok(trailers) => {
-                            shared.trailers = Some(trailers.clone());
-                            shared.complete = true;
+            Poll::Ready(Some(Ok(frame))) => match shared.pass_on(frame) {
+                Some(frame) => {
+                    match frame.data_ref() {
+                        Some(data) => {
+                            this.pos += 1;
+                            this.sent += data.len() as u64;
+                        }
+                        None => {
                             this.trailers_sent = true;
                             this.body = None;
-                            Frame::trailers(trailers)
                         }
-                        // Neither data nor trailers: a frame kind http-body
-                        // does not know yet; drop it rather than guess.
-                        Err(_) => return Poll::Ready(None),
-                    },
-                };
-                Poll::Ready(Some(Ok(frame)))
-            }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                // Neither data nor trailers: a frame kind http-body does
+                // not know yet; drop it rather than guess.
+                None => Poll::Ready(None),
+            },
         }
     }
 
