@@ -6,15 +6,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use kneo::BoxError;
+
+use crate::pool::UpstreamBody;
 
 /// The response body: the upstream's, streamed, or a problem.
 #[derive(Debug)]
-pub struct ProxyBody(Either<Incoming, Full<Bytes>>);
+pub struct ProxyBody(Either<UpstreamBody, Full<Bytes>>);
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming) -> Self {
+    pub(crate) fn upstream(body: UpstreamBody) -> Self {
         ProxyBody(Either::Left(body))
     }
 

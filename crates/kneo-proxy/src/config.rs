@@ -88,6 +88,20 @@ impl Upstream {
         })
     }
 
+    /// `http://host:port`, when this is a plain `http://` upstream spoken
+    /// to over HTTP/1.1 (not `h2c`): what [the pool](crate::pool) connects to.
+    pub(crate) fn plain_http1(&self, h2c: bool) -> Option<Uri> {
+        if h2c || self.scheme != Scheme::HTTP {
+            return None;
+        }
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()
+    }
+
     /// The upstream's authority as a `Host` header value.
     pub fn host(&self) -> &HeaderValue {
         &self.host

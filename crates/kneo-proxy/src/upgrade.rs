@@ -30,6 +30,7 @@ use crate::config::{ConfigError, ProxyConfig};
 use crate::headers::{keep_upgrade, rewrite, Hop};
 use crate::metrics::Held;
 use crate::outcome::{Exchange, ExchangeOutcome};
+use crate::pool::UpstreamBody;
 use crate::problem::ProblemAnswer;
 use crate::shared::{finish_problem, record, upstream_request_id, Shared};
 use kneo::transport::{Alpn, Connector};
@@ -153,7 +154,7 @@ where
             outcome: ExchangeOutcome::Upstream,
         },
     );
-    Response::from_parts(parts, ProxyBody::upstream(body))
+    Response::from_parts(parts, ProxyBody::upstream(UpstreamBody::plain(body)))
 }
 
 /// The tunnel: once both sides have switched, bytes both ways until either

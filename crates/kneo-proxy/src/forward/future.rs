@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{Method, Response, Uri, Version};
-use hyper::body::Incoming;
 use kneo::core::X_REQUEST_ID;
 use kneo::Attempts;
 use kneo::Sent;
@@ -20,6 +19,7 @@ use crate::body::ProxyBody;
 use crate::headers::{rewrite, Hop};
 use crate::metrics::Held;
 use crate::outcome::{Exchange, ExchangeOutcome};
+use crate::pool::UpstreamBody;
 use crate::problem::ProblemAnswer;
 use crate::shared::{finish_problem, record, upstream_request_id, Recorded, Shared};
 
@@ -61,7 +61,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 
 impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<Incoming>, kneo::Error>>,
+    F: Future<Output = Result<Response<UpstreamBody>, kneo::Error>>,
 {
     type Output = Result<Response<ProxyBody>, Infallible>;
 

@@ -21,7 +21,7 @@ use http_body::Body;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kneo::map_error::MapErrorLayer;
 use kneo::retry::{RatioBudget, ReplayBody};
-use kneo::transport::{Alpn, Connector};
+use kneo::transport::Alpn;
 use kneo::{BoxError, ClientLayer};
 use tokio::time::Instant;
 use tower::util::{Oneshot, ServiceExt};
@@ -32,6 +32,7 @@ use crate::config::{ConfigError, ProxyConfig, Upstream};
 use crate::detach::Detach;
 use crate::metrics::{CountingBudget, Held, Metrics};
 use crate::outcome::ExchangeHook;
+use crate::pool::{Connections, Pool, IDLE_TIMEOUT};
 use crate::problem::ProblemAnswer;
 use crate::shared::{finish_problem, settled_id, Health, Shared};
 use crate::upgrade::Upgrades;
@@ -41,7 +42,7 @@ pub use hyper::body::Incoming;
 
 /// The transport under the stack: hyper-util's pooled client, whose calls
 /// for recorded requests outlive a timed-out attempt ([`Detach`]).
-type Transport<B> = Detach<hyper_util::client::legacy::Client<Connector, ReplayBody<B>>>;
+type Transport<B> = Detach<Connections<ReplayBody<B>>>;
 /// The kneo stack over the transport.
 type Stack<B> = <ClientLayer as Layer<Transport<B>>>::Service;
 
@@ -144,15 +145,21 @@ where
     B: Body + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    if let Some(target) = config.upstream.plain_http1(config.upstream_h2c) {
+        return Ok(Detach::new(Connections::pooled(Pool::new(
+            target,
+            config.connect_timeout,
+        ))));
+    }
     let mut client = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
     client
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .timer(TokioTimer::new())
         .http2_only(config.upstream_h2c);
-    Ok(Detach::new(
+    Ok(Detach::new(Connections::shared(
         client.build(config.connector(Alpn::H2AndHttp1)?),
-    ))
+    )))
 }
 
 impl<B> Proxy<B> {
