@@ -16,8 +16,9 @@
 //! An idle connection is not polled: whether the upstream closed it is
 //! checked when it is taken (one poll, with no task to wake), and a request
 //! that a reused connection could not send (closed meanwhile) is sent on a
-//! new one, as hyper-util does. Idle connections older than
-//! [`IDLE_TIMEOUT`] are dropped when met; at most [`MAX_IDLE`] are kept.
+//! new one, as hyper-util does. Every 5 s a task of the pool's runtime
+//! drops the idle connections that have ended or are older than
+//! [`IDLE_TIMEOUT`]; at most [`MAX_IDLE`] are kept.
 //!
 //! HTTP/2 (h2c, or `https://` where ALPN may pick it) stays with
 //! hyper-util's client: many requests share one connection there, and it
@@ -47,6 +48,11 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The most idle connections a pool keeps.
 pub(crate) const MAX_IDLE: usize = 1024;
 
+/// How often idle connections are looked over: those the upstream closed
+/// (their socket would linger half-closed) and those past [`IDLE_TIMEOUT`]
+/// are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// A pool of HTTP/1.1 connections to one `http://` upstream. Clones share
 /// it.
 pub(crate) struct Pool<B> {
@@ -67,6 +73,9 @@ struct Shared<B> {
     target: Uri,
     /// Most recently used last.
     idle: Mutex<Vec<Idle<B>>>,
+    /// Whether the task that sweeps `idle` runs (started with the first
+    /// idle connection, on that runtime: the worker's).
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 struct Idle<B> {
@@ -101,6 +110,7 @@ where
                 connector,
                 target,
                 idle: Mutex::new(Vec::new()),
+                sweeping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -125,6 +135,34 @@ where
             }
         }
         None
+    }
+
+    /// Drops the idle connections that have ended or aged out.
+    fn sweep(&self) {
+        lock(&self.idle)
+            .retain_mut(|idle| idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.is_open());
+    }
+
+    /// Starts the sweeping task, once, on this runtime; it ends with the pool.
+    fn start_sweeping(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                match pool.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Box<Conn<B>>, BoxError> {
@@ -167,13 +205,16 @@ where
             return;
         }
         let pool = self.pool.clone();
-        let mut idle = lock(&pool.idle);
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                conn: self,
-                since: Instant::now(),
-            });
+        {
+            let mut idle = lock(&pool.idle);
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle {
+                    conn: self,
+                    since: Instant::now(),
+                });
+            }
         }
+        pool.start_sweeping();
     }
 }
 
