@@ -31,7 +31,7 @@ use tower::ServiceExt as _;
 use crate::admin::Admin;
 use crate::arrival::Arrival;
 use crate::config::ServerConfig;
-use crate::forward::{ClientAddr, Proxy, ProxyBody, ResponseFuture};
+use crate::forward::{forward_on, ClientAddr, Proxy, ProxyBody, ResponseFuture, Stack};
 use crate::metrics::Held;
 use crate::outcome::FLUSH_EVERY;
 use crate::shared::settle_request_id;
@@ -199,6 +199,7 @@ pub(crate) async fn serve_inner(
         }
         let _ = stream.set_nodelay(true);
         let svc = PerConnection {
+            stack: std::cell::RefCell::new(proxy.stack()),
             proxy: proxy.clone(),
             front: front.clone(),
             peer,
@@ -400,6 +401,9 @@ pub async fn serve_admin(
 #[derive(Clone)]
 struct PerConnection {
     proxy: Proxy,
+    /// The proxy's stack, called for each request on this connection
+    /// (hyper calls a connection's service one request at a time).
+    stack: std::cell::RefCell<Stack<Incoming>>,
     front: Option<Front>,
     peer: SocketAddr,
     overloaded: bool,
@@ -469,7 +473,10 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
                 };
                 future::Either::Right(answer.map_ok(fronted))
             }
-            None => future::Either::Left(self.proxy.forward(req).map_ok(direct)),
+            None => {
+                let answer = forward_on(self.proxy.shared(), &mut self.stack.borrow_mut(), req);
+                future::Either::Left(answer.map_ok(direct))
+            }
         })
     }
 }

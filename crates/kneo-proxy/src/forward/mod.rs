@@ -13,7 +13,7 @@ use future::State;
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -24,7 +24,6 @@ use kneo::retry::{RatioBudget, ReplayBody};
 use kneo::transport::Alpn;
 use kneo::{BoxError, ClientLayer};
 use tokio::time::Instant;
-use tower::util::{Oneshot, ServiceExt};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -44,7 +43,9 @@ pub use hyper::body::Incoming;
 /// for recorded requests outlive a timed-out attempt ([`Detach`]).
 type Transport<B> = Detach<Connections<ReplayBody<B>>>;
 /// The kneo stack over the transport.
-type Stack<B> = <ClientLayer as Layer<Transport<B>>>::Service;
+pub(crate) type Stack<B> = <ClientLayer as Layer<Transport<B>>>::Service;
+/// The kneo stack's response future.
+pub(crate) type StackFuture<B> = <Stack<B> as Service<Request<B>>>::Future;
 
 /// The forwarding service: `Request<B>` in, the upstream's response (or a
 /// problem) out, never an error. See the [crate docs](crate).
@@ -217,16 +218,17 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = ResponseFuture<Oneshot<Stack<B>, Request<B>>>;
+    type Future = ResponseFuture<StackFuture<B>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Each call drives its own clone of the stack to readiness: a
-        // failure there is that request's problem answer, not the server's.
+        // A failure of the stack's own readiness is that request's problem
+        // answer, not the server's.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.forward(req)
+        let Proxy { stack, shared, .. } = self;
+        forward_on(shared, stack, req)
     }
 }
 
@@ -235,28 +237,59 @@ where
     B: Body + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    /// Forwards `req` (what [`Service::call`] does, from a shared reference).
-    pub fn forward(&self, req: Request<B>) -> ResponseFuture<Oneshot<Stack<B>, Request<B>>> {
-        let start = Instant::now();
-        let method = req.method().clone();
-        let original = req.uri().clone();
-        let (mut parts, body) = req.into_parts();
-        if let Err(answer) = self.shared.retarget(&mut parts) {
-            let res = finish_problem(&self.shared, *answer, &method, &original, start);
-            return ResponseFuture::ready(res);
-        }
-        let req = Request::from_parts(parts, body);
-        let in_flight = Held::new(&self.shared.metrics.in_flight);
-        ResponseFuture {
-            inner: Some(self.stack.clone().oneshot(req)),
-            ready: None,
-            state: Some(State {
-                shared: self.shared.clone(),
-                method,
-                uri: original,
-                start,
-                _in_flight: in_flight,
-            }),
-        }
+    /// Forwards `req` (what [`Service::call`] does, from a shared reference:
+    /// on a clone of the stack).
+    pub fn forward(&self, req: Request<B>) -> ResponseFuture<StackFuture<B>> {
+        forward_on(&self.shared, &mut self.stack.clone(), req)
+    }
+
+    /// A clone of the stack, for [`forward_on`]: a caller connection keeps
+    /// one rather than cloning (and dropping) the stack per request.
+    pub(crate) fn stack(&self) -> Stack<B> {
+        self.stack.clone()
+    }
+}
+
+/// Forwards `req` on `stack`, one of `shared`'s proxy's stacks.
+///
+/// Every layer of the stack is ready when the one under it is, down to
+/// [`Connections`], which always is: the stack is called at once, with no
+/// `Oneshot` holding a clone of it per request. Were it ever not ready, the
+/// request is answered `503`, as at the connection limit.
+pub(crate) fn forward_on<B>(
+    shared: &Arc<Shared>,
+    stack: &mut Stack<B>,
+    req: Request<B>,
+) -> ResponseFuture<StackFuture<B>>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let method = req.method().clone();
+    let original = req.uri().clone();
+    let (mut parts, body) = req.into_parts();
+    if let Err(answer) = shared.retarget(&mut parts) {
+        let res = finish_problem(shared, *answer, &method, &original, start);
+        return ResponseFuture::ready(res);
+    }
+    let req = Request::from_parts(parts, body);
+    let mut unready = Context::from_waker(Waker::noop());
+    if !matches!(stack.poll_ready(&mut unready), Poll::Ready(Ok(()))) {
+        let answer = ProblemAnswer::overloaded(settled_id(req.headers()));
+        let res = finish_problem(shared, answer, &method, &original, start);
+        return ResponseFuture::ready(res);
+    }
+    let in_flight = Held::new(&shared.metrics.in_flight);
+    ResponseFuture {
+        inner: Some(stack.call(req)),
+        ready: None,
+        state: Some(State {
+            shared: shared.clone(),
+            method,
+            uri: original,
+            start,
+            _in_flight: in_flight,
+        }),
     }
 }
