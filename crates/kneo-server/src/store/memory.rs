@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{Acquire, Store, StoreError};
-use crate::record::{Claim, Completed, FencingToken, Fingerprint, RecordKey, MAX_DURATION};
+use crate::record::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey, MAX_DURATION};
 
 /// The default bound on records kept.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -30,9 +30,15 @@ pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 ///
 /// A live in-flight claim is never evicted; when every entry is one, the
 /// claim fails with [`StoreError::is_full`], which the layer answers with
-/// `503` (and `Retry-After`). Each step is O(log n). Memory use is about
-/// `max_entries` times the stored response size (at most the layer's
-/// `max_response`).
+/// `503` (and `Retry-After`). Each step is O(log n).
+///
+/// **Memory.** A completed record is kept in its [`Record`] encoding: one
+/// allocation of its own, the size of the stored response (headers and body,
+/// at most the layer's `max_response`) and about 40 bytes, decoded for a
+/// replay. Its bytes are copied, not shared: a response read by hyper is a
+/// slice of its connection's read buffer (8 KiB or more), which a kept slice
+/// would keep whole. With the map and the indexes, an entry costs about
+/// 400 bytes more than its encoding.
 ///
 /// ```
 /// use std::time::Duration;
@@ -87,7 +93,11 @@ struct Entry {
 
 enum State {
     InFlight(Claim),
-    Completed { record: Completed, seq: u64 },
+    /// The record's [`Record`] encoding.
+    Completed {
+        record: Arc<[u8]>,
+        seq: u64,
+    },
 }
 
 impl Default for MemoryStore {
@@ -152,6 +162,14 @@ impl MemoryStore {
 /// from now: no `Duration` a caller passes can overflow an `Instant`.
 fn later(now: Instant, d: Duration) -> Instant {
     now + d.min(MAX_DURATION)
+}
+
+/// A completed record, read back from its encoding.
+fn decode_completed(bytes: &[u8]) -> Result<Acquire, StoreError> {
+    match Record::decode(bytes).map_err(StoreError::corrupt)? {
+        Record::Completed(done) => Ok(Acquire::Completed(done)),
+        Record::InFlight(_) => Err(StoreError::corrupt("a claim kept as a completed record")),
+    }
 }
 
 impl Map {
@@ -243,14 +261,18 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> Result<Acquire, StoreError> {
         let now = Instant::now();
-        let mut map = self.lock();
-        let map = &mut *map;
+        let mut guard = self.lock();
+        let map = &mut *guard;
         match map.entries.get(key) {
             Some(held) if held.expires > now => {
-                return Ok(match &held.state {
-                    State::InFlight(holder) => Acquire::InFlight(holder.fingerprint()),
-                    State::Completed { record, .. } => Acquire::Completed(record.clone()),
-                });
+                return match &held.state {
+                    State::InFlight(holder) => Ok(Acquire::InFlight(holder.fingerprint())),
+                    State::Completed { record, .. } => {
+                        let record = Arc::clone(record);
+                        drop(guard);
+                        decode_completed(&record)
+                    }
+                };
             }
             Some(_) => map.remove(key),
             None => map.make_room(self.inner.max_entries, now)?,
@@ -277,6 +299,8 @@ impl Store for MemoryStore {
         record: &Completed,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        // Encoded outside the lock: a copy of its own (see `MemoryStore`).
+        let record: Arc<[u8]> = record.encode().into();
         let now = Instant::now();
         let mut map = self.lock();
         let map = &mut *map;
@@ -285,10 +309,7 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         let lease_ended = entry.expires;
-        entry.state = State::Completed {
-            record: record.clone(),
-            seq,
-        };
+        entry.state = State::Completed { record, seq };
         entry.expires = later(now, ttl);
         map.next_seq += 1;
         map.claims.remove(&(lease_ended, claim.token().get()));
@@ -333,8 +354,9 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Completion, Scope};
-    use http::{Method, StatusCode};
+    use crate::record::{Completion, Scope, StoredResponse};
+    use bytes::Bytes;
+    use http::{HeaderName, HeaderValue, Method, StatusCode};
 
     fn key(k: &str) -> RecordKey {
         RecordKey::new(Scope::anonymous(), k)
@@ -466,6 +488,37 @@ mod tests {
                 "{k} was evicted before the dead claim"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_kept_record_does_not_keep_the_buffer_it_was_read_from() {
+        // hyper hands out the body and header values as slices of its
+        // connection's read buffer.
+        let read_buf = Bytes::from(vec![b'x'; 8192]);
+        let value = HeaderValue::from_maybe_shared(read_buf.slice(0..4)).expect("visible ASCII");
+        let record = Completed::new(
+            fp(),
+            Completion::Stored(StoredResponse::new(
+                StatusCode::CREATED,
+                vec![(HeaderName::from_static("x-id"), value)],
+                read_buf.slice(100..164),
+            )),
+        );
+        let store = MemoryStore::new();
+        let c = claimed(&store, "a", LONG).await;
+        assert!(store
+            .complete(&key("a"), &c, &record, LONG)
+            .await
+            .expect("memory"));
+        let Ok(Acquire::Completed(replay)) = store.claim(&key("a"), fp(), LONG).await else {
+            panic!("expected the record");
+        };
+        assert_eq!(replay, record);
+        drop((record, replay));
+        assert!(
+            read_buf.is_unique(),
+            "the store keeps a slice of the read buffer"
+        );
     }
 
     #[tokio::test]
