@@ -32,7 +32,8 @@
 //! # The pieces
 //!
 //! - [`Proxy`]: the forwarding `Service`. kneo's [`ClientLayer`](kneo::ClientLayer)
-//!   (request id, idempotency key, retry) over hyper-util's pooled client,
+//!   (request id, idempotency key, retry) over [`Connections`] (HTTP/1.1
+//!   connections driven by their own requests, or hyper-util's client for HTTP/2),
 //!   with [`MapErrorLayer::map_responses(false)`](kneo::map_error::MapErrorLayer::map_responses)
 //!   at the bottom so that upstream answers, 4xx and 5xx included, pass
 //!   through after the retry decision, bodies streaming.
@@ -40,6 +41,8 @@
 //!   `Via`), one pure function.
 //! - The problem answers (`502`, `504`, `503`), documented on [`ExchangeOutcome`].
 //! - [`Admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`Workers`]: thread-per-core serving (a listener, a runtime and a pool
+//!   per worker), what `kneo proxy` runs.
 //! - [`serve`] and [`serve_admin`]: hyper's HTTP/1 and HTTP/2 (h2c, prior
 //!   knowledge) servers with a header-read timeout, a header size limit, a
 //!   connection limit and a graceful drain; upgrades (WebSocket) are

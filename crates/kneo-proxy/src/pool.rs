@@ -308,7 +308,7 @@ where
 
 /// An upstream's response body (inside a [`ProxyBody`](crate::ProxyBody)):
 /// hyper's, and the connection it arrives on
-/// when that is one of a [`Pool`]'s (polled as the body is, and back in
+/// when that is one of the proxy's own pool (polled as the body is, and back in
 /// the pool once the body has ended).
 pub struct UpstreamBody {
     body: Incoming,
@@ -380,10 +380,13 @@ impl Drop for UpstreamBody {
     }
 }
 
-/// The service under a [`Proxy`](crate::Proxy)'s kneo stack: a pool of
-/// HTTP/1.1 connections driven by their requests (see the [module
-/// docs](self)) for a plain `http://` upstream, hyper-util's pooled client
-/// where HTTP/2 may be spoken (`--upstream-h2c`, `https://`).
+/// The service under a [`Proxy`](crate::Proxy)'s kneo stack: for a plain
+/// `http://` upstream, a pool of HTTP/1.1 connections (one per worker) that
+/// the requests drive themselves, with no task per connection: a request
+/// polls its connection while it waits for the head, its response body goes
+/// on polling it and puts it back once the body has ended, a body dropped
+/// before its end closes it. Where HTTP/2 may be spoken (`--upstream-h2c`,
+/// `https://`), hyper-util's pooled client.
 pub struct Connections<B>(Kind<B>);
 
 enum Kind<B> {

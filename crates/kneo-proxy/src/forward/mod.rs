@@ -1,5 +1,5 @@
 //! [`Proxy`]: the forwarding service. The kneo client stack (request id,
-//! idempotency key, retry) over hyper-util's pooled client, with header
+//! idempotency key, retry) over the upstream's [`Connections`], with header
 //! rewriting on the way in and out, and a problem answer when there is no
 //! upstream answer to pass on.
 
@@ -39,7 +39,7 @@ use crate::upgrade::Upgrades;
 /// The request body the server hands over: hyper's, streaming.
 pub use hyper::body::Incoming;
 
-/// The transport under the stack: hyper-util's pooled client, whose calls
+/// The transport under the stack: the upstream's [`Connections`], whose calls
 /// for recorded requests outlive a timed-out attempt ([`Detach`]).
 type Transport<B> = Detach<Connections<ReplayBody<B>>>;
 /// The kneo stack over the transport.
