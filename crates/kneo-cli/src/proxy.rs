@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use clap::Args;
 use http::HeaderName;
+use kneo::core::credential::Credentials;
 use kneo_proxy::{
     Admin, Exchange, ExchangeLog, MakeFront, Proxy, ProxyConfig, ServerConfig, Upstream, Workers,
 };
@@ -117,12 +118,13 @@ pub(crate) struct ProxyArgs {
     max_stored_response: usize,
 
     /// Another header that identifies the caller for --idempotency, besides
-    /// Authorization, Proxy-Authorization, X-Api-Key and Api-Key (repeatable).
+    /// Authorization, Proxy-Authorization, X-Api-Key and Api-Key
+    /// (repeatable). The rate-limit throttle tells callers apart by it too.
     #[arg(long, value_name = "NAME", value_parser = parse_header_name)]
     scope_header: Vec<HeaderName>,
 
     /// A cookie, by name, that identifies the caller for --idempotency, such
-    /// as a session id (repeatable). Cookies are opt-in: other cookies never
+    /// as a session id (repeatable; the throttle tells callers apart by it too). Cookies are opt-in: other cookies never
     /// count, as they change between retries.
     #[arg(long, value_name = "NAME", value_parser = parse_cookie_name)]
     scope_cookie: Vec<String>,
@@ -318,9 +320,23 @@ impl ProxyArgs {
     }
 
     fn proxy_config(&self) -> Result<ProxyConfig, String> {
+        let mut client = self.stack.layer();
+        if !self.scope_header.is_empty() || !self.scope_cookie.is_empty() {
+            // The callers --idempotency tells apart are the callers whose
+            // announced rate limits the throttle keeps apart.
+            let mut credentials = Credentials::new();
+            for name in &self.scope_header {
+                credentials = credentials.header(name.clone());
+            }
+            for name in &self.scope_cookie {
+                credentials = credentials.cookie(name.as_str());
+            }
+            let throttle = client.throttle_layer().credentials(credentials);
+            client = client.throttle(throttle);
+        }
         let config = ProxyConfig::new(&self.upstream)
             .map_err(|e| format!("invalid value for --upstream: {e}"))?
-            .client(self.stack.layer())
+            .client(client)
             .budget_percent(Some(self.budget_percent))
             .map_err(|e| format!("invalid value for --budget-percent: {e}"))?
             .upstream_h2c(self.upstream_h2c)

@@ -234,6 +234,46 @@ async fn one_keys_spent_rate_limit_does_not_block_another_key() {
     assert_eq!(upstream.count(), 2, "sk-A was not sent");
 }
 
+/// `--scope-header` tells callers apart for the throttle too: tenant t1's
+/// spent quota is a local 429 for t1 only; t2, with no other credential,
+/// still reaches the upstream.
+#[tokio::test]
+async fn scope_header_partitions_the_rate_limit_throttle_too() {
+    let upstream = ScriptedServer::with(|_, req| {
+        if req.header("x-tenant-key").as_deref() == Some("t1") {
+            Reply::json(200, "{}")
+                .header("ratelimit-policy", r#""hour";q=100;w=3600"#)
+                .header("ratelimit", r#""hour";r=0;t=600"#)
+        } else {
+            Reply::json(200, "{}")
+        }
+    })
+    .await;
+    let proxy = Sidecar::start(
+        &upstream.url(""),
+        &[
+            "--idempotency",
+            "memory",
+            "--scope-header",
+            "X-Tenant-Key",
+            "--max-retry-after",
+            "5",
+        ],
+        None,
+    )
+    .await;
+    let t1 = [("x-tenant-key", "t1")];
+    let t2 = [("x-tenant-key", "t2")];
+    assert_eq!(proxy.send("GET", "/runs", &t1).await.status, StatusCode::OK);
+    let other = proxy.send("GET", "/runs", &t2).await;
+    assert_eq!(other.status, StatusCode::OK, "{other:?}");
+    assert_eq!(upstream.count(), 2, "t2 reached the upstream");
+    let spent = proxy.send("GET", "/runs", &t1).await;
+    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(spent.body["code"], "rate_limited_locally");
+    assert_eq!(upstream.count(), 2, "t1 was not sent");
+}
+
 /// Bad scope flags and secrets: exit 2, one error line on stderr (and for a
 /// flag, clap's usage line), nothing on stdout, and neither the secret nor
 /// the rejected value quoted.
