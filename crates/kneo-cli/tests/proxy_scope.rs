@@ -221,17 +221,26 @@ async fn one_keys_spent_rate_limit_does_not_block_another_key() {
     let proxy = Sidecar::start(&upstream.url(""), &["--max-retry-after", "5"], None).await;
     let a = [("authorization", "Bearer sk-A")];
     let b = [("authorization", "Bearer sk-B")];
-    assert_eq!(
-        proxy.send("GET", "/v1/chat", &a).await.status,
-        StatusCode::OK
-    );
-    let other = proxy.send("GET", "/v1/models", &b).await;
-    assert_eq!(other.status, StatusCode::OK, "{other:?}");
-    assert_eq!(upstream.count(), 2, "sk-B reached the upstream");
-    let spent = proxy.send("GET", "/v1/models", &a).await;
-    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(spent.body["code"], "rate_limited_locally");
-    assert_eq!(upstream.count(), 2, "sk-A was not sent");
+    spent_quota_holds_up_only_its_caller(&proxy, &upstream, &a, &b).await;
+}
+
+/// `spent`'s first request learns that its quota is spent, `other` still
+/// reaches the upstream, and `spent`'s next request is a local 429, not sent.
+async fn spent_quota_holds_up_only_its_caller(
+    proxy: &Sidecar,
+    upstream: &ScriptedServer,
+    spent: &[(&str, &str)],
+    other: &[(&str, &str)],
+) {
+    let first = proxy.send("GET", "/v1/chat", spent).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let got = proxy.send("GET", "/v1/models", other).await;
+    assert_eq!(got.status, StatusCode::OK, "{got:?}");
+    assert_eq!(upstream.count(), 2, "the other caller reached the upstream");
+    let refused = proxy.send("GET", "/v1/models", spent).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.body["code"], "rate_limited_locally");
+    assert_eq!(upstream.count(), 2, "the spent caller was not sent");
 }
 
 /// `--scope-header` tells callers apart for the throttle too: tenant t1's
@@ -264,14 +273,7 @@ async fn scope_header_partitions_the_rate_limit_throttle_too() {
     .await;
     let t1 = [("x-tenant-key", "t1")];
     let t2 = [("x-tenant-key", "t2")];
-    assert_eq!(proxy.send("GET", "/runs", &t1).await.status, StatusCode::OK);
-    let other = proxy.send("GET", "/runs", &t2).await;
-    assert_eq!(other.status, StatusCode::OK, "{other:?}");
-    assert_eq!(upstream.count(), 2, "t2 reached the upstream");
-    let spent = proxy.send("GET", "/runs", &t1).await;
-    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(spent.body["code"], "rate_limited_locally");
-    assert_eq!(upstream.count(), 2, "t1 was not sent");
+    spent_quota_holds_up_only_its_caller(&proxy, &upstream, &t1, &t2).await;
 }
 
 /// Bad scope flags and secrets: exit 2, one error line on stderr (and for a
