@@ -137,9 +137,8 @@ impl serde_json::ser::Formatter for OneLine {
 /// `line` as one line of JSON.
 pub(crate) fn to_line(line: &impl Serialize) -> serde_json::Result<String> {
     let mut out = Vec::new();
-    line.serialize(&mut serde_json::Serializer::with_formatter(
-        &mut out, OneLine,
-    ))?;
+    write_line(&mut out, line)?;
+    out.pop();
     // serde_json writes UTF-8 only.
     Ok(String::from_utf8_lossy(&out).into_owned())
 }

@@ -39,6 +39,14 @@ pub(crate) struct Config {
     pub(crate) fail_open: bool,
 }
 
+impl Config {
+    /// `true` when a response body of `len` bytes is over `max_response`:
+    /// not stored (a retry of its key gets `410`).
+    pub(crate) fn too_big_to_store(&self, len: u64) -> bool {
+        usize::try_from(len).map_or(true, |len| len > self.max_response)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -498,7 +498,7 @@ impl Work {
         if let Some(data) = first.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
             let len = data.len() as u64;
             let whole = body.is_end_stream() || hint.exact() == Some(len);
-            if whole && !self.too_big(len) {
+            if whole && !self.config.too_big_to_store(len) {
                 let data = data.clone();
                 let stored = StoredResponse::new(status, headers, data.clone());
                 guard
@@ -512,11 +512,6 @@ impl Work {
         let head = Response::from_parts(parts, ());
         let body = Streamed { body, hint, first };
         self.stream(guard, head, body, headers, answer).await;
-    }
-
-    /// `true` when a response body of `len` bytes is not stored.
-    fn too_big(&self, len: u64) -> bool {
-        usize::try_from(len).map_or(true, |len| len > self.config.max_response)
     }
 
     /// A body that comes in frames: each goes to the caller as it arrives
@@ -551,7 +546,7 @@ impl Work {
             .is_ok()
             .then_some(frames);
         let mut recording = Some(Buffer::Empty);
-        if self.too_big(hint.lower()) {
+        if self.config.too_big_to_store(hint.lower()) {
             recording = None;
             guard.complete(not_stored.clone()).await;
         }
@@ -586,7 +581,7 @@ impl Work {
                 read = read.saturating_add(data.len() as u64);
                 if let Some(buf) = recording.as_mut() {
                     buf.push(data.clone());
-                    if self.too_big(buf.len() as u64) {
+                    if self.config.too_big_to_store(buf.len() as u64) {
                         recording = None;
                         guard.complete(not_stored.clone()).await;
                     }

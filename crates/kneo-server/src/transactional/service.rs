@@ -138,7 +138,7 @@ where
         return Ok(res.map(ResponseBody::inner));
     }
     let (parts, mut body) = res.into_parts();
-    let (bytes, spilled) = match collect(&mut body, config.max_response).await {
+    let (bytes, spilled) = match collect(&mut body, &config).await {
         Ok(collected) => collected,
         Err(error) => {
             tracing::warn!(idempotency_key = %key, %error, "the response failed before it was whole; rolled back");
@@ -190,24 +190,23 @@ fn answer_theirs<B>(
     }
 }
 
-/// Reads `body` until its end or past `max` bytes: what was read, and
+/// Reads `body` until its end or past `max_response`: what was read, and
 /// whether it went past (the rest is still in `body`, to stream on). An
 /// error when the body broke off.
-async fn collect<B>(body: &mut B, max: usize) -> Result<(Bytes, bool), BoxError>
+async fn collect<B>(body: &mut B, config: &Config) -> Result<(Bytes, bool), BoxError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let too_big = |len: u64| usize::try_from(len).map_or(true, |len| len > max);
     let mut buf = Buffer::Empty;
-    let mut spilled = too_big(body.size_hint().lower());
+    let mut spilled = config.too_big_to_store(body.size_hint().lower());
     while !spilled {
         match body.frame().await {
             None => break,
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     buf.push(data);
-                    spilled = too_big(buf.len() as u64);
+                    spilled = config.too_big_to_store(buf.len() as u64);
                 }
             }
             Some(Err(error)) => return Err(error.into()),
