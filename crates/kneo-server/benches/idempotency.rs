@@ -14,6 +14,8 @@
 //! A load loop rather than criterion: the quantity is a server's throughput
 //! under concurrent load, not one call's latency.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use common::payment;
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -45,18 +48,6 @@ async fn handler(body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(out)))
         .expect("valid response"))
-}
-
-/// A keyed POST of a payment, as every scenario sends it.
-fn payment(url: &str, key: String) -> Request<Full<Bytes>> {
-    Request::post(url)
-        .header("idempotency-key", key)
-        .header("authorization", "Bearer sk_bench")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"amount":1200,"currency":"eur"}"#,
-        )))
-        .expect("valid request")
 }
 
 async fn serve(app: Router) -> String {

@@ -30,6 +30,8 @@
 //! where one message carries two (the layer's `BEGIN; SET LOCAL
 //! lock_timeout`).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -43,7 +45,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use http::Request;
+use common::payment;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -332,17 +334,6 @@ impl Run {
     }
 }
 
-fn request(url: &str, key: String) -> Request<Full<Bytes>> {
-    Request::post(url)
-        .header("idempotency-key", key)
-        .header("authorization", "Bearer sk_bench")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"amount":1200,"currency":"eur"}"#,
-        )))
-        .expect("valid request")
-}
-
 async fn load(client: &HttpClient, url: &str, keys: Keys, label: &str) -> Run {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let stop_warmup = Instant::now() + WARMUP;
@@ -365,7 +356,7 @@ async fn load(client: &HttpClient, url: &str, keys: Keys, label: &str) -> Run {
                         Keys::Replay => format!("{label}-replay-{worker}"),
                     };
                     let res = client
-                        .request(request(&url, key))
+                        .request(payment(&url, key))
                         .await
                         .expect("loopback server answers");
                     let status = res.status();
@@ -406,7 +397,7 @@ async fn load(client: &HttpClient, url: &str, keys: Keys, label: &str) -> Run {
 async fn load_once(client: &HttpClient, url: &str, label: &str) {
     for worker in 0..CONCURRENCY {
         let res = client
-            .request(request(url, format!("{label}-replay-{worker}")))
+            .request(payment(url, format!("{label}-replay-{worker}")))
             .await
             .expect("answers");
         res.into_body().collect().await.expect("body");
