@@ -118,7 +118,7 @@ pub fn rewrite(headers: &mut HeaderMap, hop: &Hop) {
             };
             headers.insert(HOST, upstream_host.clone());
             if let Some(peer) = peer {
-                append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+                append_peer(headers, *peer);
             }
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
             append_via(headers, *version);
@@ -218,6 +218,34 @@ fn via(version: Version) -> &'static str {
         Version::HTTP_2 => "2 kneo",
         Version::HTTP_3 => "3 kneo",
         _ => "1.1 kneo",
+    }
+}
+
+/// Appends the caller's address to `X-Forwarded-For`. When the caller
+/// sent none (the usual case) the value is the address alone, formatted
+/// once per thread for the last address seen: a sidecar's callers are few
+/// addresses (loopback, most often), and formatting one costs more than the
+/// rest of the rewrite.
+fn append_peer(headers: &mut HeaderMap, peer: IpAddr) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    if headers.contains_key(X_FORWARDED_FOR) {
+        append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+        return;
+    }
+    let value = LAST.with_borrow_mut(|last| {
+        if let Some((_, value)) = last.as_ref().filter(|(ip, _)| *ip == peer) {
+            return Some(value.clone());
+        }
+        // An address is digits, dots, colons and hex: always a value.
+        let value = HeaderValue::try_from(peer.to_string()).ok()?;
+        *last = Some((peer, value.clone()));
+        Some(value)
+    });
+    if let Some(value) = value {
+        headers.insert(X_FORWARDED_FOR, value);
     }
 }
 
@@ -342,6 +370,28 @@ mod tests {
                 v
             };
             assert_eq!(sorted(&headers), sorted(&expected), "{what}");
+        }
+    }
+
+    /// The address a thread formatted last is reused only for that
+    /// address: callers taking turns each get their own.
+    #[test]
+    fn each_caller_gets_its_own_address() {
+        let peers: [IpAddr; 4] = [
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            "::1".parse().expect("an address"),
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(192, 168, 7, 30).into(),
+        ];
+        for peer in peers {
+            let mut headers = HeaderMap::new();
+            let hop = Hop::Request {
+                version: Version::HTTP_11,
+                peer: Some(peer),
+                upstream_host: HeaderValue::from_static("up:9"),
+            };
+            rewrite(&mut headers, &hop);
+            assert_eq!(headers[X_FORWARDED_FOR], peer.to_string().as_str());
         }
     }
 

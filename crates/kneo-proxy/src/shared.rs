@@ -78,12 +78,12 @@ impl Shared {
     /// into the upstream's prefix; `CONNECT` is the proxy's to answer, not
     /// the upstream's.
     pub(crate) fn target(&self, parts: &http::request::Parts) -> Result<Uri, Box<ProblemAnswer>> {
-        let target = match parts.uri.path_and_query() {
-            Some(pq) => pq.as_str(),
-            None if parts.uri.scheme().is_some() => "/",
-            None => "",
+        let uri = match parts.uri.path_and_query() {
+            Some(target) => self.upstream.uri_for_target(target),
+            None if parts.uri.scheme().is_some() => self.upstream.uri_for("/"),
+            None => self.upstream.uri_for(""),
         };
-        let mut refused = match self.upstream.uri_for(target) {
+        let mut refused = match uri {
             Ok(uri) if parts.method != Method::CONNECT => return Ok(uri),
             _ if parts.method == Method::CONNECT => ProblemAnswer::method_not_allowed(),
             Err(e) => ProblemAnswer::bad_target(e),

@@ -232,11 +232,15 @@ fn settle<B, M: MakeRequestId>(
     make: &mut M,
     req: &mut Request<B>,
 ) -> Option<RequestId> {
-    let existing = req.headers().get(header);
+    let mut values = req.headers().get_all(header).iter();
+    let existing = values.next();
+    let sole = values.next().is_none();
     let kept = existing
         .filter(|v| is_valid_request_id(v.as_bytes()))
         .map(|v| RequestId::new(v.clone()));
     let id = match kept {
+        // The header is the id already, alone: nothing to write.
+        Some(id) if sole => return Some(id),
         Some(id) => Some(id),
         None => {
             let made = make
