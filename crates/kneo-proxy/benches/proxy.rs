@@ -24,9 +24,14 @@
 //!   `nginx` is not installed.
 //! - The proxy's peak RSS is `VmHWM` from `/proc/PID/status` (nginx: master
 //!   and workers summed).
-//! - With valgrind installed, the instructions per proxied request of
-//!   `kneo proxy` under callgrind: the difference between a run of 1,200
-//!   requests and one of 200 (startup cancels out), over 1,000.
+//! - The proxy's CPU time per request, user and system, from
+//!   `/proc/PID/stat` over the hyper load's run, warm-up included (nginx:
+//!   master and workers summed): what the proxy itself costs, whatever the
+//!   load generator and the upstream took of the shared cores.
+//! - With valgrind installed, the instructions per proxied request under
+//!   callgrind, of `kneo proxy --workers 1` and of nginx (one process,
+//!   `master_process off`): the difference between a run of 1,200 requests
+//!   and one of 200 (startup cancels out), over 1,000.
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -82,7 +87,13 @@ fn main() {
         let by_wrk = wrk
             .as_deref()
             .and_then(|wrk| run_wrk(wrk, upstream, conns, secs));
-        rows.push(("direct".to_owned(), direct, by_wrk, None));
+        rows.push(Row {
+            name: "direct".to_owned(),
+            stats: direct,
+            by_wrk,
+            rss: None,
+            cpu: None,
+        });
     }
 
     match kneo_bin() {
@@ -106,14 +117,21 @@ fn main() {
                     .expect("spawn kneo proxy");
                 let mut child = Guard(child);
                 let addr = wait_listening(port);
-                let stats = load.block_on(run_load(addr, conns, secs));
+                let pids = [child.0.id()];
+                let (stats, cpu) = measured(&pids, || load.block_on(run_load(addr, conns, secs)));
                 let by_wrk = wrk.as_deref().and_then(|wrk| run_wrk(wrk, addr, conns, secs));
                 let rss = vm_hwm(child.0.id());
                 let name = match workers {
                     None => "kneo proxy".to_owned(),
                     Some(n) => format!("kneo proxy --workers {n}"),
                 };
-                rows.push((name, stats, by_wrk, rss));
+                rows.push(Row {
+                    name,
+                    stats,
+                    by_wrk,
+                    rss,
+                    cpu,
+                });
                 terminate(&mut child.0);
             }
         }
@@ -128,12 +146,19 @@ fn main() {
         let child = start_nginx(&tmp, upstream, port);
         let mut child = Guard(child);
         let addr = wait_listening(port);
-        let stats = load.block_on(run_load(addr, conns, secs));
+        let pids = nginx_pids(child.0.id());
+        let (stats, cpu) = measured(&pids, || load.block_on(run_load(addr, conns, secs)));
         let by_wrk = wrk
             .as_deref()
             .and_then(|wrk| run_wrk(wrk, addr, conns, secs));
         let rss = nginx_rss(child.0.id());
-        rows.push(("nginx".to_owned(), stats, by_wrk, rss));
+        rows.push(Row {
+            name: "nginx".to_owned(),
+            stats,
+            by_wrk,
+            rss,
+            cpu,
+        });
         terminate(&mut child.0);
     } else {
         println!("nginx is not installed (apt-get install -y nginx); skipping nginx");
@@ -141,47 +166,120 @@ fn main() {
 
     println!();
     println!(
-        "| target | requests/s | p50 | p99 | errors | wrk requests/s | wrk p99 | proxy peak RSS |"
+        "| target | requests/s | p50 | p99 | errors | wrk requests/s | wrk p99 | proxy peak RSS | proxy CPU a request (user + sys) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, s, by_wrk, rss) in &rows {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let s = &row.stats;
         println!(
-            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} | {} | {} | {} | {} |",
+            row.name,
             s.rps,
             s.p50_us,
             s.p99_us,
             s.errors,
-            by_wrk
+            row.by_wrk
                 .as_ref()
                 .map_or("-".to_owned(), |w| format!("{:.0}", w.rps)),
-            by_wrk
+            row.by_wrk
                 .as_ref()
                 .map_or("-".to_owned(), |w| format!("{:.0} µs", w.p99_us)),
-            rss.map_or("-".to_owned(), |kb| format!(
+            row.rss.map_or("-".to_owned(), |kb| format!(
                 "{:.1} MiB",
                 kb as f64 / 1024.0
+            )),
+            row.cpu.as_ref().map_or("-".to_owned(), |c| format!(
+                "{:.1} + {:.1} µs",
+                c.user_us, c.sys_us
             )),
         );
     }
 
-    if let Some(bin) = kneo_bin() {
-        if which("valgrind").is_some() {
-            let few = callgrind(&bin, &tmp, upstream, &load, 200);
-            let many = callgrind(&bin, &tmp, upstream, &load, 1200);
-            match (few, many) {
-                (Some(few), Some(many)) if many > few => println!(
-                    "\ncallgrind: {} instructions per proxied request (kneo proxy, {} vs {} requests)",
-                    (many - few) / 1000,
-                    1200,
-                    200
-                ),
-                _ => println!("\ncallgrind: no usable totals"),
-            }
-        } else {
-            println!("\nvalgrind is not installed; no instruction count");
+    if which("valgrind").is_none() {
+        println!("\nvalgrind is not installed; no instruction count");
+    } else {
+        if let Some(bin) = kneo_bin() {
+            let kneo = |port: u16| {
+                let mut command = Command::new(&bin);
+                command
+                    .args(["proxy", "--upstream", &format!("http://{upstream}")])
+                    .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "1"]);
+                command
+            };
+            instructions("kneo proxy --workers 1", &tmp, &load, kneo);
+        }
+        if which("nginx").is_some() {
+            let nginx = |port: u16| nginx_command(&tmp, upstream, port, Nginx::Callgrind);
+            instructions("nginx, one process", &tmp, &load, nginx);
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// One target's figures.
+struct Row {
+    name: String,
+    stats: Stats,
+    by_wrk: Option<WrkStats>,
+    /// Peak RSS, KiB.
+    rss: Option<u64>,
+    cpu: Option<Cpu>,
+}
+
+/// CPU time a request, in µs.
+struct Cpu {
+    user_us: f64,
+    sys_us: f64,
+}
+
+/// Runs `load` and the CPU time `pids` spent meanwhile, a request.
+fn measured(pids: &[u32], load: impl FnOnce() -> Stats) -> (Stats, Option<Cpu>) {
+    let before = cpu_ticks(pids);
+    let stats = load();
+    let after = cpu_ticks(pids);
+    let cpu = before.zip(after).and_then(|((u0, s0), (u1, s1))| {
+        // `/proc` counts in USER_HZ, 100 a second on Linux.
+        let per = |ticks: u64| ticks as f64 * 10_000.0 / stats.answered as f64;
+        (stats.answered > 0).then(|| Cpu {
+            user_us: per(u1.saturating_sub(u0)),
+            sys_us: per(s1.saturating_sub(s0)),
+        })
+    });
+    (stats, cpu)
+}
+
+/// User and system CPU time of `pids` (every thread), in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> Option<(u64, u64)> {
+    let mut total = (0, 0);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command's closing parenthesis: state is the
+        // first, utime and stime the 12th and 13th.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace().skip(11);
+        total.0 += fields.next()?.parse::<u64>().ok()?;
+        total.1 += fields.next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Prints the instructions per proxied request of the proxy `command`
+/// starts on a port: callgrind over 1,200 and over 200 requests.
+fn instructions(
+    name: &str,
+    tmp: &Path,
+    load: &tokio::runtime::Runtime,
+    command: impl Fn(u16) -> Command,
+) {
+    let few = callgrind(tmp, load, &command, 200);
+    let many = callgrind(tmp, load, &command, 1200);
+    match (few, many) {
+        (Some(few), Some(many)) if many > few => println!(
+            "\ncallgrind: {} instructions per proxied request ({name}, 1,200 vs 200 requests)",
+            (many - few) / 1000,
+        ),
+        _ => println!("\ncallgrind: no usable totals for {name}"),
+    }
 }
 
 /// Kills the child on drop (a panic mid-bench leaves nothing running).
@@ -276,6 +374,8 @@ struct Stats {
     p50_us: f64,
     p99_us: f64,
     errors: u64,
+    /// Every request answered, warm-up included.
+    answered: u64,
 }
 
 /// `conns` connections, each sending GETs one after another: 1 s of
@@ -288,10 +388,12 @@ async fn run_load(addr: SocketAddr, conns: usize, secs: u64) -> Stats {
         .collect();
     let mut latencies = Vec::new();
     let mut errors = 0;
+    let mut answered = 0;
     for task in tasks {
-        let (l, e) = task.await.expect("load task");
+        let (l, e, a) = task.await.expect("load task");
         latencies.extend(l);
         errors += e;
+        answered += a;
     }
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -305,13 +407,16 @@ async fn run_load(addr: SocketAddr, conns: usize, secs: u64) -> Stats {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         errors,
+        answered,
     }
 }
 
-/// One connection's requests; latencies in µs of those finished after `warm`.
-async fn connection_loop(addr: SocketAddr, warm: Instant, end: Instant) -> (Vec<u32>, u64) {
+/// One connection's requests: latencies in µs of those finished after
+/// `warm`, errors, and how many were answered in all.
+async fn connection_loop(addr: SocketAddr, warm: Instant, end: Instant) -> (Vec<u32>, u64, u64) {
     let mut latencies = Vec::with_capacity(100_000);
     let mut errors = 0;
+    let mut answered = 0;
     'connect: while Instant::now() < end {
         let Ok(stream) = TcpStream::connect(addr).await else {
             errors += 1;
@@ -340,6 +445,7 @@ async fn connection_loop(addr: SocketAddr, warm: Instant, end: Instant) -> (Vec<
                 errors += 1;
                 continue 'connect;
             }
+            answered += 1;
             if start >= warm {
                 latencies.push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
             }
@@ -348,7 +454,7 @@ async fn connection_loop(addr: SocketAddr, warm: Instant, end: Instant) -> (Vec<
             }
         }
     }
-    (latencies, errors)
+    (latencies, errors, answered)
 }
 
 /// What `wrk` measured.
@@ -413,23 +519,51 @@ fn vm_hwm(pid: u32) -> Option<u64> {
 
 /// nginx's master and workers, summed.
 fn nginx_rss(master: u32) -> Option<u64> {
-    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .unwrap_or_default();
     let mut total = vm_hwm(master)?;
-    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+    for child in nginx_pids(master).into_iter().skip(1) {
         total += vm_hwm(child).unwrap_or(0);
     }
     Some(total)
 }
 
+/// How nginx runs: as in production for the load, or as one process
+/// that callgrind can follow.
+#[derive(Clone, Copy)]
+enum Nginx {
+    Load,
+    Callgrind,
+}
+
+/// nginx's children (its workers), after the master.
+fn nginx_pids(master: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default();
+    std::iter::once(master)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .collect()
+}
+
 fn start_nginx(tmp: &Path, upstream: SocketAddr, port: u16) -> Child {
-    let dir = tmp.join("nginx");
+    nginx_command(tmp, upstream, port, Nginx::Load)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nginx")
+}
+
+/// nginx with its own config in `tmp`, proxying `port` to `upstream`.
+fn nginx_command(tmp: &Path, upstream: SocketAddr, port: u16, how: Nginx) -> Command {
+    let dir = tmp.join(format!("nginx-{port}"));
     std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
     let d = dir.display();
+    let (workers, master) = match how {
+        Nginx::Load => (2, "on"),
+        Nginx::Callgrind => (1, "off"),
+    };
     let conf = format!(
-        r#"worker_processes 2;
+        r#"worker_processes {workers};
 daemon off;
-master_process on;
+master_process {master};
 pid {d}/nginx.pid;
 error_log {d}/logs/error.log warn;
 events {{ worker_connections 4096; }}
@@ -460,34 +594,27 @@ http {{
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).expect("write nginx.conf");
     let nginx = which("nginx").expect("nginx on PATH");
-    Command::new(nginx)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nginx")
+    let mut command = Command::new(nginx);
+    command.arg("-p").arg(&dir).arg("-c").arg(&path);
+    command
 }
 
-/// Total instructions of `kneo proxy` under callgrind serving `requests`
-/// requests one after another.
+/// Total instructions of the proxy `command` starts, under callgrind,
+/// serving `requests` requests one after another.
 fn callgrind(
-    bin: &Path,
     tmp: &Path,
-    upstream: SocketAddr,
     load: &tokio::runtime::Runtime,
+    command: &impl Fn(u16) -> Command,
     requests: usize,
 ) -> Option<u64> {
     let out = tmp.join(format!("callgrind.{requests}.out"));
     let port = free_port();
+    let target = command(port);
     let child = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(bin)
-        .args(["proxy", "--upstream", &format!("http://{upstream}")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg(target.get_program())
+        .args(target.get_args())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
