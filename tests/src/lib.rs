@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use kneo::retry::{Backoff, RetryLayer};
 use kneo::ClientLayer;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// What the server does with one request.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct Reply {
     pub close: bool,
     /// Answer before reading the request body.
     pub early: bool,
+    /// Wait for this gate (a permit: `notify_one`) before answering, after
+    /// the `delay`.
+    pub gate: Option<Arc<Notify>>,
 }
 
 impl Reply {
@@ -60,6 +64,7 @@ impl Reply {
             delay: Duration::ZERO,
             close: false,
             early: false,
+            gate: None,
         }
     }
 
@@ -99,6 +104,13 @@ impl Reply {
     /// Answers without reading the request body.
     pub fn early(mut self) -> Self {
         self.early = true;
+        self
+    }
+
+    /// Answers only once `gate` gives it a permit (`gate.notify_one()`), so
+    /// a test holds the request in flight for as long as it needs.
+    pub fn gated(mut self, gate: Arc<Notify>) -> Self {
+        self.gate = Some(gate);
         self
     }
 }
@@ -289,6 +301,9 @@ async fn handle(
     }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    if let Some(gate) = &reply.gate {
+        gate.notified().await;
     }
     if reply.close {
         // hyper closes the connection without a response when the service fails.

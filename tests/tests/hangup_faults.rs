@@ -9,6 +9,7 @@
 //! The seed is printed; set `HANGUP_SEED` to replay a run. The soak version
 //! is `cargo run -p kneo-tests --bin faults -- --hangup`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use kneo_tests::faults::{
 use kneo_tests::redis::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 const REQUESTS: u64 = 400;
 
@@ -68,6 +70,18 @@ async fn callers_hanging_up_on_a_redis_store_never_run_a_request_twice() {
     check(Target::Redis).await;
 }
 
+/// Polls `cond` every 10 ms until it holds (a panic after [`GUARD`]).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let waiting = async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"));
+}
+
 /// Sends `charge` with `key` until an answer other than `409
 /// idempotency_key_in_use`, waiting each 409's `Retry-After` (which must be
 /// there, and 1 s); returns it and the 409s met.
@@ -96,7 +110,8 @@ async fn retry_until_answered(server: &SlowServer, key: &str, charge: &Charge) -
 }
 
 /// The defect as reported: a handler that records its effect and then sleeps
-/// 2 s; the caller hangs up after 0.3 s and retries with the same key. hyper
+/// 2 s; the caller hangs up once the handler began (after 0.3 s, in the
+/// report) and retries with the same key. hyper
 /// drops the service future when the connection closes; the layer must not
 /// take that as "nothing happened". The retry gets `409` while the run goes
 /// on, then its replay; the effect happened once.
@@ -106,13 +121,19 @@ async fn a_caller_that_hangs_up_mid_handler_and_retries_gets_the_replay_of_the_o
     let server =
         SlowServer::start(IdempotencyLayer::new(MemoryStore::new()), effects.clone()).await;
     let charge = Charge::new(1, 0, 2_000, 0);
-    let hang_up = Abandon::InHandler {
-        after: Duration::from_millis(300),
+    // The whole request sent, then no reading: the caller hangs up (the task
+    // is dropped, and its connection) once the handler has begun.
+    let hang_up = Abandon::InHandler { after: GUARD };
+    let first = {
+        let (addr, body) = (server.addr(), charge.body());
+        tokio::spawn(async move { attempt(addr, "K", &body, Some(hang_up), GUARD).await })
     };
-    let first = attempt(server.addr(), "K", &charge.body(), Some(hang_up), GUARD).await;
+    wait_until("the handler began", || server.runs(1).started == 1).await;
+    first.abort();
+    let first = first.await;
     assert!(
-        matches!(first, Attempt::Abandoned(Point::InHandler)),
-        "{first:?}"
+        first.as_ref().is_err_and(|e| e.is_cancelled()),
+        "hung up: {first:?}"
     );
 
     // The retry, at once: while the run is still in its wait, the key is held.
@@ -198,65 +219,105 @@ async fn a_caller_that_hangs_up_while_the_response_streams_gets_the_whole_replay
     assert_eq!(server.runs(3).started, 1);
 }
 
-/// A loopback relay to `redis-server` that holds each of its replies for
-/// `delay` (a slow Redis), so a hang-up can land inside a claim's round trip.
-async fn slow_redis(port: u16, delay: Duration) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(redis) = TcpStream::connect(("127.0.0.1", port)).await else {
-                continue;
-            };
-            let (mut from_client, mut to_client) = client.into_split();
-            let (mut from_redis, mut to_redis) = redis.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut from_client, &mut to_redis).await;
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0; 16 * 1024];
-                while let Ok(n @ 1..) = from_redis.read(&mut buf).await {
-                    tokio::time::sleep(delay).await;
-                    if to_client.write_all(&buf[..n]).await.is_err() {
-                        break;
+/// A loopback relay to `redis-server` that, once armed, holds the next reply
+/// for `delay` (a slow Redis) and says when the command it answers went by,
+/// so a hang-up can land inside a claim's round trip.
+#[derive(Clone)]
+struct SlowRedis {
+    addr: std::net::SocketAddr,
+    armed: Arc<AtomicBool>,
+    sent: Arc<Notify>,
+}
+
+impl SlowRedis {
+    async fn start(port: u16, delay: Duration) -> SlowRedis {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let armed = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(Notify::new());
+        let relay = SlowRedis { addr, armed, sent };
+        let this = relay.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(redis) = TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_redis, mut to_redis) = redis.into_split();
+                let up = this.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 16 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        // Before the write: once Redis has it, its reply may
+                        // disarm the relay at any moment.
+                        if up.armed.load(Ordering::SeqCst) {
+                            up.sent.notify_one();
+                        }
+                        if to_redis.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
-                }
-            });
-        }
-    });
-    addr
+                });
+                let down = this.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 16 * 1024];
+                    while let Ok(n @ 1..) = from_redis.read(&mut buf).await {
+                        if down.armed.swap(false, Ordering::SeqCst) {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        relay
+    }
 }
 
 /// The hang-up workload's one finding on the first fix, as a test: a caller
-/// hangs up while its claim's `SET NX` is on its way to Redis (the replies
-/// take 300 ms; the hang-up comes at 100 ms). The handler never began, so
-/// the key must be free again, and the retry run the request. It used to be
-/// held: the `SET` landed after the request future was dropped and nothing
-/// took it back, so the key answered `409` for the whole lease (60 s) with
-/// nothing running under it. The claim now runs on the request's own task,
-/// which releases it when the caller is gone before the handler begins.
+/// hangs up while its claim's `SET NX` is on its way to Redis (its reply
+/// takes 2 s; the hang-up comes once the command went to Redis). The handler
+/// never began, so the key must be free again, and the retry run the
+/// request. It used to be held: the `SET` landed after the request future
+/// was dropped and nothing took it back, so the key answered `409` for the
+/// whole lease (60 s) with nothing running under it. The claim now runs on
+/// the request's own task, which releases it when the caller is gone before
+/// the handler begins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_hangs_up_during_the_redis_claim_leaves_the_key_free() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let slow = slow_redis(redis.port(), Duration::from_millis(300)).await;
-    let store = RedisStore::builder(format!("redis://{slow}/"))
+    let slow = SlowRedis::start(redis.port(), Duration::from_secs(2)).await;
+    // Longer than the held reply: the claim is answered, not timed out.
+    let store = RedisStore::builder(format!("redis://{}/", slow.addr))
+        .timeout(Duration::from_secs(5))
         .connect()
         .await
         .expect("redis store connects");
     let effects = Arc::new(Effects::default());
     let server = SlowServer::start(IdempotencyLayer::new(store), effects.clone()).await;
     let charge = Charge::new(4, 0, 0, 0);
-    let hang_up = Abandon::InHandler {
-        after: Duration::from_millis(100),
+    // The whole request sent, then no reading: the caller hangs up (the task
+    // is dropped, and its connection) once the claim went to Redis.
+    slow.armed.store(true, Ordering::SeqCst);
+    let hang_up = Abandon::InHandler { after: GUARD };
+    let first = {
+        let (addr, body) = (server.addr(), charge.body());
+        tokio::spawn(async move { attempt(addr, "K4", &body, Some(hang_up), GUARD).await })
     };
-    let first = attempt(server.addr(), "K4", &charge.body(), Some(hang_up), GUARD).await;
+    tokio::time::timeout(GUARD, slow.sent.notified())
+        .await
+        .expect("the claim went to Redis");
+    first.abort();
+    let first = first.await;
     assert!(
-        matches!(first, Attempt::Abandoned(Point::InHandler)),
-        "{first:?}"
+        first.as_ref().is_err_and(|e| e.is_cancelled()),
+        "hung up: {first:?}"
     );
     assert_eq!(
         server.runs(4).started,

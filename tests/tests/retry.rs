@@ -254,23 +254,32 @@ async fn deadline_bounds_a_slow_attempt() {
 
 #[tokio::test]
 async fn attempt_timeout_is_a_retried_network_timeout_for_get() {
+    // The answer never comes in time, however slow the machine.
     let server =
-        ScriptedServer::start(vec![Reply::status(200).delay(Duration::from_secs(2))]).await;
-    let layer = fast().attempt_timeout(Duration::from_millis(100));
+        ScriptedServer::start(vec![Reply::status(200).delay(Duration::from_secs(30))]).await;
+    let layer = fast().attempt_timeout(Duration::from_millis(250));
     let start = Instant::now();
     let err = server
         .client(layer)
         .request(get())
         .await
         .expect_err("every attempt times out");
-    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(start.elapsed() >= Duration::from_millis(750));
     assert_eq!(err.kind(), ErrorKind::Network);
     assert!(err.is_timeout(), "{err:?}");
     assert!(!err.is_connect());
     assert_eq!(err.code(), codes::API_TIMEOUT);
     assert_eq!(err.status(), None);
-    assert_eq!(err.attempts(), 3);
-    assert_eq!(server.count(), 3);
+    assert_eq!(err.attempts(), 3, "a timed-out GET is retried");
+    // How many attempts got to the server before their time ran out is the
+    // machine's business; at least one did.
+    kneo_tests::guarded("an attempt reaches the server", async {
+        while server.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(server.count() <= 3, "{}", server.count());
     let reqs = server.requests();
     let id = reqs[0].header("x-request-id").expect("id stamped");
     assert_eq!(

@@ -54,7 +54,9 @@ async fn lost_response_is_replayed_not_rerun<St: Store>(store: St) {
 async fn concurrent_requests_with_one_key_run_once<St: Store>(store: St) {
     for app in [App::Axum, App::Hyper] {
         let server = TestServer::start(app, IdempotencyLayer::new(store.clone())).await;
-        let client = server.client("key-1", fast());
+        // `409`s are retried after their `Retry-After: 1`: enough attempts
+        // that a slow machine's first run cannot outlast them.
+        let client = server.client("key-1", fast().max_attempts(10));
         let key = format!("concurrent-{app:?}");
         let replies =
             join_all((0..50).map(|_| post(&client, "/pay?sleep_ms=300", &key, "{}"))).await;
@@ -137,7 +139,9 @@ async fn same_key_other_request_is_a_mismatch<St: Store>(store: St) {
 /// Behaviours 5–6: a handler that outlives its lease loses the key; a retry
 /// runs; the stale handler's late completion is refused by the fencing token.
 async fn lease_expiry_and_fencing<St: Store>(store: St) {
-    let lease = Duration::from_millis(300);
+    // Long enough that the retry's own claim (never renewed either) outlives
+    // its claim, run and completion on a loaded machine.
+    let lease = Duration::from_secs(2);
     // `max_hold` zero: the claim is never renewed, as for a wedged process.
     let layer = IdempotencyLayer::new(store)
         .lease(lease)
@@ -149,7 +153,7 @@ async fn lease_expiry_and_fencing<St: Store>(store: St) {
         tokio::spawn(async move { post(&client, "/block", "lease", "{}").await })
     };
     server.state.blocked.notified().await;
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    tokio::time::sleep(lease + Duration::from_millis(500)).await;
     let retry = post(&client, "/block", "lease", "{}")
         .await
         .expect("after the lease a retry runs");
@@ -210,11 +214,14 @@ async fn a_500_is_stored_and_replayed<St: Store>(store: St) {
 /// busy meanwhile, and the retry gets its response: never a second run.
 async fn a_dropped_request_runs_to_completion<St: Store>(store: St) {
     let server = TestServer::start(App::Axum, IdempotencyLayer::new(store)).await;
-    let impatient = server.client("key-1", once().attempt_timeout(Duration::from_millis(200)));
-    let err = post(&impatient, "/block", "dropped", "{}")
-        .await
-        .expect_err("times out");
-    assert!(err.is_timeout(), "{err}");
+    let impatient = {
+        let client = server.client("key-1", once());
+        tokio::spawn(async move { post(&client, "/block", "dropped", "{}").await })
+    };
+    // Hang up once the handler runs: dropping the call closes its connection.
+    server.state.blocked.notified().await;
+    impatient.abort();
+    assert!(impatient.await.expect_err("aborted").is_cancelled());
     // The abandoned request is still running: its key is in use.
     let err = post(&server.client("key-1", once()), "/block", "dropped", "{}")
         .await
@@ -266,34 +273,30 @@ async fn a_failing_service_keeps_its_key<St: Store>(store: St) {
 /// renews it while the handler runs): a retry in the middle is `409`, the
 /// one after it the replay; one run.
 async fn a_handler_slower_than_its_lease_keeps_its_claim<St: Store>(store: St) {
-    let layer = IdempotencyLayer::new(store).lease(Duration::from_millis(300));
+    let lease = Duration::from_secs(2);
+    let layer = IdempotencyLayer::new(store).lease(lease);
     let server = TestServer::start(App::Axum, layer).await;
     let first = {
         let client = server.client("key-1", once());
-        tokio::spawn(async move { post(&client, "/pay?sleep_ms=1500", "slow", "{}").await })
+        tokio::spawn(async move { post(&client, "/block", "slow", "{}").await })
     };
-    // Well past the 300 ms lease, well before the handler ends.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let err = post(
-        &server.client("key-1", once()),
-        "/pay?sleep_ms=1500",
-        "slow",
-        "{}",
-    )
-    .await
-    .expect_err("still running");
+    server.state.blocked.notified().await;
+    // Three leases: without renewal the claim would long be gone. The handler
+    // is held until the retry has been answered.
+    tokio::time::sleep(lease * 3).await;
+    let err = post(&server.client("key-1", once()), "/block", "slow", "{}")
+        .await
+        .expect_err("still running");
     assert_problem(&err, 409, "idempotency_key_in_use");
+    assert_eq!(server.runs(), 1, "the retry did not run");
+    server.state.gate.notify_one();
     let first = first.await.expect("joined").expect("the first run answers");
     assert_eq!(first.json()["run"], 1);
-    let retry = post(
-        &server.client("key-1", once()),
-        "/pay?sleep_ms=1500",
-        "slow",
-        "{}",
-    )
-    .await
-    .expect("replayed");
+    let retry = post(&server.client("key-1", once()), "/block", "slow", "{}")
+        .await
+        .expect("replayed");
     assert!(retry.replayed());
+    assert_eq!(retry.json()["run"], 1);
     assert_eq!(server.runs(), 1);
 }
 
@@ -491,7 +494,7 @@ macro_rules! suite {
                     let store = kneo_server::PostgresStore::connect(&pg.url())
                         .await
                         .expect("postgres is up")
-                        .timeout(std::time::Duration::from_millis(500));
+                        .timeout(std::time::Duration::from_secs(2));
                     store.migrate().await.expect("the migration runs");
                     super::$name(store).await
                 }
@@ -523,7 +526,7 @@ suite!(
 
 async fn redis_store(redis: &RedisServer) -> RedisStore {
     RedisStore::builder(redis.url())
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(2))
         .connect()
         .await
         .expect("redis-server is up")
@@ -621,7 +624,12 @@ async fn two_servers_sharing_redis_run_a_key_once() {
         state.clone(),
     )
     .await;
-    let clients = [one.client("key-1", fast()), two.client("key-1", fast())];
+    // `409`s are retried after their `Retry-After: 1`: enough attempts that
+    // a slow machine's first run cannot outlast them.
+    let clients = [
+        one.client("key-1", fast().max_attempts(10)),
+        two.client("key-1", fast().max_attempts(10)),
+    ];
     let replies = join_all(
         (0..200).map(|i| post(&clients[i % 2], "/pay?sleep_ms=300", "fleet", r#"{"a":1}"#)),
     )
@@ -688,7 +696,10 @@ async fn a_response_stored_during_an_outage_lands_when_redis_is_back() {
     let Some(mut redis) = RedisServer::start_durable() else {
         return;
     };
-    let layer = IdempotencyLayer::new(redis_store(&redis).await).lease(Duration::from_secs(3));
+    // The lease outlasts Redis' restart and the store's reconnection on a
+    // loaded machine; the loop below waits past it.
+    let lease = Duration::from_secs(15);
+    let layer = IdempotencyLayer::new(redis_store(&redis).await).lease(lease);
     let server = TestServer::start(App::Axum, layer).await;
     let client = server.client("key-1", once());
     let first = {
@@ -703,7 +714,8 @@ async fn a_response_stored_during_an_outage_lands_when_redis_is_back() {
     redis.restart();
 
     let mut replay = None;
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + lease * 2;
+    while tokio::time::Instant::now() < deadline {
         match post(&client, "/block", "stored-late", "{}").await {
             Ok(reply) => {
                 replay = Some(reply);
@@ -721,7 +733,7 @@ async fn a_response_stored_during_an_outage_lands_when_redis_is_back() {
             }
         }
     }
-    let replay = replay.expect("answered within 5 s, past the 3 s lease");
+    let replay = replay.expect("answered within 30 s, past the 15 s lease");
     assert!(replay.replayed(), "the stored response, not a second run");
     assert_eq!(replay.json()["run"], 1);
     assert_eq!(server.runs(), 1, "the handler ran once");

@@ -433,7 +433,7 @@ suite!(
 
 async fn redis_store(redis: &RedisServer) -> RedisStore {
     RedisStore::builder(redis.url())
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
         .connect()
         .await
         .expect("redis-server is up")

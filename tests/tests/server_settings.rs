@@ -4,9 +4,13 @@
 
 mod server_support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use kneo_server::idempotency::{Claim, Completed, Fingerprint, RecordKey};
+use kneo_server::store::{Acquire, StoreError};
 use kneo_server::{IdempotencyLayer, MemoryStore, Store};
 use server_support::*;
 
@@ -32,26 +36,103 @@ async fn a_zero_lease_still_excludes_duplicates<St: Store>(store: St) {
     let layer = IdempotencyLayer::new(store).lease(Duration::ZERO);
     let server = TestServer::start(App::Axum, layer).await;
     let client = server.client("key-1", once());
-    let replies = join_all((0..10).map(|_| post(&client, "/pay?sleep_ms=300", "zero", "{}"))).await;
-    let ran = replies.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(ran, 1, "one request ran; the others were told 409");
-    for err in replies.iter().filter_map(|r| r.as_ref().err()) {
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, "/block", "zero", "{}").await })
+    };
+    // The first holds its claim (renewed) until every duplicate is answered;
+    // a duplicate that got through would run at once (only run 1 blocks).
+    server.state.blocked.notified().await;
+    let replies = join_all((0..9).map(|_| post(&client, "/block", "zero", "{}"))).await;
+    for reply in &replies {
+        let err = reply.as_ref().expect_err("told 409");
         assert_problem(err, 409, "idempotency_key_in_use");
     }
+    assert_eq!(server.runs(), 1, "no duplicate ran");
+    server.state.gate.notify_one();
+    let first = first.await.expect("joined").expect("the first runs");
+    assert_eq!(first.json()["run"], 1);
     assert_eq!(server.runs(), 1);
+}
+
+/// Wraps a store, counting the claims answered "in flight" (a duplicate that
+/// waits for the first run asks again and again).
+#[derive(Clone)]
+struct Watched<St> {
+    inner: St,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<St: Store> Store for Watched<St> {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Acquire, StoreError> {
+        let acquired = self.inner.claim(key, fingerprint, lease).await;
+        if matches!(acquired, Ok(Acquire::InFlight(_))) {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
+        acquired
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        record: &Completed,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.complete(key, claim, record, ttl).await
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew(key, claim, lease).await
+    }
+
+    async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
+        self.inner.release(key, claim).await
+    }
 }
 
 /// With `wait_for_first`, a duplicate that arrives while the first runs
 /// waits and gets its response, not a `409`; without it, `409` at once.
 async fn a_duplicate_can_wait_for_the_first_run<St: Store>(store: St) {
-    let layer = IdempotencyLayer::new(store.clone()).wait_for_first(Duration::from_secs(10));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let watched = Watched {
+        inner: store.clone(),
+        in_flight: in_flight.clone(),
+    };
+    let layer = IdempotencyLayer::new(watched).wait_for_first(Duration::from_secs(30));
     let server = TestServer::start(App::Axum, layer).await;
     let client = server.client("key-1", once());
-    let (first, second) = tokio::join!(post(&client, "/pay?sleep_ms=500", "waits", "{}"), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        post(&client, "/pay?sleep_ms=500", "waits", "{}").await
-    });
-    let (first, second) = (first.expect("runs"), second.expect("waited, then replayed"));
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, "/block", "waits", "{}").await })
+    };
+    server.state.blocked.notified().await;
+    let second = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, "/block", "waits", "{}").await })
+    };
+    // The second found the first's claim and is waiting: let the first end.
+    eventually("the duplicate waits", || {
+        in_flight.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(!second.is_finished(), "the duplicate was not answered yet");
+    server.state.gate.notify_one();
+    let first = first.await.expect("joined").expect("runs");
+    let second = second
+        .await
+        .expect("joined")
+        .expect("waited, then replayed");
     assert_eq!(first.json()["run"], 1);
     assert!(second.replayed());
     assert_eq!(second.json()["run"], 1);
@@ -59,11 +140,16 @@ async fn a_duplicate_can_wait_for_the_first_run<St: Store>(store: St) {
 
     let server = TestServer::start(App::Axum, IdempotencyLayer::new(store)).await;
     let client = server.client("key-1", once());
-    let (_, second) = tokio::join!(post(&client, "/pay?sleep_ms=500", "no-wait", "{}"), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        post(&client, "/pay?sleep_ms=500", "no-wait", "{}").await
-    });
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, "/block", "no-wait", "{}").await })
+    };
+    server.state.blocked.notified().await;
+    let second = post(&client, "/block", "no-wait", "{}").await;
     assert_problem(&second.expect_err("409"), 409, "idempotency_key_in_use");
+    server.state.gate.notify_one();
+    first.await.expect("joined").expect("the first runs");
+    assert_eq!(server.runs(), 1);
 }
 
 macro_rules! suite {
@@ -82,7 +168,7 @@ macro_rules! suite {
                 async fn $name() {
                     let Some(redis) = super::RedisServer::start() else { return };
                     let store = kneo_server::RedisStore::builder(redis.url())
-                        .timeout(std::time::Duration::from_millis(500))
+                        .timeout(std::time::Duration::from_secs(3))
                         .connect()
                         .await
                         .expect("redis-server is up");

@@ -19,6 +19,12 @@ use kneo_tests::redis::{RedisServer, TLS_PASSWORD, TLS_USER};
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(300);
+/// A TTL or lease that must outlast a few store calls on a loaded machine
+/// before it ends.
+const LASTING: Duration = Duration::from_secs(2);
+/// What each store call of the tests may take (a store's timeout is an upper
+/// bound on every call, so well above what a loaded machine needs).
+const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn key(k: &str) -> RecordKey {
     RecordKey::new(Scope::of(b"Bearer test"), k)
@@ -85,7 +91,7 @@ async fn claim_is_exclusive<St: Store>(store: St) {
 async fn completed_record_is_returned_until_its_ttl<St: Store>(store: St) {
     let c = claimed(&store, "done", LONG).await;
     assert!(store
-        .complete(&key("done"), &c, &record("a", 1), SHORT)
+        .complete(&key("done"), &c, &record("a", 1), LASTING)
         .await
         .expect("up"));
     assert_eq!(
@@ -97,7 +103,7 @@ async fn completed_record_is_returned_until_its_ttl<St: Store>(store: St) {
         Acquire::Completed(record("a", 1)),
         "fingerprints are the layer's business"
     );
-    tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
+    tokio::time::sleep(LASTING + Duration::from_millis(200)).await;
     assert!(
         matches!(claim(&store, "done", "a", LONG).await, Acquire::Claimed(_)),
         "TTL over"
@@ -250,9 +256,9 @@ macro_rules! suite {
 
 /// `renew` extends only the claim it names, and only while it holds.
 async fn renew_extends_only_its_own_live_claim<St: Store>(store: St) {
-    let c = claimed(&store, "renewed", SHORT).await;
+    let c = claimed(&store, "renewed", LASTING).await;
     assert!(store.renew(&key("renewed"), &c, LONG).await.expect("up"));
-    tokio::time::sleep(SHORT + Duration::from_millis(200)).await;
+    tokio::time::sleep(LASTING + Duration::from_millis(200)).await;
     assert!(
         matches!(
             claim(&store, "renewed", "a", LONG).await,
@@ -307,16 +313,26 @@ suite!(
 async fn postgres_store(pg: &kneo_tests::postgres::PostgresServer) -> kneo_server::PostgresStore {
     let store = kneo_server::PostgresStore::connect(&pg.url())
         .await
-        .expect("postgres is up");
+        .expect("postgres is up")
+        .timeout(STORE_TIMEOUT);
     store.migrate().await.expect("the migration runs");
     store.migrate().await.expect("and runs again");
     store
 }
 
 async fn redis_store(redis: &RedisServer, prefix: &str) -> RedisStore {
+    redis_store_timing_out(redis, prefix, STORE_TIMEOUT).await
+}
+
+/// A store whose every command is bounded by `timeout`.
+async fn redis_store_timing_out(
+    redis: &RedisServer,
+    prefix: &str,
+    timeout: Duration,
+) -> RedisStore {
     RedisStore::builder(redis.url())
         .prefix(prefix)
-        .timeout(Duration::from_millis(300))
+        .timeout(timeout)
         .connect()
         .await
         .expect("redis-server is up")
@@ -409,8 +425,10 @@ async fn redis_a_claim_that_timed_out_does_not_strand_its_key() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = redis_store(&redis, "kneo:test:").await;
-    assert_eq!(redis.command("CLIENT PAUSE 1000 WRITE"), "OK");
+    // The timeout is the subject: far shorter than the pause, which is long
+    // enough that the claim is sent while it lasts however slow the machine.
+    let store = redis_store_timing_out(&redis, "kneo:test:", Duration::from_millis(300)).await;
+    assert_eq!(redis.command("CLIENT PAUSE 5000 WRITE"), "OK");
     let err = store
         .claim(&key("paused"), fp("a"), LONG)
         .await
@@ -468,7 +486,7 @@ async fn redis_tls_store(redis: &RedisServer) -> RedisStore {
     RedisStore::builder(redis.url())
         .ca_certificate(redis.ca_pem().expect("a TLS server"))
         .prefix("kneo:test:")
-        .timeout(Duration::from_millis(500))
+        .timeout(STORE_TIMEOUT)
         .connect()
         .await
         .expect("redis-server is up, over TLS")
@@ -479,7 +497,7 @@ async fn redis_tls_store(redis: &RedisServer) -> RedisStore {
 async fn tls_connect_error(url: String, ca: &[u8]) -> String {
     let builder = RedisStore::builder(url)
         .ca_certificate(ca)
-        .timeout(Duration::from_millis(500));
+        .timeout(STORE_TIMEOUT);
     let err = builder.connect().await.expect_err("refused");
     let text = format!("{err} / {err:?}");
     assert!(text.starts_with("idempotency store unavailable"), "{text}");
@@ -534,7 +552,7 @@ async fn redis_tls_checks_the_server_certificate() {
         return;
     };
     let err = RedisStore::builder(redis.url())
-        .timeout(Duration::from_millis(500))
+        .timeout(STORE_TIMEOUT)
         .connect()
         .await
         .expect_err("the platform's roots do not hold the test's CA");

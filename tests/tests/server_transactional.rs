@@ -21,6 +21,7 @@ use kneo_tests::postgres::PostgresServer;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// A guard against a hang, not a claim about speed.
 const GUARD: Duration = Duration::from_secs(30);
@@ -118,6 +119,23 @@ async fn post(
     ))
 }
 
+/// A keyed POST with `x-stall` (not part of the fingerprint): the handler
+/// inserts its row, then never answers, so the transaction stays open until
+/// the call is dropped (aborting the task hangs up) or the server dies.
+fn stalled(
+    client: kneo::Client,
+    key: &'static str,
+) -> tokio::task::JoinHandle<Result<StatusCode, kneo::Error>> {
+    tokio::spawn(async move {
+        let req = Request::post("/pay")
+            .header("idempotency-key", key)
+            .header("x-stall", "1")
+            .body(Full::new(Bytes::from_static(b"ten euros")))
+            .expect("valid");
+        client.request(req).await.map(|res| res.status())
+    })
+}
+
 /// The acceptance case: the server process is killed after the handler's
 /// insert and before the commit. Nothing was applied; the retry (on a new
 /// process) runs once, and the one after it is a replay: one ledger row.
@@ -159,21 +177,12 @@ async fn a_server_killed_between_insert_and_commit_applies_nothing() {
 
     let mut doomed = spawn();
     let (url, mut lines) = listening(&mut doomed).await;
-    let stalled = {
-        let client = kneo::Client::builder()
-            .base_url(url)
-            .layer(once())
-            .build()
-            .expect("client");
-        tokio::spawn(async move {
-            let req = Request::post("/pay")
-                .header("idempotency-key", "pay-killed")
-                .header("x-stall", "1")
-                .body(Full::new(Bytes::from_static(b"ten euros")))
-                .expect("valid");
-            client.request(req).await.map(|res| res.status())
-        })
-    };
+    let client = kneo::Client::builder()
+        .base_url(url)
+        .layer(once())
+        .build()
+        .expect("client");
+    let stalled = stalled(client, "pay-killed");
     let inserted = tokio::time::timeout(GUARD, lines.next_line())
         .await
         .expect("the insert")
@@ -210,21 +219,32 @@ async fn a_server_killed_between_insert_and_commit_applies_nothing() {
 /// applied, and the retry runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_before_the_commit_leaves_nothing() {
-    let Some(app) = App::start(|t| t, quiet()).await else {
+    let inserted = Arc::new(Notify::new());
+    let ledger = {
+        let inserted = inserted.clone();
+        Ledger::new(move |_| inserted.notify_one())
+    };
+    // The retry waits for the abandoned transaction's rollback, however long
+    // the server takes to see the hang-up (had it committed instead, the
+    // retry would be a replay of run 1).
+    let Some(app) = App::start(|t| t.lock_wait(GUARD), ledger).await else {
         return;
     };
-    let impatient = app.client(once().attempt_timeout(Duration::from_millis(200)));
-    let err = post(&impatient, "/pay?sleep_ms=1000", "hang-up")
+    // Only the hang-up ends it.
+    let impatient = stalled(app.client(once()), "hang-up");
+    tokio::time::timeout(GUARD, inserted.notified())
         .await
-        .expect_err("times out");
-    assert!(err.is_timeout(), "{err}");
+        .expect("the handler inserted its row");
+    // Hang up: dropping the call closes its connection.
+    impatient.abort();
+    assert!(impatient.await.expect_err("aborted").is_cancelled());
     assert_eq!(app.rows("hang-up").await, 0, "uncommitted");
-    let (status, replayed, body) = post(&app.client(once()), "/pay?sleep_ms=1000", "hang-up")
+    let (status, replayed, body) = post(&app.client(once()), "/pay", "hang-up")
         .await
         .expect("runs");
     assert_eq!((status, replayed), (StatusCode::CREATED, false));
     assert_eq!(body["run"], 2);
-    let (_, replayed, again) = post(&app.client(once()), "/pay?sleep_ms=1000", "hang-up")
+    let (_, replayed, again) = post(&app.client(once()), "/pay", "hang-up")
         .await
         .expect("replayed");
     assert!(replayed);
@@ -259,20 +279,29 @@ async fn concurrent_requests_with_one_key_wait_and_replay() {
 /// Past `lock_wait`, a duplicate gets the usual `409` with `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_past_the_lock_wait_is_409() {
-    let Some(app) = App::start(|t| t.lock_wait(Duration::from_millis(100)), quiet()).await else {
+    let inserted = Arc::new(Notify::new());
+    let ledger = {
+        let inserted = inserted.clone();
+        Ledger::new(move |_| inserted.notify_one())
+    };
+    let Some(app) = App::start(|t| t.lock_wait(Duration::from_millis(100)), ledger).await else {
         return;
     };
     let client = app.client(once());
-    let (first, second) = tokio::join!(post(&client, "/pay?sleep_ms=1500", "slow"), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        post(&client, "/pay?sleep_ms=1500", "slow").await
-    });
-    assert_eq!(first.expect("runs").0, StatusCode::CREATED);
-    let err = second.expect_err("409");
+    // The first holds its key (its row inserted, its transaction open)
+    // until it is dropped below.
+    let first = stalled(client.clone(), "slow");
+    tokio::time::timeout(GUARD, inserted.notified())
+        .await
+        .expect("the first inserted its row");
+    let err = post(&client, "/pay", "slow").await.expect_err("409");
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
     assert_eq!(err.code(), "idempotency_key_in_use");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
-    assert_eq!(app.rows("slow").await, 1);
+    assert_eq!(app.runs(), 1, "the duplicate did not run");
+    first.abort();
+    assert!(first.await.expect_err("aborted").is_cancelled());
+    assert_eq!(app.rows("slow").await, 0, "the first never committed");
 }
 
 /// A commit that fails (a deferred constraint) means nothing happened:
@@ -324,7 +353,8 @@ async fn mismatch_expiry_and_cleanup() {
             axum::routing::post(|| async { (StatusCode::CREATED, "ok") }),
         )
         .layer(
-            IdempotencyLayer::new(Transactional::new(pool.clone())).ttl(Duration::from_millis(300)),
+            // Long enough for the replay and the mismatch on a loaded machine.
+            IdempotencyLayer::new(Transactional::new(pool.clone())).ttl(Duration::from_secs(3)),
         );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -358,7 +388,7 @@ async fn mismatch_expiry_and_cleanup() {
     );
     let err = send("b").await.expect_err("another payload");
     assert_eq!(err.kind(), kneo::ErrorKind::IdempotencyMismatch);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let store = PostgresStore::new(pool.clone());
     assert_eq!(store.delete_expired(100).await.expect("cleanup"), 1);
     assert_eq!(

@@ -40,6 +40,9 @@ fn stack(
 async fn the_next_request_waits_for_the_reset() {
     let server = ScriptedServer::start(vec![exhausted(1), Reply::json(200, "{}")]).await;
     let svc = stack(fast());
+    // Before the first request: its answer's reset is a second after it came,
+    // however long the machine then takes to send the second.
+    let started = Instant::now();
     let first = svc.clone().oneshot(get(&server)).await.expect("200");
     let rl = first
         .extensions()
@@ -48,7 +51,6 @@ async fn the_next_request_waits_for_the_reset() {
     assert!(rl.is_exhausted());
     assert_eq!(rl.policy(), Some("minute"));
 
-    let started = Instant::now();
     let second = svc
         .oneshot(get(&server))
         .await
@@ -313,6 +315,9 @@ async fn the_spent_key_waits_for_its_reset_and_the_other_is_sent() {
     })
     .await;
     let svc = stack(fast());
+    // Before `/first`: its answer's reset is a second after it came, however
+    // long `/b` then takes.
+    let started = Instant::now();
     svc.clone()
         .oneshot(get_with(&server, "/first", "authorization", "Bearer sk-A"))
         .await
@@ -321,7 +326,6 @@ async fn the_spent_key_waits_for_its_reset_and_the_other_is_sent() {
         .oneshot(get_with(&server, "/b", "authorization", "Bearer sk-B"))
         .await
         .expect("sk-B sent");
-    let started = Instant::now();
     svc.oneshot(get_with(&server, "/a", "authorization", "Bearer sk-A"))
         .await
         .expect("sk-A sent after its reset");

@@ -362,7 +362,15 @@ async fn per_attempt_timeout() {
     assert_eq!(out["code"], "api_timeout");
     assert_eq!(out["status"], Value::Null);
     assert_eq!(out["attempts"], 2, "a timed-out GET is retried");
-    assert_eq!(server.count(), 2);
+    // How many attempts got to the server before their time ran out is the
+    // machine's business; at least one did.
+    kneo_tests::guarded("an attempt reaches the server", async {
+        while server.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(server.count() <= 2, "{}", server.count());
     assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
 }
 

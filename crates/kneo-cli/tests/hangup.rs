@@ -134,7 +134,8 @@ fn post(charge: &Charge, request_id: &str) -> Request<Full<Bytes>> {
 
 /// The defect as reported: `curl -m 0.5 -X POST -d … -H 'Idempotency-Key:
 /// K' $PX/charges` against an upstream that records its effect and then
-/// takes 2 s (curl gives up and closes its connection), then the same
+/// takes a while (curl gives up and closes its connection: here once the
+/// upstream has begun the run, however slow the machine), then the same
 /// request without a time limit, from kneo's client (which sends a `409
 /// idempotency_key_in_use` again after its `Retry-After`). The upstream ran
 /// once; the answer is its 201, replayed; the request the caller gave up on
@@ -144,21 +145,29 @@ async fn a_caller_that_times_out_through_kneo_proxy_and_retries_gets_the_replay_
     let effects = Arc::new(Effects::default());
     let upstream = SlowServer::bare(effects.clone()).await;
     let proxy = Proxy::start(&format!("http://{}", upstream.addr())).await;
-    let charge = Charge::new(1, 0, 2_000, 0);
+    // The upstream answers 5 s after its effect: the hang-up below comes
+    // long before, even on a stalled machine.
+    let charge = Charge::new(1, 0, 5_000, 0);
 
-    // curl -m 0.5: one connection, given up (and closed) after 0.5 s.
+    // curl -m: one connection, given up (and closed) while the upstream runs.
     let stream = TcpStream::connect(proxy.addr).await.expect("connects");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
-    let timed_out = tokio::time::timeout(Duration::from_millis(500), async move {
-        tokio::select! {
-            res = send.send_request(post(&charge, "hangup-first")) => res.map(|r| r.status()),
-            res = conn => panic!("the connection ended before the answer: {res:?}"),
+    let upstream_started = guarded("the upstream starts the run", async {
+        while upstream.runs(1).started == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    })
-    .await;
-    assert!(timed_out.is_err(), "answered within 0.5 s: {timed_out:?}");
+    });
+    // Whichever ends first, the request and its connection are dropped.
+    tokio::select! {
+        res = send.send_request(post(&charge, "hangup-first")) => {
+            panic!("answered before the hang-up: {:?}", res.map(|r| r.status()))
+        }
+        res = conn => panic!("the connection ended before the answer: {res:?}"),
+        () = upstream_started => {}
+    }
+    drop(send);
 
     // The same request, without -m, from kneo's client.
     let client = kneo::Client::builder()

@@ -8,6 +8,7 @@
 use kneo_tests::guarded;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +21,7 @@ use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// A running `kneo proxy`, its access log read line by line.
 struct Sidecar {
@@ -241,10 +242,9 @@ async fn the_layers_own_problems_are_logged_and_counted() {
 // first's own line.
 #[tokio::test]
 async fn a_409_while_the_first_runs_is_logged() {
-    let server = ScriptedServer::start(vec![
-        Reply::json(201, "{}").delay(Duration::from_millis(1500))
-    ])
-    .await;
+    // The upstream holds the first until the 409 is logged.
+    let gate = Arc::new(Notify::new());
+    let server = ScriptedServer::start(vec![Reply::json(201, "{}").gated(gate.clone())]).await;
     let mut proxy = Sidecar::start(&server.url(""), "memory").await;
     let first = tokio::spawn(send(proxy.post("charge-3", "{}", Some("slow-1"))));
     guarded("the first request upstream", async {
@@ -258,6 +258,7 @@ async fn a_409_while_the_first_runs_is_logged() {
     assert_eq!(busy.header("x-request-id"), Some("busy-2"));
     assert!(busy.header("retry-after").is_some());
     assert_layer_problem(&busy, &proxy.log().await, 409, "idempotency_key_in_use");
+    gate.notify_one();
 
     let first = first.await.expect("the first request");
     assert_eq!(first.status, StatusCode::CREATED);

@@ -22,6 +22,7 @@ use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 async fn sidecar(upstream: &str, args: &[&str]) -> Sidecar {
     let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
@@ -151,10 +152,15 @@ async fn a_502_for_an_upstream_that_was_down_frees_the_key() {
 /// upstream's real answer is what later retries get.
 #[tokio::test]
 async fn a_504_is_followed_by_the_upstream_s_late_answer() {
-    let upstream = ScriptedServer::with(|_, _| {
-        Reply::json(201, r#"{"charge":"late"}"#).delay(Duration::from_millis(1500))
-    })
-    .await;
+    // The upstream answers once the test lets it: after the 504 and the 409.
+    let gate = Arc::new(Notify::new());
+    let upstream = {
+        let gate = gate.clone();
+        ScriptedServer::with(move |_, _| {
+            Reply::json(201, r#"{"charge":"late"}"#).gated(gate.clone())
+        })
+        .await
+    };
     let proxy = sidecar(
         &upstream.url(""),
         &[
@@ -177,6 +183,7 @@ async fn a_504_is_followed_by_the_upstream_s_late_answer() {
         meanwhile.body
     );
     assert_eq!(meanwhile.json()["code"], "idempotency_key_in_use");
+    gate.notify_one();
 
     let mut answer = meanwhile;
     for _ in 0..100 {

@@ -125,24 +125,43 @@ async fn answers_read_to_their_end_leave_their_connection_for_the_next_request()
 
 /// A raw upstream: answers each request on a connection with 5 bytes and
 /// keep-alive, then closes the connection once it has been idle for 50 ms
-/// (a server's idle timeout), without a `Connection: close` to warn of it.
-async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// after an answer (a server's idle timeout), without a `Connection: close`
+/// to warn of it. Counts the requests, and the connections it so closed.
+async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let requests = Arc::new(AtomicUsize::new(0));
-    let count = requests.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (count, idle_closed) = (requests.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let count = count.clone();
+            let (count, idle_closed) = (count.clone(), idle_closed.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0; 8192];
                 let mut seen = Vec::new();
+                // The idle timeout runs only once a request was answered: a
+                // new connection waits for its first request however slowly
+                // a loaded proxy sends it.
+                let mut answered = false;
                 loop {
-                    let idle =
-                        tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf));
-                    let n = match idle.await {
-                        Ok(Ok(n)) if n > 0 => n,
-                        // Closed by the proxy, or idle: close.
+                    let read = if answered {
+                        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf))
+                            .await
+                        {
+                            Ok(read) => read,
+                            Err(_) => {
+                                // Idle: close.
+                                drop(stream);
+                                idle_closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    } else {
+                        stream.read(&mut buf).await
+                    };
+                    let n = match read {
+                        Ok(n) if n > 0 => n,
+                        // Closed by the proxy.
                         _ => return,
                     };
                     seen.extend_from_slice(&buf[..n]);
@@ -153,17 +172,18 @@ async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                         if stream.write_all(answer).await.is_err() {
                             return;
                         }
+                        answered = true;
                     }
                 }
             });
         }
     });
-    (addr, requests)
+    (addr, requests, closed)
 }
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_costs_no_request() {
-    let (upstream, requests) = closing_upstream().await;
+    let (upstream, requests, closed) = closing_upstream().await;
     let proxy = sidecar(upstream).await;
     let mut caller = Caller::connect(proxy.addr()).await;
     for round in 0..3 {
@@ -171,7 +191,13 @@ async fn a_connection_the_upstream_closed_while_idle_costs_no_request() {
         assert_eq!(status, StatusCode::OK, "round {round}: {body:?}");
         assert_eq!(&body[..], b"hello");
         // Past the upstream's idle timeout: the pooled connection is gone.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        guarded("the upstream closes the idle connection", async {
+            while closed.load(Ordering::SeqCst) <= round {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(requests.load(Ordering::SeqCst), 3, "each request sent once");
 }

@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -411,8 +412,17 @@ async fn start(
 /// or is told to, and started again on the same port.
 struct Slot {
     port: u16,
-    kill: mpsc::UnboundedSender<()>,
+    kill: Killer,
     task: JoinHandle<()>,
+}
+
+/// Where random kills are sent to one slot.
+#[derive(Clone)]
+struct Killer {
+    /// At most one kill waits; see [`kill_randomly`].
+    send: mpsc::Sender<()>,
+    /// `false` from a kill until its restart is done.
+    up: Arc<AtomicBool>,
 }
 
 impl Drop for Slot {
@@ -425,20 +435,28 @@ impl Drop for Slot {
 impl Slot {
     async fn start(spec: Spec, kills: KillCounts) -> Slot {
         let (child, lines, port) = start(&spec, 0).await.unwrap_or_else(|e| panic!("{e}"));
-        let (kill, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(spec, child, lines, port, rx, kills));
-        Slot { port, kill, task }
+        let (send, rx) = mpsc::channel(1);
+        let up = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(supervise(spec, child, lines, port, rx, up.clone(), kills));
+        Slot {
+            port,
+            kill: Killer { send, up },
+            task,
+        }
     }
 }
 
 /// Kills the instance when it says it stalled, or on a message, and starts
-/// another on its port; forever (until aborted).
+/// another on its port; forever (until aborted). `up` is `false` from a kill
+/// until the restart is done; a random kill that arrived meanwhile is
+/// dropped (it would kill the fresh instance at once).
 async fn supervise(
     spec: Spec,
     mut child: Child,
     mut lines: Lines<BufReader<ChildStdout>>,
     port: u16,
-    mut kill: mpsc::UnboundedReceiver<()>,
+    mut kill: mpsc::Receiver<()>,
+    up: Arc<AtomicBool>,
     kills: KillCounts,
 ) {
     loop {
@@ -461,6 +479,7 @@ async fn supervise(
             },
             Some(()) = kill.recv() => "random",
         };
+        up.store(false, Ordering::SeqCst);
         let _ = child.start_kill();
         let _ = child.wait().await;
         *kills
@@ -481,16 +500,25 @@ async fn supervise(
                 Err(e) => panic!("pg_server :{port} does not restart: {e}"),
             }
         };
+        while kill.try_recv().is_ok() {}
+        up.store(true, Ordering::SeqCst);
     }
 }
 
 /// Sends a kill to a seeded-random slot at seeded-random intervals (uniform
-/// in half to one and a half times `mean`).
-async fn kill_randomly(slots: Vec<mpsc::UnboundedSender<()>>, mean: Duration, seed: u64) {
+/// in half to one and a half times `mean`). A kill that comes while any slot
+/// is down (killed, not yet restarted), or while one waits to be carried
+/// out, is dropped: random kills never take every instance down at once
+/// however slow the restarts of a loaded machine, and never queue up to
+/// strike a slot again the moment it is back.
+async fn kill_randomly(slots: Vec<Killer>, mean: Duration, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x6b69_6c6c);
     loop {
         tokio::time::sleep(mean.mul_f64(0.5 + rng.f64())).await;
-        let _ = slots[rng.usize(..slots.len())].send(());
+        let target = &slots[rng.usize(..slots.len())];
+        if slots.iter().all(|s| s.up.load(Ordering::SeqCst)) {
+            let _ = target.send.try_send(());
+        }
     }
 }
 

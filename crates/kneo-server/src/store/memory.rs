@@ -524,9 +524,10 @@ mod tests {
     #[tokio::test]
     async fn a_renewed_claim_is_not_dead() {
         let store = MemoryStore::new().max_entries(1);
-        let c = claimed(&store, "a", Duration::from_millis(50)).await;
+        // A lease the renewal comes well within, however slow the machine.
+        let c = claimed(&store, "a", Duration::from_millis(500)).await;
         assert!(store.renew(&key("a"), &c, LONG).await.expect("memory"));
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let err = store.claim(&key("b"), fp(), LONG).await.expect_err("full");
         assert!(err.is_full(), "the renewed claim was kept");
     }
