@@ -302,6 +302,35 @@ async fn forwards_method_path_and_query_and_rewrites_headers() {
 
 // 2. Request ids and idempotency keys: the caller's kept, else stamped; the
 // id comes back.
+/// The caller's address reaches the upstream whichever way a request goes:
+/// straight to the stack, or through the idempotency layer in front.
+#[tokio::test]
+async fn the_callers_address_is_forwarded_with_or_without_a_front() {
+    for args in [&[][..], &["--idempotency", "memory"][..]] {
+        let server = ScriptedServer::start(vec![Reply::status(201), Reply::status(200)]).await;
+        let proxy = Sidecar::start(&server.url(""), args).await;
+        let post = Request::post(proxy.url("/pay"))
+            .header("idempotency-key", "order-1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid");
+        assert_eq!(send(post).await.status, StatusCode::CREATED, "{args:?}");
+        let get = Request::get(proxy.url("/runs"))
+            .body(Full::new(Bytes::new()))
+            .expect("valid");
+        assert_eq!(send(get).await.status, StatusCode::OK, "{args:?}");
+        let seen = server.requests();
+        assert_eq!(seen.len(), 2, "{args:?}");
+        for seen in &seen {
+            assert_eq!(
+                seen.header("x-forwarded-for").as_deref(),
+                Some("127.0.0.1"),
+                "{args:?} {}",
+                seen.uri
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn caller_ids_and_keys_are_kept_and_missing_ones_stamped() {
     let server = ScriptedServer::with(|n, _| match n {

@@ -444,7 +444,6 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
             let answer = ResponseFuture::ready(self.proxy.overloaded(&req));
             return future::Either::Left(future::Either::Left(answer.map_ok(direct)));
         }
-        req.extensions_mut().insert(ClientAddr(self.peer));
         // An upgrade is not the stack's (nor the front's): forwarded once.
         // Not a keyed one: that would step around the idempotency layer, so
         // a retry with its key could run it twice. It goes the usual way,
@@ -452,6 +451,7 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
         let keyed = req.headers().contains_key(kneo::core::IDEMPOTENCY_KEY);
         let upgrade = upgrade::upgrade_protocol(req.headers(), req.version()).filter(|_| !keyed);
         if let Some(protocol) = upgrade {
+            req.extensions_mut().insert(ClientAddr(self.peer));
             let (upgrades, shared) = (self.proxy.upgrades(), self.proxy.shared());
             let answer = upgrade::forward(
                 upgrades.clone(),
@@ -466,6 +466,7 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
         }
         future::Either::Left(match &self.front {
             Some(front) => {
+                req.extensions_mut().insert(ClientAddr(self.peer));
                 let arrival = Arrival::new(self.proxy.shared(), &req, id);
                 let answer = Observed {
                     inner: front.clone().oneshot(req),
@@ -474,7 +475,11 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
                 future::Either::Right(answer.map_ok(fronted))
             }
             None => {
-                let answer = forward_on(self.proxy.shared(), &mut self.stack.borrow_mut(), req);
+                // Straight to the stack: the address goes along as it is,
+                // not through the request's extensions.
+                let peer = Some(self.peer.ip());
+                let answer =
+                    forward_on(self.proxy.shared(), &mut self.stack.borrow_mut(), req, peer);
                 future::Either::Left(answer.map_ok(direct))
             }
         })

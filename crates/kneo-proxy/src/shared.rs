@@ -3,6 +3,7 @@
 //! upgrade's): one request id settled on arrival, the target joined to the
 //! upstream, every answer recorded once.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -20,9 +21,17 @@ use crate::outcome::{Exchange, ExchangeHook};
 use crate::problem::ProblemAnswer;
 
 /// The caller's address, in request extensions; [`serve`](crate::serve)
-/// puts it there, and `X-Forwarded-For` gets it appended.
+/// puts it there for a front layer (and [`Proxy`](crate::Proxy) reads it
+/// there), and `X-Forwarded-For` gets it appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl ClientAddr {
+    /// The caller's IP address in `extensions`, when one is there.
+    pub(crate) fn ip(extensions: &http::Extensions) -> Option<IpAddr> {
+        extensions.get::<ClientAddr>().map(|a| a.0.ip())
+    }
+}
 
 /// Readiness, as `/readyz` reports it: the upstream has accepted a
 /// connection, and the proxy is not draining.
@@ -101,6 +110,7 @@ impl Shared {
     pub(crate) fn retarget(
         &self,
         parts: &mut http::request::Parts,
+        peer: Option<IpAddr>,
     ) -> Result<(), Box<ProblemAnswer>> {
         let uri = self.target(parts)?;
         if !parts.headers.contains_key(HOST) {
@@ -112,7 +122,6 @@ impl Shared {
                 parts.headers.insert(HOST, host);
             }
         }
-        let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
         rewrite(
             &mut parts.headers,
             &Hop::Request {

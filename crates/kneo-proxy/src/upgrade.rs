@@ -32,7 +32,7 @@ use crate::metrics::Held;
 use crate::outcome::{Exchange, ExchangeOutcome};
 use crate::pool::UpstreamBody;
 use crate::problem::ProblemAnswer;
-use crate::shared::{finish_problem, record, upstream_request_id, Shared};
+use crate::shared::{finish_problem, record, upstream_request_id, ClientAddr, Shared};
 use kneo::transport::{Alpn, Connector};
 
 pub(crate) use crate::headers::upgrade_protocol;
@@ -93,7 +93,8 @@ where
     let method = parts.method.clone();
     let original = parts.uri.clone();
     let sent_id = parts.headers.get(kneo::core::X_REQUEST_ID).cloned();
-    if let Err(answer) = shared.retarget(&mut parts) {
+    let peer = ClientAddr::ip(&parts.extensions);
+    if let Err(answer) = shared.retarget(&mut parts, peer) {
         return finish_problem(&shared, *answer, &method, &original, start);
     }
     keep_upgrade(&mut parts.headers, protocol);

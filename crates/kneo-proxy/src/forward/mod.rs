@@ -12,6 +12,7 @@ use future::State;
 
 use std::convert::Infallible;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -228,7 +229,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Proxy { stack, shared, .. } = self;
-        forward_on(shared, stack, req)
+        let peer = ClientAddr::ip(req.extensions());
+        forward_on(shared, stack, req, peer)
     }
 }
 
@@ -240,7 +242,8 @@ where
     /// Forwards `req` (what [`Service::call`] does, from a shared reference:
     /// on a clone of the stack).
     pub fn forward(&self, req: Request<B>) -> ResponseFuture<StackFuture<B>> {
-        forward_on(&self.shared, &mut self.stack.clone(), req)
+        let peer = ClientAddr::ip(req.extensions());
+        forward_on(&self.shared, &mut self.stack.clone(), req, peer)
     }
 
     /// A clone of the stack, for [`forward_on`]: a caller connection keeps
@@ -260,6 +263,7 @@ pub(crate) fn forward_on<B>(
     shared: &Arc<Shared>,
     stack: &mut Stack<B>,
     req: Request<B>,
+    peer: Option<IpAddr>,
 ) -> ResponseFuture<StackFuture<B>>
 where
     B: Body + Send + Unpin + 'static,
@@ -269,7 +273,7 @@ where
     let method = req.method().clone();
     let original = req.uri().clone();
     let (mut parts, body) = req.into_parts();
-    if let Err(answer) = shared.retarget(&mut parts) {
+    if let Err(answer) = shared.retarget(&mut parts, peer) {
         let res = finish_problem(shared, *answer, &method, &original, start);
         return ResponseFuture::ready(res);
     }
