@@ -10,6 +10,9 @@
 //! # let _ = url;
 //! ```
 //!
+//! Also kneo-server's Postgres bench's server (a dev-dependency there), with
+//! `pg_stat_statements` preloaded through [`PostgresServer::start_with`].
+//!
 //! The server refuses to run as root, so as root (CI) `initdb` and
 //! `postgres` run as the `postgres` user (through `setpriv`, which execs, so
 //! the child is the server itself). The binaries are found on `PATH` or in
@@ -138,18 +141,42 @@ fn template(bin: &Path) -> &'static Path {
     })
 }
 
+/// Where `initdb` and `postgres` are, or `None` (with a printed reason)
+/// when Postgres is not installed. Panics under `CI=true` when it is not.
+fn installed() -> Option<PathBuf> {
+    let bin = bin_dir();
+    if bin.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("initdb/postgres not found (PATH, /usr/lib/postgresql/*/bin), and CI=true: the Postgres tests must run in CI");
+        }
+        println!("skipped: initdb/postgres not found on PATH or in /usr/lib/postgresql/*/bin");
+    }
+    bin
+}
+
 impl PostgresServer {
     /// Starts a server, or `None` (with a printed reason) when Postgres is
     /// not installed. Panics under `CI=true` when it is not.
     pub fn start() -> Option<PostgresServer> {
-        let Some(bin) = bin_dir() else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("initdb/postgres not found (PATH, /usr/lib/postgresql/*/bin), and CI=true: the Postgres tests must run in CI");
-            }
-            println!("skipped: initdb/postgres not found on PATH or in /usr/lib/postgresql/*/bin");
-            return None;
-        };
-        let template = template(&bin);
+        let bin = installed()?;
+        Some(Self::launch(&bin, &[]).unwrap_or_else(|why| panic!("{why}")))
+    }
+
+    /// Starts a server with more `postgres -c` settings, such as
+    /// `"shared_preload_libraries=pg_stat_statements"`: `Ok(None)` when
+    /// Postgres is not installed (as [`start`](Self::start)), `Err` with the
+    /// reason when the server exits before it is ready (a library that is not
+    /// installed, a setting it refuses).
+    pub fn start_with(settings: &[&str]) -> Result<Option<PostgresServer>, String> {
+        match installed() {
+            Some(bin) => Self::launch(&bin, settings).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A server from a copy of the template cluster, on a free port.
+    fn launch(bin: &Path, settings: &[&str]) -> Result<PostgresServer, String> {
+        let template = template(bin);
         let dir = scratch("server");
         let data = dir.join("data");
         let copy = Command::new("cp")
@@ -162,7 +189,8 @@ impl PostgresServer {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let child = as_postgres(&bin.join("postgres"))
+        let mut command = as_postgres(&bin.join("postgres"));
+        command
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
@@ -174,30 +202,43 @@ impl PostgresServer {
                 "fsync=off",
                 "-c",
                 "max_connections=200",
-            ])
+            ]);
+        for setting in settings {
+            command.args(["-c", setting]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("postgres starts");
-        let server = PostgresServer { port, dir, child };
-        server.wait_ready(&data);
-        Some(server)
+        // Dropped (stopped, its directory removed) when it does not get ready.
+        let mut server = PostgresServer { port, dir, child };
+        server.wait_ready(&data)?;
+        Ok(server)
     }
 
-    /// Waits until `postmaster.pid` says the server accepts connections.
-    fn wait_ready(&self, data: &Path) {
+    /// Waits until `postmaster.pid` says the server accepts connections;
+    /// why not when it exits first or 30 s pass.
+    fn wait_ready(&mut self, data: &Path) -> Result<(), String> {
         let started = Instant::now();
         loop {
             let status = std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
             if status.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
-                return;
+                return Ok(());
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "postgres on port {} did not become ready",
-                self.port
-            );
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                return Err(format!(
+                    "postgres on port {} exited before it was ready: {exit}",
+                    self.port
+                ));
+            }
+            if started.elapsed() >= Duration::from_secs(30) {
+                return Err(format!(
+                    "postgres on port {} did not become ready",
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

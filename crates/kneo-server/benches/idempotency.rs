@@ -18,25 +18,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use common::payment;
+use common::{client, load, payment, print_table, runtime, serve, HttpClient, Keys, Run};
+use common::{CONCURRENCY, MEASURE, ROUNDS};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use kneo_server::{IdempotencyLayer, MemoryStore};
-
-const CONCURRENCY: usize = 32;
-const WARMUP: Duration = Duration::from_millis(200);
-const MEASURE: Duration = Duration::from_millis(800);
-const ROUNDS: usize = 6;
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 async fn handler(body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
     let out = format!(
@@ -50,98 +42,8 @@ async fn handler(body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
         .expect("valid response"))
 }
 
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/pay")
-}
-
 fn routes() -> Router {
     Router::new().route("/pay", post(handler))
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Keys {
-    /// A new key per request: every request is a first request.
-    Fresh,
-    /// One key per worker: after the first, every request is a replay.
-    Replay,
-}
-
-struct Run {
-    /// Requests in the measured window.
-    requests: u64,
-    /// Every request sent, warm-up included.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    sent: u64,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Run {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-async fn load(client: &HttpClient, url: &str, keys: Keys, label: &str) -> Run {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let stop_warmup = Instant::now() + WARMUP;
-    let stop = stop_warmup + MEASURE;
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|worker| {
-            let client = client.clone();
-            let url = url.to_owned();
-            let label = label.to_owned();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut sent = 0u64;
-                loop {
-                    let now = Instant::now();
-                    if now >= stop {
-                        break;
-                    }
-                    let key = match keys {
-                        Keys::Fresh => format!("{label}-{}", SEQ.fetch_add(1, Ordering::Relaxed)),
-                        Keys::Replay => format!("{label}-replay-{worker}"),
-                    };
-                    let req = payment(&url, key);
-                    let res = client.request(req).await.expect("loopback server answers");
-                    assert_eq!(res.status(), StatusCode::CREATED, "{label}");
-                    res.into_body().collect().await.expect("body");
-                    sent += 1;
-                    if now >= stop_warmup {
-                        latencies.push(now.elapsed());
-                    }
-                }
-                (latencies, sent)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut sent = 0;
-    for t in tasks {
-        let (latencies, n) = t.await.expect("worker");
-        all.extend(latencies);
-        sent += n;
-    }
-    all.sort();
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Run {
-        requests: all.len() as u64,
-        sent,
-        elapsed: MEASURE,
-        p50: pick(0.5),
-        p99: pick(0.99),
-    }
 }
 
 #[cfg(feature = "redis")]
@@ -274,15 +176,8 @@ fn main() {
             .unwrap_or(2_000);
         return counted(&scenario, requests);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(CONCURRENCY)
-            .build_http();
+    runtime().block_on(async {
+        let client = client();
         let bare = serve(routes()).await;
         let memory = serve(routes().layer(IdempotencyLayer::new(MemoryStore::new()))).await;
 
@@ -317,7 +212,7 @@ fn main() {
                 ] {
                     if keys == Keys::Replay {
                         // Make the replays' records first, outside the count.
-                        load_once(&client, url, &name).await;
+                        common::load_once(&client, url, &name).await;
                     }
                     server.command("CONFIG RESETSTAT");
                     let run = load(&client, url, keys, &name).await;
@@ -331,31 +226,7 @@ fn main() {
             "\nkeyed POSTs, {CONCURRENCY} concurrent connections, loopback, median of {ROUNDS} rounds x {:.1} s\n",
             MEASURE.as_secs_f64()
         );
-        println!("| scenario | req/s | vs bare | p50 | p99 |");
-        println!("|---|---:|---:|---:|---:|");
-        fn median(mut v: Vec<f64>) -> f64 {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        }
-        let bare_runs: Vec<f64> = results
-            .get("1 bare handler")
-            .map(|runs| runs.iter().map(Run::rps).collect())
-            .unwrap_or_default();
-        for (label, runs) in &results {
-            let ratios = runs
-                .iter()
-                .zip(&bare_runs)
-                .map(|(r, bare)| r.rps() / bare)
-                .collect();
-            println!(
-                "| {} | {:.0} | {:.2}x | {:.0} µs | {:.0} µs |",
-                &label[2..],
-                median(runs.iter().map(Run::rps).collect()),
-                median(ratios),
-                median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e6).collect()),
-                median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e6).collect()),
-            );
-        }
+        print_table(&results, "1 bare handler");
         #[cfg(feature = "redis")]
         if !redis_counts.is_empty() {
             println!("\nRedis commands per request (INFO commandstats; GET and one SET per first request run inside the EVALSHA script):\n");
@@ -377,14 +248,4 @@ fn main() {
             }
         }
     });
-}
-
-/// One request per worker key, so that a replay run replays from its first request.
-#[cfg(feature = "redis")]
-async fn load_once(client: &HttpClient, url: &str, label: &str) {
-    for worker in 0..CONCURRENCY {
-        let req = payment(url, format!("{label}-replay-{worker}"));
-        let res = client.request(req).await.expect("answers");
-        res.into_body().collect().await.expect("body");
-    }
 }

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method, Request};
+use http_body::Body;
+use kneo_core::BoxError;
 
 use super::answer::{problems, request_id};
+use super::body::read_request;
 use super::config::Config;
 use crate::record::key::{self, RecordKey};
 use crate::record::Fingerprint;
@@ -51,4 +54,49 @@ pub(crate) fn identify(
     let fingerprint = Fingerprint::of_request(&parts.method, path, content_type, body);
     let record_key = RecordKey::from_shared(config.scope.scope(parts), key);
     (fingerprint, record_key)
+}
+
+/// A keyed request once its body is read: what both layers' keyed paths
+/// start from.
+pub(crate) struct KeyedRequest {
+    /// The request's head.
+    pub(crate) parts: Parts,
+    /// Its body, whole.
+    pub(crate) body: Bytes,
+    /// Its `X-Request-Id`, for the answers.
+    pub(crate) request_id: Option<HeaderValue>,
+    /// Its fingerprint (see [`identify`]).
+    pub(crate) fingerprint: Fingerprint,
+    /// Where its record is filed (see [`identify`]).
+    pub(crate) record_key: RecordKey,
+}
+
+impl KeyedRequest {
+    /// Reads the body of a request routed [`Route::Keyed`] with `key` (at
+    /// most `max_body`) and [`identify`]s it; or the problem to answer at
+    /// once, with the request's id, when the body is refused.
+    pub(crate) async fn read<B>(
+        config: &Config,
+        req: Request<B>,
+        key: &Arc<str>,
+    ) -> Result<KeyedRequest, (ProblemResponse, Option<HeaderValue>)>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let request_id = request_id(&parts.headers);
+        let body = match read_request(body, &parts.headers, config.max_body).await {
+            Ok(body) => body,
+            Err(problem) => return Err((problem, request_id)),
+        };
+        let (fingerprint, record_key) = identify(config, &parts, &body, key.clone());
+        Ok(KeyedRequest {
+            parts,
+            body,
+            request_id,
+            fingerprint,
+            record_key,
+        })
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -17,15 +18,13 @@ use kneo_core::{BoxError, Delivery};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use super::answer::{
-    not_processed, outcome_unknown, problems, replay, request_id, respond, stored_headers,
-};
-use super::body::{read_request, Buffer};
+use super::answer::{not_processed, outcome_unknown, problems, replay, respond, stored_headers};
+use super::body::Buffer;
 use super::child::IdempotencyKey;
 use super::config::Config;
 use super::future::{ResponseBody, ResponseFuture};
 use super::guard::Guard;
-use super::request::{identify, route, Route};
+use super::request::{route, KeyedRequest, Route};
 use crate::record::Fingerprint;
 use crate::record::RecordKey;
 use crate::record::{Completed, Completion, StoredResponse};
@@ -95,56 +94,44 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match self.route_call(req) {
-            Routed::Answered(answered) => answered,
-            Routed::Keyed(inner, req, key) => {
-                let future = keyed(inner, self.store.clone(), self.config.clone(), req, key);
-                ResponseFuture::keyed(Box::pin(future))
-            }
-        }
+        self.call_with(req, keyed)
     }
 }
 
 impl<S, St> Idempotency<S, St> {
-    /// The first step of every call, whatever the store: a request the
-    /// layer passes through or refuses at once is answered by the returned
-    /// future; a keyed one comes back with its key and the ready inner
-    /// service, a clone of which stays for the next call.
-    pub(crate) fn route_call<ReqBody, ResBody>(
+    /// Every call, whatever the store: a request the layer passes through
+    /// or refuses at once is answered at once; a keyed one is answered by
+    /// `keyed`, given the ready inner service (a clone of which stays for
+    /// the next call), the store, the configuration, the request and its key.
+    pub(crate) fn call_with<ReqBody, ResBody, K, F>(
         &mut self,
         req: Request<ReqBody>,
-    ) -> Routed<S, ReqBody, ResponseFuture<S::Future, ResBody, S::Error>>
+        keyed: K,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+        St: Clone,
+        K: FnOnce(S, St, Arc<Config>, Request<ReqBody>, Arc<str>) -> F,
+        F: Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send + 'static,
     {
         let key = match route(&self.config, req.method(), req.headers()) {
             Route::Pass => {
-                return Routed::Answered(ResponseFuture::passthrough(
-                    self.inner.call(req.map(Either::Left)),
-                ))
+                return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)))
             }
             Route::Refuse(problem, id) => {
-                return Routed::Answered(ResponseFuture::ready(respond(problem, id.as_ref())))
+                return ResponseFuture::ready(respond(problem, id.as_ref()))
             }
             Route::Keyed(key) => key,
         };
         let clone = self.inner.clone();
-        Routed::Keyed(std::mem::replace(&mut self.inner, clone), req, key)
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let future = keyed(inner, self.store.clone(), self.config.clone(), req, key);
+        ResponseFuture::keyed(Box::pin(future))
     }
 }
 
-/// What [`Idempotency::route_call`] made of a request. Matched at once,
-/// never stored: the size of its variants does not matter.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Routed<S, ReqBody, F> {
-    /// Answered by this future (passed through, or refused at once).
-    Answered(F),
-    /// Keyed: the ready inner service, the request, its key.
-    Keyed(S, Request<ReqBody>, Arc<str>),
-}
-
 /// One keyed request: read and fingerprint it, claim, then hand the work to
-/// its own task ([`Work::run`]) and wait for its answer.
+/// its own task ([`Work::claim_and_run`]) and wait for its answer.
 async fn keyed<S, St, ReqBody, ResBody>(
     inner: S,
     store: St,
@@ -162,28 +149,25 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = req.into_parts();
-    let request_id = request_id(&parts.headers);
-    let answer = |problem: ProblemResponse| Ok(respond(problem, request_id.as_ref()));
-    let body = match read_request(body, &parts.headers, config.max_body).await {
-        Ok(body) => body,
-        Err(problem) => return answer(problem),
+    let request = match KeyedRequest::read(&config, req, &key).await {
+        Ok(request) => request,
+        Err((problem, id)) => return Ok(respond(problem, id.as_ref())),
     };
-    let (fingerprint, record_key) = identify(&config, &parts, &body, key.clone());
+    let answer = |problem: ProblemResponse| Ok(respond(problem, request.request_id.as_ref()));
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::error!(idempotency_key = %key, "no tokio runtime to run the request on; refusing it");
         return answer(problems::unavailable());
     };
-    let req = Request::from_parts(parts, Either::Right(Full::new(body)));
+    let req = Request::from_parts(request.parts, Either::Right(Full::new(request.body)));
     let (tx, rx) = oneshot::channel();
     let work = Work {
-        fingerprint,
+        fingerprint: request.fingerprint,
         config,
-        request_id: request_id.clone(),
+        request_id: request.request_id.clone(),
     };
     // From the claim on, nothing is left to the caller's future: a hang-up
     // while the claim is on its way to the store must not strand it.
-    runtime.spawn(work.claim_and_run(store, record_key, inner, req, tx));
+    runtime.spawn(work.claim_and_run(store, request.record_key, inner, req, tx));
     match rx.await {
         Ok(Answer::Response(res)) => Ok(res),
         Ok(Answer::Failed(error)) => Err(error),
@@ -329,25 +313,9 @@ impl Work {
         req.extensions_mut().insert(late);
         req.extensions_mut()
             .insert(IdempotencyKey::new(guard.key().shared_key()));
-        self.run(guard, inner, req, answer, late_answer).await;
-    }
-
-    /// Runs the work to its end while the claim is renewed.
-    async fn run<S, St, Req, ResBody>(
-        self,
-        guard: Guard<St>,
-        inner: S,
-        req: Request<Req>,
-        answer: oneshot::Sender<Answer<ResBody, S::Error>>,
-        late: LateReceiver,
-    ) where
-        S: Service<Request<Req>, Response = Response<ResBody>>,
-        St: Store,
-        ResBody: Body<Data = Bytes> + Unpin,
-        ResBody::Error: Into<BoxError>,
-    {
+        // The work runs to its end while the claim is renewed.
         let heartbeat = guard.heartbeat(self.config.lease, self.config.max_hold);
-        let work = self.work(guard, inner, req, answer, late);
+        let work = self.work(guard, inner, req, answer, late_answer);
         futures_util::pin_mut!(heartbeat, work);
         // The heartbeat never ends; the work does.
         futures_util::future::select(work, heartbeat).await;
@@ -482,10 +450,7 @@ impl Work {
         let (parts, mut body) = res.into_parts();
         let headers = stored_headers(&parts.headers, self.request_id.as_ref());
         if body.is_end_stream() {
-            let stored = StoredResponse::new(status, headers, Bytes::new());
-            guard
-                .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
-                .await;
+            self.keep(&mut guard, status, headers, Bytes::new()).await;
             let res = Response::from_parts(parts, ResponseBody::inner(body));
             let _ = answer.send(Answer::Response(res));
             return;
@@ -500,10 +465,7 @@ impl Work {
             let whole = body.is_end_stream() || hint.exact() == Some(len);
             if whole && !self.config.too_big_to_store(len) {
                 let data = data.clone();
-                let stored = StoredResponse::new(status, headers, data.clone());
-                guard
-                    .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
-                    .await;
+                self.keep(&mut guard, status, headers, data.clone()).await;
                 let res = Response::from_parts(parts, ResponseBody::full(data));
                 let _ = answer.send(Answer::Response(res));
                 return;
@@ -593,10 +555,7 @@ impl Work {
             let last = body.is_end_stream() || hint.exact() == Some(read);
             if last {
                 if let (Some(buf), Some(headers)) = (recording.take(), headers.take()) {
-                    let stored = StoredResponse::new(status, headers, buf.freeze());
-                    guard
-                        .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
-                        .await;
+                    self.keep(&mut guard, status, headers, buf.freeze()).await;
                 }
             }
             // Trailers go to the caller; they are not stored.
@@ -607,14 +566,25 @@ impl Work {
             }
         }
         if let (Some(buf), Some(headers)) = (recording, headers) {
-            let stored = StoredResponse::new(status, headers, buf.freeze());
-            guard
-                .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
-                .await;
+            self.keep(&mut guard, status, headers, buf.freeze()).await;
         }
         // Only now does the caller's body end: a caller that has read its
         // response to the end and retries finds the record.
         drop(frames);
+    }
+
+    /// Records the handler's response, whole, for replays.
+    async fn keep<St: Store>(
+        &self,
+        guard: &mut Guard<St>,
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) {
+        let stored = StoredResponse::new(status, headers, body);
+        guard
+            .complete(Completed::new(self.fingerprint, Completion::Stored(stored)))
+            .await;
     }
 }
 

@@ -42,6 +42,8 @@ use std::time::Duration;
 
 use kneo_core::BoxError;
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+use crate::record::Record;
 use crate::record::{Claim, Completed, Fingerprint, RecordKey};
 
 mod memory;
@@ -71,6 +73,20 @@ pub enum Acquire {
     InFlight(Fingerprint),
     /// A request with this key has finished; this is its record.
     Completed(Completed),
+}
+
+impl Acquire {
+    /// What a claim found when the key was held: the holder's [`Record`],
+    /// read from its encoding (a store that keeps records encoded returns
+    /// this when its claim did not take). [`StoreError::corrupt`] when the
+    /// bytes are not a record this version can read.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn held(encoded: &[u8]) -> Result<Acquire, StoreError> {
+        match Record::decode(encoded).map_err(StoreError::corrupt)? {
+            Record::InFlight(holder) => Ok(Acquire::InFlight(holder.fingerprint())),
+            Record::Completed(done) => Ok(Acquire::Completed(done)),
+        }
+    }
 }
 
 /// A store could not do what was asked: it is unreachable, timed out, full,

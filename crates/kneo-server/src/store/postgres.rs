@@ -9,7 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::{Acquire, Store, StoreError};
-use crate::record::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey, MAX_DURATION};
+use crate::record::{Claim, Completed, FencingToken, Fingerprint, RecordKey, MAX_DURATION};
 
 /// The schema: the `kneo_idempotency` table and its expiry index. Run it once
 /// (it is idempotent) with [`PostgresStore::migrate`] or your own migration
@@ -237,10 +237,7 @@ impl Store for PostgresStore {
         if held == value {
             return Ok(Acquire::Claimed(claim));
         }
-        match Record::decode(&held).map_err(StoreError::corrupt)? {
-            Record::InFlight(holder) => Ok(Acquire::InFlight(holder.fingerprint())),
-            Record::Completed(done) => Ok(Acquire::Completed(done)),
-        }
+        Acquire::held(&held)
     }
 
     async fn complete(

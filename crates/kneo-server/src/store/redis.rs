@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::{Acquire, Store, StoreError};
-use crate::record::{Claim, Completed, FencingToken, Fingerprint, Record, RecordKey, MAX_DURATION};
+use crate::record::{Claim, Completed, FencingToken, Fingerprint, RecordKey, MAX_DURATION};
 
 /// The default key prefix.
 pub const DEFAULT_REDIS_PREFIX: &str = "kneo:idempotency:";
@@ -54,7 +54,7 @@ return 0",
 /// A [`Store`] in Redis (7.0 or later, or Valkey), for servers that share keys.
 ///
 /// Each key is one Redis string, `<prefix><scope hex>:<key>`, holding the
-/// [`Record`] in its compact encoding:
+/// [`Record`](crate::idempotency::Record) in its compact encoding:
 ///
 /// - **claim**: `SET key <claim> NX PX <lease> GET`: one command that claims a
 ///   free key or returns what is there (a claim or a completed record), so a
@@ -475,10 +475,7 @@ impl Store for RedisStore {
         let Some(bytes) = existing else {
             return Ok(Acquire::Claimed(claim));
         };
-        match Record::decode(&bytes).map_err(StoreError::corrupt)? {
-            Record::InFlight(holder) => Ok(Acquire::InFlight(holder.fingerprint())),
-            Record::Completed(done) => Ok(Acquire::Completed(done)),
-        }
+        Acquire::held(&bytes)
     }
 
     async fn complete(

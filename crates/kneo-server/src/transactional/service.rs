@@ -15,12 +15,11 @@ use tower_service::Service;
 use super::handle::IdempotentTransaction;
 use super::Transactional;
 use crate::idempotency::answer::{
-    not_processed, outcome_unknown, problems, replay, request_id, respond, stored_headers,
+    not_processed, outcome_unknown, problems, replay, respond, stored_headers,
 };
-use crate::idempotency::body::{read_request, Buffer};
+use crate::idempotency::body::Buffer;
 use crate::idempotency::config::Config;
-use crate::idempotency::request::identify;
-use crate::idempotency::service::Routed;
+use crate::idempotency::request::KeyedRequest;
 use crate::idempotency::{
     Claim, Completed, Completion, FencingToken, Fingerprint, Idempotency, IdempotencyKey, Record,
     RecordKey, RequestBody, ResponseBody, ResponseFuture, StoredResponse,
@@ -76,13 +75,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match self.route_call(req) {
-            Routed::Answered(answered) => answered,
-            Routed::Keyed(inner, req, key) => {
-                let future = keyed(inner, self.store.clone(), self.config.clone(), req, key);
-                ResponseFuture::keyed(Box::pin(future))
-            }
-        }
+        self.call_with(req, keyed)
     }
 }
 
@@ -101,19 +94,21 @@ where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = req.into_parts();
-    let request_id = request_id(&parts.headers);
-    let answer = |problem: ProblemResponse| Ok(respond(problem, request_id.as_ref()));
-    let body = match read_request(body, &parts.headers, config.max_body).await {
-        Ok(body) => body,
-        Err(problem) => return answer(problem),
+    let request = match KeyedRequest::read(&config, req, &key).await {
+        Ok(request) => request,
+        Err((problem, id)) => return Ok(respond(problem, id.as_ref())),
     };
-    let (fingerprint, record_key) = identify(&config, &parts, &body, key.clone());
+    let answer = |problem: ProblemResponse| Ok(respond(problem, request.request_id.as_ref()));
 
-    let tx = match claim(&db, &config, &record_key, fingerprint).await {
+    let (fingerprint, record_key) = (request.fingerprint, &request.record_key);
+    let tx = match claim(&db, &config, record_key, fingerprint).await {
         Ok(Claimed::Ours(tx)) => tx,
         Ok(Claimed::Theirs(record)) => {
-            return Ok(answer_theirs(record, fingerprint, request_id.as_ref()))
+            return Ok(answer_theirs(
+                record,
+                fingerprint,
+                request.request_id.as_ref(),
+            ))
         }
         Err(Refused::Busy) => return answer(problems::in_use()),
         Err(Refused::Unavailable(error)) => {
@@ -123,7 +118,7 @@ where
     };
 
     let handle = IdempotentTransaction::new(tx);
-    let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
+    let mut req = Request::from_parts(request.parts, Either::Right(Full::new(request.body)));
     req.extensions_mut().insert(handle.clone());
     req.extensions_mut()
         .insert(IdempotencyKey::new(key.clone()));
@@ -150,7 +145,7 @@ where
         (false, Some(delivery)) => Completion::Stored(outcome_unknown(status, delivery)),
         (false, None) => Completion::Stored(StoredResponse::new(
             status,
-            stored_headers(&parts.headers, request_id.as_ref()),
+            stored_headers(&parts.headers, request.request_id.as_ref()),
             bytes.clone(),
         )),
     };
@@ -158,7 +153,7 @@ where
         return answer(problems::rolled_back());
     };
     let record = Completed::new(fingerprint, outcome).encode();
-    if let Err(error) = commit(&db, tx, &record_key, &record, config.ttl).await {
+    if let Err(error) = commit(&db, tx, record_key, &record, config.ttl).await {
         tracing::error!(idempotency_key = %key, %error, "the commit failed; nothing was applied");
         return answer(problems::unavailable());
     }
