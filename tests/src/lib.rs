@@ -14,6 +14,7 @@
 pub mod faults;
 pub mod ledger;
 pub mod postgres;
+pub mod proxy_client;
 pub mod proxy_rss;
 pub mod redis;
 pub mod sidecar;
@@ -197,25 +198,14 @@ impl ScriptedServer {
         let script: Arc<Script> = Arc::new(script);
         let task = {
             let requests = requests.clone();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
+            serve(
+                listener,
+                service_fn(move |req: Request<Incoming>| {
                     let requests = requests.clone();
                     let script = script.clone();
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req: Request<Incoming>| {
-                            let requests = requests.clone();
-                            let script = script.clone();
-                            async move { handle(req, &requests, &*script).await }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            })
+                    async move { handle(req, &requests, &*script).await }
+                }),
+            )
         };
         ScriptedServer {
             addr,
@@ -258,6 +248,33 @@ impl Drop for ScriptedServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves every connection `listener` accepts with `service` (HTTP/1.1, or
+/// HTTP/2 with prior knowledge), each on a task of its own, until the task
+/// returned is aborted (dropping it leaves it running).
+pub fn serve<S, B>(listener: TcpListener, service: S) -> tokio::task::JoinHandle<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
 
 #[derive(Debug)]

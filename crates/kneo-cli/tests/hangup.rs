@@ -6,8 +6,7 @@
 //! -m 0.5 …`, then the same command without `-m`).
 
 use kneo_tests::{guarded, GUARD};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,10 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use kneo_tests::faults::caller::Point;
 use kneo_tests::faults::{run_hangup, Charge, Effects, HangupOptions, SlowServer, Target};
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use kneo_tests::sidecar::Sidecar;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 async fn check(target: Target) {
     let seed = std::env::var("HANGUP_SEED")
@@ -56,72 +53,6 @@ async fn callers_hanging_up_through_kneo_proxy_on_redis_never_run_a_request_twic
     check(Target::ProxyRedis).await;
 }
 
-/// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --idempotency memory`,
-/// its access-log lines collected.
-struct Proxy {
-    _child: Child,
-    addr: std::net::SocketAddr,
-    lines: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: &str) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kneo"))
-            .args(["proxy", "--upstream", upstream, "--listen", "127.0.0.1:0"])
-            .args(["--idempotency", "memory"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn kneo proxy");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut reader = BufReader::new(stdout).lines();
-        let first = guarded("the startup line", reader.next_line())
-            .await
-            .expect("reads stdout")
-            .expect("kneo proxy printed its startup line");
-        let startup: Value = serde_json::from_str(&first).expect("the startup line is JSON");
-        let addr = startup["listening"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .expect("a listening address");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let collected = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                let line = serde_json::from_str(&line).expect("access-log lines are JSON");
-                collected.lock().expect("not poisoned").push(line);
-            }
-        });
-        Proxy {
-            _child: child,
-            addr,
-            lines,
-        }
-    }
-
-    /// The access-log line of request `id`, once it is written.
-    async fn logged(&self, id: &str) -> Value {
-        guarded(&format!("the access-log line of {id}"), async {
-            loop {
-                let found = self
-                    .lines
-                    .lock()
-                    .expect("not poisoned")
-                    .iter()
-                    .find(|l| l["request_id"] == id)
-                    .cloned();
-                if let Some(line) = found {
-                    return line;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-    }
-}
-
 fn post(charge: &Charge, request_id: &str) -> Request<Full<Bytes>> {
     Request::post("/charges")
         .header("host", "kneo-proxy")
@@ -144,13 +75,17 @@ fn post(charge: &Charge, request_id: &str) -> Request<Full<Bytes>> {
 async fn a_caller_that_times_out_through_kneo_proxy_and_retries_gets_the_replay_of_the_one_run() {
     let effects = Arc::new(Effects::default());
     let upstream = SlowServer::bare(effects.clone()).await;
-    let proxy = Proxy::start(&format!("http://{}", upstream.addr())).await;
+    let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
+    let upstream_url = format!("http://{}", upstream.addr());
+    let proxy = Sidecar::start(kneo, &upstream_url, &["--idempotency", "memory"])
+        .await
+        .expect("kneo proxy starts");
     // The upstream answers 5 s after its effect: the hang-up below comes
     // long before, even on a stalled machine.
     let charge = Charge::new(1, 0, 5_000, 0);
 
     // curl -m: one connection, given up (and closed) while the upstream runs.
-    let stream = TcpStream::connect(proxy.addr).await.expect("connects");
+    let stream = TcpStream::connect(proxy.addr()).await.expect("connects");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -171,7 +106,7 @@ async fn a_caller_that_times_out_through_kneo_proxy_and_retries_gets_the_replay_
 
     // The same request, without -m, from kneo's client.
     let client = kneo::Client::builder()
-        .base_url(format!("http://{}", proxy.addr))
+        .base_url(proxy.url(""))
         .layer(
             kneo::ClientLayer::new()
                 .retry(kneo_tests::fast_retry())

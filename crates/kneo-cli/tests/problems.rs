@@ -2,36 +2,26 @@
 //! kneo-server's idempotency layer makes in front of it come from kneo-core's
 //! one module, under one `type` scheme, whoever answered.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use kneo::core::problem::{ProblemType, TYPE_PREFIX};
+use kneo_tests::proxy_client;
 use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
 
-/// A guard against hangs, never a claim about speed.
-const GUARD: Duration = Duration::from_secs(30);
-
+/// `req` sent: the status and the body as JSON (null when it is not).
 async fn send(req: Request<Full<Bytes>>) -> (StatusCode, Value) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let answer = async {
-        let res = client.request(req).await.expect("an answer");
-        let status = res.status();
-        let body = res.into_body().collect().await.expect("a body").to_bytes();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-    };
-    tokio::time::timeout(GUARD, answer).await.expect("no hang")
+    let got = proxy_client::send(req).await;
+    (
+        got.status,
+        serde_json::from_slice(&got.body).unwrap_or(Value::Null),
+    )
 }
 
 fn post(proxy: &Sidecar, key: &str, body: &'static str) -> Request<Full<Bytes>> {
-    Request::post(format!("http://{}/charges", proxy.addr()))
+    Request::post(proxy.url("/charges"))
         .header("idempotency-key", key)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(body.as_bytes())))

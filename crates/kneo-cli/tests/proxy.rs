@@ -4,180 +4,43 @@
 //! Timing is only ever asserted from below; the timeouts around awaits are
 //! guards against a hang, not claims.
 
-use kneo_tests::guarded;
+use kneo_tests::{guarded, GUARD};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use kneo_tests::proxy_client::{caller, send, send_with};
+use kneo_tests::sidecar::{self, Sidecar};
 use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, Notify};
 
-/// A running `kneo proxy`.
-struct Sidecar {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Sidecar {
-    /// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --admin 127.0.0.1:0 ARGS`,
-    /// once its startup line is out.
-    async fn start(upstream: &str, args: &[&str]) -> Sidecar {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kneo"))
-            .args(["proxy", "--upstream", upstream])
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn kneo proxy");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = guarded("the startup line", lines.recv())
-            .await
-            .expect("kneo proxy printed its startup line");
-        let startup: Value = serde_json::from_str(&first).expect("the startup line is JSON");
-        let object = startup.as_object().expect("an object");
-        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(keys, ["admin", "listening", "upstream"], "{first}");
-        assert_eq!(startup["upstream"], upstream.trim_end_matches('/'));
-        let addr = |v: &Value| v.as_str().expect("an address").parse().expect("IP:PORT");
-        Sidecar {
-            child,
-            listen: addr(&startup["listening"]),
-            admin: addr(&startup["admin"]),
-            lines,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.listen, path)
-    }
-
-    /// The next access-log line.
-    async fn log(&mut self) -> Value {
-        let line = guarded("an access-log line", self.lines.recv())
-            .await
-            .expect("kneo proxy is still printing");
-        serde_json::from_str(&line).expect("access-log lines are JSON")
-    }
-
-    /// GET `path` on the admin listener: the status and the body.
-    async fn admin(&self, path: &str) -> (StatusCode, String) {
-        let res = send(
-            Request::get(format!("http://{}{}", self.admin, path))
-                .body(Full::default())
-                .expect("valid"),
-        )
-        .await;
-        (res.status, String::from_utf8_lossy(&res.body).into_owned())
-    }
-
-    /// A metric's value from `/metrics` (0 when absent).
-    async fn metric(&self, series: &str) -> f64 {
-        let (status, text) = self.admin("/metrics").await;
-        assert_eq!(status, StatusCode::OK);
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().expect("a number"))
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("still running");
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{name} {pid}");
-    }
-}
-
-/// What the caller got.
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("a JSON body")
-    }
-
-    /// A problem answer: its content type, its `X-Request-ID`, its body.
-    fn problem(&self, status: u16, code: &str) -> Value {
-        assert_eq!(self.status.as_u16(), status);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json")
-        );
-        let p = self.json();
-        assert_eq!(p["status"], status, "{p}");
-        assert_eq!(p["code"], code, "{p}");
-        for member in ["type", "title", "detail", "kind"] {
-            assert!(p[member].is_string(), "{member} in {p}");
-        }
-        assert!(p["attempts"].is_u64(), "{p}");
-        let id = p["request_id"].as_str().expect("a request id");
-        assert_eq!(self.header("x-request-id"), Some(id));
-        p
-    }
-}
-
-fn caller() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn send(req: Request<Full<Bytes>>) -> Got {
-    send_with(&caller(), req).await
-}
-
-async fn send_with(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
-    let res = guarded("the response", client.request(req))
+/// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --admin 127.0.0.1:0
+/// ARGS`, once its startup line is out: that line has exactly the addresses
+/// and the upstream.
+async fn sidecar(upstream: &str, args: &[&str]) -> Sidecar {
+    let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
+    let proxy = Sidecar::start_with_admin(kneo, upstream, args)
         .await
-        .expect("the proxy answers");
-    let (parts, body) = res.into_parts();
-    let body = guarded("the body", body.collect())
-        .await
-        .expect("the whole body")
-        .to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+        .expect("kneo proxy starts");
+    let startup = proxy.startup();
+    let object = startup.as_object().expect("an object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["admin", "listening", "upstream"], "{startup}");
+    assert_eq!(startup["upstream"], upstream.trim_end_matches('/'));
+    assert!(proxy.admin().is_some(), "{startup}");
+    proxy
 }
 
 fn get(url: String) -> Request<Full<Bytes>> {
@@ -227,7 +90,7 @@ async fn forwards_method_path_and_query_and_rewrites_headers() {
         .header("x-kept", "yes")
         .body("made")])
     .await;
-    let mut proxy = Sidecar::start(&server.url("/api/v1/"), &[]).await;
+    let mut proxy = sidecar(&server.url("/api/v1/"), &[]).await;
     let req = Request::put(proxy.url("/runs/7?x=1&key=secret-value"))
         .header("host", "caller.example")
         .header("connection", "X-Secret")
@@ -283,7 +146,7 @@ async fn forwards_method_path_and_query_and_rewrites_headers() {
     assert_eq!(seen.header("via").as_deref(), Some("1.0 fred, 1.1 kneo"));
 
     // The access log: one line, the path without its query.
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["method"], "PUT");
     assert_eq!(log["path"], "/runs/7");
     assert_eq!(log["status"], 201);
@@ -308,7 +171,7 @@ async fn forwards_method_path_and_query_and_rewrites_headers() {
 async fn the_callers_address_is_forwarded_with_or_without_a_front() {
     for args in [&[][..], &["--idempotency", "memory"][..]] {
         let server = ScriptedServer::start(vec![Reply::status(201), Reply::status(200)]).await;
-        let proxy = Sidecar::start(&server.url(""), args).await;
+        let proxy = sidecar(&server.url(""), args).await;
         let post = Request::post(proxy.url("/pay"))
             .header("idempotency-key", "order-1")
             .body(Full::new(Bytes::from_static(b"{}")))
@@ -339,7 +202,7 @@ async fn caller_ids_and_keys_are_kept_and_missing_ones_stamped() {
         _ => Reply::status(200),
     })
     .await;
-    let proxy = Sidecar::start(&server.url(""), &[]).await;
+    let proxy = sidecar(&server.url(""), &[]).await;
 
     let kept = Request::post(proxy.url("/charges"))
         .header("x-request-id", "order-7")
@@ -386,7 +249,7 @@ async fn upstream_404_passes_through_byte_for_byte() {
         .header("x-error-code", "run_missing")
         .body(body.clone())])
     .await;
-    let mut proxy = Sidecar::start(&server.url(""), &[]).await;
+    let mut proxy = sidecar(&server.url(""), &[]).await;
     let got = send(get(proxy.url("/runs/7"))).await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
     assert_eq!(got.body, body);
@@ -397,7 +260,7 @@ async fn upstream_404_passes_through_byte_for_byte() {
         Some(body.len().to_string().as_str())
     );
     assert_eq!(server.count(), 1, "a 404 is never retried");
-    assert_eq!(proxy.log().await["status"], 404);
+    assert_eq!(proxy.next_log().await["status"], 404);
 }
 
 // 3. Retries: 503 then 200; the caller sees 200, the upstream one key.
@@ -405,7 +268,7 @@ async fn upstream_404_passes_through_byte_for_byte() {
 async fn a_503_then_200_is_a_200_and_both_attempts_carry_one_key() {
     let server =
         ScriptedServer::start(vec![Reply::status(503), Reply::status(200).body("done")]).await;
-    let mut proxy = Sidecar::start(&server.url(""), &[]).await;
+    let mut proxy = sidecar(&server.url(""), &[]).await;
     let post = Request::post(proxy.url("/charges"))
         .body(Full::new(Bytes::from_static(b"{\"amount\":5}")))
         .expect("valid");
@@ -425,7 +288,7 @@ async fn a_503_then_200_is_a_200_and_both_attempts_carry_one_key() {
         b"{\"amount\":5}",
         "the body was replayed"
     );
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["attempts"], 2);
     assert_eq!(log["status"], 200);
 }
@@ -437,7 +300,7 @@ async fn a_429_asking_too_long_a_wait_is_passed_through_at_once() {
         .header("retry-after", "120")
         .body("slow down")])
     .await;
-    let proxy = Sidecar::start(&server.url(""), &["--max-retry-after", "1"]).await;
+    let proxy = sidecar(&server.url(""), &["--max-retry-after", "1"]).await;
     let got = send(get(proxy.url("/runs"))).await;
     assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(got.header("retry-after"), Some("120"));
@@ -450,7 +313,7 @@ async fn a_429_asking_too_long_a_wait_is_passed_through_at_once() {
 #[tokio::test]
 async fn a_reset_post_without_a_key_is_not_resent() {
     let server = ScriptedServer::start(vec![Reply::close(), Reply::status(200)]).await;
-    let mut proxy = Sidecar::start(&server.url(""), &["--no-idempotency-key"]).await;
+    let mut proxy = sidecar(&server.url(""), &["--no-idempotency-key"]).await;
     let post = || {
         Request::post(proxy.url("/charges"))
             .body(Full::new(Bytes::from_static(b"{\"amount\":5}")))
@@ -469,11 +332,11 @@ async fn a_reset_post_without_a_key_is_not_resent() {
         server.requests()[0].header("idempotency-key").is_none(),
         "--no-idempotency-key stamps none"
     );
-    assert_eq!(proxy.log().await["outcome"], "unreachable");
+    assert_eq!(proxy.next_log().await["outcome"], "unreachable");
 
     // The same hang-up on a keyed POST is retried.
     let server = ScriptedServer::start(vec![Reply::close(), Reply::status(200)]).await;
-    let proxy = Sidecar::start(&server.url(""), &[]).await;
+    let proxy = sidecar(&server.url(""), &[]).await;
     let got = send(post_to(&proxy, "/charges")).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(server.count(), 2);
@@ -491,7 +354,7 @@ async fn connect_refused_is_a_502_problem() {
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
-    let mut proxy = Sidecar::start(&url, &[]).await;
+    let mut proxy = sidecar(&url, &[]).await;
     let req = Request::get(proxy.url("/runs"))
         .header("x-request-id", "order-9")
         .body(Full::default())
@@ -502,16 +365,16 @@ async fn connect_refused_is_a_502_problem() {
     assert_eq!(p["kind"], "network");
     assert_eq!(p["attempts"], 3, "a refused connect is always retried: {p}");
     assert_eq!(p["type"], "urn:kneo:problem:upstream-unreachable");
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["status"], 502);
     assert_eq!(log["outcome"], "unreachable");
     assert_eq!(log["request_id"], "order-9");
     // Never seen: not ready.
     assert_eq!(
-        proxy.admin("/readyz").await.0,
+        proxy.admin_get("/readyz").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(proxy.admin("/healthz").await.0, StatusCode::OK);
+    assert_eq!(proxy.admin_get("/healthz").await.0, StatusCode::OK);
 }
 
 // 3. The per-attempt timeout: a 504 problem.
@@ -519,7 +382,7 @@ async fn connect_refused_is_a_502_problem() {
 async fn a_slow_upstream_is_a_504_problem() {
     let server =
         ScriptedServer::start(vec![Reply::status(200).delay(Duration::from_secs(5))]).await;
-    let proxy = Sidecar::start(
+    let proxy = sidecar(
         &server.url(""),
         &["--timeout", "0.3", "--max-attempts", "1"],
     )
@@ -569,7 +432,7 @@ async fn a_large_response_is_streamed() {
         })
         .await
     };
-    let proxy = Sidecar::start(&format!("http://{addr}"), &[]).await;
+    let proxy = sidecar(&format!("http://{addr}"), &[]).await;
     let res = guarded(
         "the response head",
         caller().request(get(proxy.url("/big"))),
@@ -614,7 +477,7 @@ async fn a_large_response_is_streamed() {
 #[tokio::test]
 async fn a_200_kib_post_is_streamed_once() {
     let server = ScriptedServer::start(vec![Reply::status(503)]).await;
-    let proxy = Sidecar::start(&server.url(""), &[]).await;
+    let proxy = sidecar(&server.url(""), &[]).await;
     let big: Bytes = (0..200 * 1024).map(|i| (i % 241) as u8).collect();
     let post = |body: Bytes| {
         Request::post(proxy.url("/upload"))
@@ -642,7 +505,7 @@ async fn a_200_kib_post_is_streamed_once() {
 async fn the_retry_budget_caps_amplification_in_an_outage() {
     const REQUESTS: usize = 300;
     let server = ScriptedServer::start(vec![Reply::status(503)]).await;
-    let proxy = Sidecar::start(
+    let proxy = sidecar(
         &server.url(""),
         &["--max-attempts", "3", "--budget-percent", "20"],
     )
@@ -683,8 +546,8 @@ async fn slow_callers_big_heads_and_extra_connections_are_bounded() {
     // The header timeout is the subject here only; it also ends an idle
     // keep-alive connection, so the later phases run on a sidecar whose
     // timeout no slow machine reaches.
-    let cut = Sidecar::start(&server.url(""), &["--header-timeout", "0.5"]).await;
-    let proxy = Sidecar::start(
+    let cut = sidecar(&server.url(""), &["--header-timeout", "0.5"]).await;
+    let proxy = sidecar(
         &server.url(""),
         &["--header-timeout", "60", "--max-connections", "1"],
     )
@@ -692,7 +555,7 @@ async fn slow_callers_big_heads_and_extra_connections_are_bounded() {
 
     // A head that never ends is cut off after the header timeout.
     let start = Instant::now();
-    let mut slow = TcpStream::connect(cut.listen).await.expect("connect");
+    let mut slow = TcpStream::connect(cut.addr()).await.expect("connect");
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
@@ -756,7 +619,7 @@ async fn connect_when_free(proxy: &Sidecar) -> TcpStream {
     guarded("a free slot", async {
         loop {
             if proxy.metric("kneo_proxy_open_connections").await == 0.0 {
-                return TcpStream::connect(proxy.listen).await.expect("connect");
+                return TcpStream::connect(proxy.addr()).await.expect("connect");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -784,15 +647,15 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         })
         .await
     };
-    let mut proxy = Sidecar::start(&format!("http://{addr}"), &[]).await;
+    let mut proxy = sidecar(&format!("http://{addr}"), &[]).await;
     let in_flight = tokio::spawn(send(get(proxy.url("/slow"))));
     guarded("the request upstream", arrived.recv())
         .await
         .expect("arrived");
 
-    proxy.signal("TERM");
+    proxy.terminate().expect("SIGTERM sent");
     guarded("draining", async {
-        while proxy.admin("/readyz").await
+        while proxy.admin_get("/readyz").await
             != (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -800,23 +663,20 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     })
     .await;
     guarded("the listener closed", async {
-        while TcpStream::connect(proxy.listen).await.is_ok() {
+        while TcpStream::connect(proxy.addr()).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(
-        proxy.child.try_wait().expect("wait").is_none(),
-        "still draining"
-    );
+    assert!(proxy.try_wait().is_none(), "still draining");
 
     gate.notify_one();
     let got = in_flight.await.expect("the caller task");
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(&got.body[..], b"finished");
-    let status = guarded("exit", proxy.child.wait()).await.expect("exited");
+    let status = proxy.exited(GUARD).await.expect("exited");
     assert_eq!(status.code(), Some(0));
-    assert_eq!(proxy.log().await["path"], "/slow");
+    assert_eq!(proxy.next_log().await["path"], "/slow");
 }
 
 // Admin: /metrics counts what happened, /readyz follows the upstream.
@@ -828,9 +688,9 @@ async fn metrics_count_what_the_proxy_did() {
         _ => Reply::status(503),
     })
     .await;
-    let proxy = Sidecar::start(&server.url(""), &[]).await;
+    let proxy = sidecar(&server.url(""), &[]).await;
     guarded("ready", async {
-        while proxy.admin("/readyz").await.0 != StatusCode::OK {
+        while proxy.admin_get("/readyz").await.0 != StatusCode::OK {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -863,14 +723,14 @@ async fn metrics_count_what_the_proxy_did() {
     assert_eq!(m("kneo_proxy_budget_refusals_total").await, 0.0);
     assert_eq!(m("kneo_proxy_in_flight").await, 0.0);
     assert_eq!(m("kneo_proxy_request_duration_seconds_count").await, 3.0);
-    let (status, text) = proxy.admin("/metrics").await;
+    let (status, text) = proxy.admin_get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         text.contains("# TYPE kneo_proxy_request_duration_seconds histogram"),
         "{text}"
     );
-    assert_eq!(proxy.admin("/healthz").await.0, StatusCode::OK);
-    assert_eq!(proxy.admin("/nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(proxy.admin_get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(proxy.admin_get("/nope").await.0, StatusCode::NOT_FOUND);
 }
 
 // The command line: bad flags and unusable upstreams exit 2, quoting no secret.
@@ -914,68 +774,28 @@ async fn bad_flags_exit_2_without_echoing_secrets() {
         ],
         &["--upstream", "http://127.0.0.1:1", "--bogus=hunter2"],
     ];
+    let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
     for args in cases {
-        let out = guarded(
-            "exit",
-            Command::new(env!("CARGO_BIN_EXE_kneo"))
-                .arg("proxy")
-                .args(["--listen", "127.0.0.1:0"])
-                .args(*args)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("ran");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
-        // One line, then (for an argument error) clap's usage line.
-        let lines: Vec<&str> = stderr.lines().collect();
-        assert!(
-            lines.len() == 1
-                || lines
-                    .get(2)
-                    .is_some_and(|l| l.starts_with("Usage: kneo proxy")),
-            "{args:?}: {stderr:?}"
-        );
-        assert!(stderr.starts_with("error: "), "{args:?}: {stderr:?}");
-        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr:?}");
+        let command = sidecar::command(kneo, args);
+        sidecar::assert_refused(command, &format!("{args:?}"), "hunter2").await;
     }
 }
 
 // Startup: the admin listener is optional and reported as null.
 #[tokio::test]
 async fn without_admin_the_startup_line_says_null() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kneo"))
-        .args([
-            "proxy",
-            "--upstream",
-            "http://127.0.0.1:1",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let first = guarded("startup", lines.next_line())
+    let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
+    let mut proxy = Sidecar::start(kneo, "http://127.0.0.1:1", &[])
         .await
-        .expect("read")
-        .expect("a line");
-    let startup: Value = serde_json::from_str(&first).expect("JSON");
+        .expect("kneo proxy starts");
+    let startup = proxy.startup();
     assert_eq!(startup["admin"], Value::Null);
     assert_eq!(startup["upstream"], "http://127.0.0.1:1");
     assert!(startup["listening"]
         .as_str()
         .is_some_and(|a| a.starts_with("127.0.0.1:")));
-    let pid = child.id().expect("running");
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status();
-    let status = guarded("exit", child.wait()).await.expect("exited");
+    proxy.signal("INT").expect("SIGINT sent");
+    let status = proxy.exited(GUARD).await.expect("exited");
     assert_eq!(status.code(), Some(0), "SIGINT drains and exits 0 too");
 }
 
@@ -984,7 +804,7 @@ async fn without_admin_the_startup_line_says_null() {
 #[tokio::test]
 async fn idempotency_memory_replays_a_retried_post_and_runs_it_once() {
     let server = ScriptedServer::start(vec![Reply::json(201, r#"{"charge":1}"#)]).await;
-    let proxy = Sidecar::start(&server.url(""), &["--idempotency", "memory"]).await;
+    let proxy = sidecar(&server.url(""), &["--idempotency", "memory"]).await;
     let post = || {
         Request::post(proxy.url("/charges"))
             .header("idempotency-key", "charge-77")
@@ -1019,7 +839,7 @@ async fn an_announced_rate_limit_is_a_local_429_for_every_caller() {
         .header("ratelimit-policy", r#""hour";q=100;w=3600"#)
         .header("ratelimit", r#""hour";r=0;t=600"#)])
     .await;
-    let proxy = Sidecar::start(&server.url(""), &["--max-retry-after", "5"]).await;
+    let proxy = sidecar(&server.url(""), &["--max-retry-after", "5"]).await;
     let first = send(get(proxy.url("/runs"))).await;
     assert_eq!(first.status, StatusCode::OK);
     let got = send(get(proxy.url("/runs"))).await;

@@ -6,138 +6,43 @@
 //! guards against a hang, not claims.
 
 use kneo_tests::guarded;
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use kneo_tests::proxy_client::{send, Got};
 use kneo_tests::redis::RedisServer;
+use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-/// A running `kneo proxy`, its access log read line by line.
-struct Sidecar {
-    _child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Sidecar {
-    /// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --admin 127.0.0.1:0
-    /// --idempotency STORE`, once its startup line is out.
-    async fn start(upstream: &str, store: &str) -> Sidecar {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kneo"))
-            .args(["proxy", "--upstream", upstream])
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--idempotency", store])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn kneo proxy");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = guarded("the startup line", lines.recv())
-            .await
-            .expect("kneo proxy printed its startup line");
-        let startup: Value = serde_json::from_str(&first).expect("the startup line is JSON");
-        let addr = |v: &Value| v.as_str().expect("an address").parse().expect("IP:PORT");
-        Sidecar {
-            _child: child,
-            listen: addr(&startup["listening"]),
-            admin: addr(&startup["admin"]),
-            lines,
-        }
-    }
-
-    /// The next access-log line.
-    async fn log(&mut self) -> Value {
-        let line = guarded("an access-log line", self.lines.recv())
-            .await
-            .expect("kneo proxy is still printing");
-        serde_json::from_str(&line).expect("access-log lines are JSON")
-    }
-
-    /// A `kneo_proxy_requests_total` series from `/metrics` (0 when absent).
-    async fn requests_total(&self, outcome: &str, class: &str) -> f64 {
-        let metrics = send(
-            Request::get(format!("http://{}/metrics", self.admin))
-                .body(Full::default())
-                .expect("valid"),
-        )
-        .await;
-        assert_eq!(metrics.status, StatusCode::OK);
-        let text = String::from_utf8_lossy(&metrics.body).into_owned();
-        let series =
-            format!("kneo_proxy_requests_total{{outcome=\"{outcome}\",class=\"{class}\"}}");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series.as_str())?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().expect("a number"))
-    }
-
-    /// A keyed POST of `body` to `/charges`, with `id` as its `X-Request-ID`
-    /// when given.
-    fn post(&self, key: &str, body: &'static str, id: Option<&str>) -> Request<Full<Bytes>> {
-        let mut req =
-            Request::post(format!("http://{}/charges", self.listen)).header("idempotency-key", key);
-        if let Some(id) = id {
-            req = req.header("x-request-id", id);
-        }
-        req.body(Full::new(Bytes::from_static(body.as_bytes())))
-            .expect("valid")
-    }
-}
-
-/// What the caller got.
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("a JSON body")
-    }
-}
-
-async fn send(req: Request<Full<Bytes>>) -> Got {
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let res = guarded("the response", client.request(req))
+/// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --admin 127.0.0.1:0
+/// --idempotency STORE`, once its startup line is out.
+async fn sidecar(upstream: &str, store: &str) -> Sidecar {
+    let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
+    Sidecar::start_with_admin(kneo, upstream, &["--idempotency", store])
         .await
-        .expect("the proxy answers");
-    let (parts, body) = res.into_parts();
-    let body = guarded("the body", body.collect())
-        .await
-        .expect("the whole body")
-        .to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
+        .expect("kneo proxy starts")
+}
+
+/// A `kneo_proxy_requests_total` series from `/metrics` (0 when absent).
+async fn requests_total(proxy: &Sidecar, outcome: &str, class: &str) -> f64 {
+    let series = format!("kneo_proxy_requests_total{{outcome=\"{outcome}\",class=\"{class}\"}}");
+    proxy.metric(&series).await
+}
+
+/// A keyed POST of `body` to `/charges`, with `id` as its `X-Request-ID`
+/// when given.
+fn post(proxy: &Sidecar, key: &str, body: &'static str, id: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = Request::post(proxy.url("/charges")).header("idempotency-key", key);
+    if let Some(id) = id {
+        req = req.header("x-request-id", id);
     }
+    req.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("valid")
 }
 
 /// A log line's field as a string.
@@ -167,12 +72,12 @@ fn assert_layer_problem(got: &Got, log: &Value, status: u16, code: &str) {
 #[tokio::test]
 async fn a_replay_is_logged_and_counted_with_this_requests_id() {
     let server = ScriptedServer::start(vec![Reply::json(201, r#"{"charge":1}"#)]).await;
-    let mut proxy = Sidecar::start(&server.url(""), "memory").await;
+    let mut proxy = sidecar(&server.url(""), "memory").await;
 
-    let first = send(proxy.post("charge-1", "{\"amount\":5}", Some("first-1"))).await;
+    let first = send(post(&proxy, "charge-1", "{\"amount\":5}", Some("first-1"))).await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(first.header("x-request-id"), Some("first-1"));
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["outcome"], "upstream", "{log}");
     assert_eq!(log["request_id"], "first-1");
     assert_eq!(log["attempts"], 1);
@@ -181,14 +86,14 @@ async fn a_replay_is_logged_and_counted_with_this_requests_id() {
         "an echo of ours is not the upstream's own id: {log}"
     );
 
-    let retry = send(proxy.post("charge-1", "{\"amount\":5}", Some("retry-2"))).await;
+    let retry = send(post(&proxy, "charge-1", "{\"amount\":5}", Some("retry-2"))).await;
     assert_eq!(retry.status, StatusCode::CREATED);
     assert_eq!(retry.body, first.body, "byte for byte");
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     assert_eq!(retry.header("x-request-id"), Some("retry-2"));
     assert_eq!(retry.header("original-request"), Some("first-1"));
     assert_eq!(retry.header("via"), Some("1.1 kneo"), "one entry, not two");
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["outcome"], "replayed", "{log}");
     assert_eq!(log["request_id"], "retry-2");
     assert_eq!(log["status"], 201);
@@ -199,17 +104,17 @@ async fn a_replay_is_logged_and_counted_with_this_requests_id() {
 
     // A retry without an id of its own gets one made, the same in its
     // answer and its log line (not the first request's).
-    let bare = send(proxy.post("charge-1", "{\"amount\":5}", None)).await;
+    let bare = send(post(&proxy, "charge-1", "{\"amount\":5}", None)).await;
     let made = bare.header("x-request-id").expect("an id was made");
     assert_ne!(made, "first-1");
     assert_eq!(bare.header("original-request"), Some("first-1"));
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["outcome"], "replayed", "{log}");
     assert_eq!(field(&log, "request_id"), Some(made));
 
     assert_eq!(server.count(), 1, "the upstream ran it once");
-    assert_eq!(proxy.requests_total("upstream", "2xx").await, 1.0);
-    assert_eq!(proxy.requests_total("replayed", "2xx").await, 2.0);
+    assert_eq!(requests_total(&proxy, "upstream", "2xx").await, 1.0);
+    assert_eq!(requests_total(&proxy, "replayed", "2xx").await, 2.0);
 }
 
 // The same key with another body is the layer's 422: logged, counted, with
@@ -217,25 +122,28 @@ async fn a_replay_is_logged_and_counted_with_this_requests_id() {
 #[tokio::test]
 async fn the_layers_own_problems_are_logged_and_counted() {
     let server = ScriptedServer::start(vec![Reply::json(201, "{}")]).await;
-    let mut proxy = Sidecar::start(&server.url(""), "memory").await;
-    send(proxy.post("charge-2", "{\"amount\":5}", Some("first-1"))).await;
-    assert_eq!(proxy.log().await["outcome"], "upstream");
+    let mut proxy = sidecar(&server.url(""), "memory").await;
+    send(post(&proxy, "charge-2", "{\"amount\":5}", Some("first-1"))).await;
+    assert_eq!(proxy.next_log().await["outcome"], "upstream");
 
-    let other = send(proxy.post("charge-2", "{\"amount\":6}", Some("other-3"))).await;
+    let other = send(post(&proxy, "charge-2", "{\"amount\":6}", Some("other-3"))).await;
     assert_eq!(other.header("x-request-id"), Some("other-3"));
-    assert_layer_problem(&other, &proxy.log().await, 422, "idempotency_key_mismatch");
+    let log = proxy.next_log().await;
+    assert_layer_problem(&other, &log, 422, "idempotency_key_mismatch");
 
     // No id from the caller: the one made is in the answer and the log.
-    let bare = send(proxy.post("charge-2", "{\"amount\":7}", None)).await;
-    assert_layer_problem(&bare, &proxy.log().await, 422, "idempotency_key_mismatch");
+    let bare = send(post(&proxy, "charge-2", "{\"amount\":7}", None)).await;
+    let log = proxy.next_log().await;
+    assert_layer_problem(&bare, &log, 422, "idempotency_key_mismatch");
 
-    let invalid = send(proxy.post("", "{}", Some("bad-key-4"))).await;
+    let invalid = send(post(&proxy, "", "{}", Some("bad-key-4"))).await;
     assert_eq!(invalid.header("x-request-id"), Some("bad-key-4"));
-    assert_layer_problem(&invalid, &proxy.log().await, 400, "idempotency_key_invalid");
+    let log = proxy.next_log().await;
+    assert_layer_problem(&invalid, &log, 400, "idempotency_key_invalid");
 
     assert_eq!(server.count(), 1);
-    assert_eq!(proxy.requests_total("idempotency", "4xx").await, 3.0);
-    assert_eq!(proxy.requests_total("upstream", "2xx").await, 1.0);
+    assert_eq!(requests_total(&proxy, "idempotency", "4xx").await, 3.0);
+    assert_eq!(requests_total(&proxy, "upstream", "2xx").await, 1.0);
 }
 
 // A retry while the first still runs is the layer's 409, logged before the
@@ -245,8 +153,8 @@ async fn a_409_while_the_first_runs_is_logged() {
     // The upstream holds the first until the 409 is logged.
     let gate = Arc::new(Notify::new());
     let server = ScriptedServer::start(vec![Reply::json(201, "{}").gated(gate.clone())]).await;
-    let mut proxy = Sidecar::start(&server.url(""), "memory").await;
-    let first = tokio::spawn(send(proxy.post("charge-3", "{}", Some("slow-1"))));
+    let mut proxy = sidecar(&server.url(""), "memory").await;
+    let first = tokio::spawn(send(post(&proxy, "charge-3", "{}", Some("slow-1"))));
     guarded("the first request upstream", async {
         while server.count() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -254,18 +162,19 @@ async fn a_409_while_the_first_runs_is_logged() {
     })
     .await;
 
-    let busy = send(proxy.post("charge-3", "{}", Some("busy-2"))).await;
+    let busy = send(post(&proxy, "charge-3", "{}", Some("busy-2"))).await;
     assert_eq!(busy.header("x-request-id"), Some("busy-2"));
     assert!(busy.header("retry-after").is_some());
-    assert_layer_problem(&busy, &proxy.log().await, 409, "idempotency_key_in_use");
+    let log = proxy.next_log().await;
+    assert_layer_problem(&busy, &log, 409, "idempotency_key_in_use");
     gate.notify_one();
 
     let first = first.await.expect("the first request");
     assert_eq!(first.status, StatusCode::CREATED);
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["outcome"], "upstream", "{log}");
     assert_eq!(log["request_id"], "slow-1");
-    assert_eq!(proxy.requests_total("idempotency", "4xx").await, 1.0);
+    assert_eq!(requests_total(&proxy, "idempotency", "4xx").await, 1.0);
 }
 
 // The upstream's own X-Request-ID reaches the caller unchanged, and the log
@@ -276,9 +185,9 @@ async fn the_upstreams_own_request_id_is_logged_beside_ours() {
         Reply::json(201, "{}").header("x-request-id", "req_upstream1")
     ])
     .await;
-    let mut proxy = Sidecar::start(&server.url(""), "memory").await;
+    let mut proxy = sidecar(&server.url(""), "memory").await;
 
-    let get = Request::get(format!("http://{}/runs/7", proxy.listen))
+    let get = Request::get(proxy.url("/runs/7"))
         .header("x-request-id", "mine-1")
         .body(Full::default())
         .expect("valid");
@@ -289,16 +198,16 @@ async fn the_upstreams_own_request_id_is_logged_beside_ours() {
         Some("mine-1"),
         "the upstream got ours"
     );
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["outcome"], "upstream", "{log}");
     assert_eq!(log["request_id"], "mine-1");
     assert_eq!(log["upstream_request_id"], "req_upstream1");
 
-    send(proxy.post("charge-4", "{}", Some("first-2"))).await;
-    let log = proxy.log().await;
+    send(post(&proxy, "charge-4", "{}", Some("first-2"))).await;
+    let log = proxy.next_log().await;
     assert_eq!(log["request_id"], "first-2");
     assert_eq!(log["upstream_request_id"], "req_upstream1");
-    let replay = send(proxy.post("charge-4", "{}", Some("retry-3"))).await;
+    let replay = send(post(&proxy, "charge-4", "{}", Some("retry-3"))).await;
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(
         replay.header("x-request-id"),
@@ -306,7 +215,7 @@ async fn the_upstreams_own_request_id_is_logged_beside_ours() {
         "an id the upstream set is part of its answer"
     );
     assert_eq!(replay.header("original-request"), None);
-    let log = proxy.log().await;
+    let log = proxy.next_log().await;
     assert_eq!(log["outcome"], "replayed", "{log}");
     assert_eq!(log["request_id"], "retry-3");
     assert_eq!(log["upstream_request_id"], "req_upstream1");
@@ -321,17 +230,13 @@ async fn a_store_outage_503_is_logged_and_counted() {
         return;
     };
     let server = ScriptedServer::start(vec![Reply::json(201, "{}")]).await;
-    let mut proxy = Sidecar::start(&server.url(""), &redis.url()).await;
+    let mut proxy = sidecar(&server.url(""), &redis.url()).await;
     redis.stop();
 
-    let got = send(proxy.post("charge-5", "{}", Some("outage-1"))).await;
+    let got = send(post(&proxy, "charge-5", "{}", Some("outage-1"))).await;
     assert_eq!(got.header("x-request-id"), Some("outage-1"));
-    assert_layer_problem(
-        &got,
-        &proxy.log().await,
-        503,
-        "idempotency_store_unavailable",
-    );
+    let log = proxy.next_log().await;
+    assert_layer_problem(&got, &log, 503, "idempotency_store_unavailable");
     assert_eq!(server.count(), 0);
-    assert_eq!(proxy.requests_total("idempotency", "5xx").await, 1.0);
+    assert_eq!(requests_total(&proxy, "idempotency", "5xx").await, 1.0);
 }

@@ -14,65 +14,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use kneo_tests::proxy_client::{charge, connect, keyed_post, post_charge};
+use kneo_tests::serve;
 use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
-use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-async fn sidecar(upstream: &str, args: &[&str]) -> Sidecar {
+/// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 --idempotency STORE
+/// ARGS`, once its startup line is out.
+async fn sidecar(upstream: &str, store: &str, args: &[&str]) -> Sidecar {
     let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
-    Sidecar::start(kneo, upstream, args)
+    let all = [&["--idempotency", store][..], args].concat();
+    Sidecar::start(kneo, upstream, &all)
         .await
         .expect("kneo proxy starts")
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("a JSON body")
-    }
-
-    fn replayed(&self) -> bool {
-        self.headers
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true")
-    }
-}
-
-/// A keyed POST to the sidecar on a fresh connection.
-async fn post(proxy: &Sidecar, key: &str) -> Answer {
-    guarded("a keyed POST through the proxy", async {
-        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post("/charges")
-            .header("host", "localhost")
-            .header("idempotency-key", key)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
-            .expect("valid");
-        let res = sender.send_request(req).await.expect("an answer");
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.expect("a whole body").to_bytes();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    })
-    .await
 }
 
 /// A port with nothing listening on it (bound, then let go).
@@ -86,31 +45,19 @@ async fn counting_upstream(addr: SocketAddr, runs: Arc<AtomicUsize>) {
     let listener = TcpListener::bind(addr)
         .await
         .expect("the port is free again");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let runs = runs.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                    let body = format!(r#"{{"charge":{n}}}"#);
-                    async move {
-                        let res = Response::builder()
-                            .status(201)
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("valid");
-                        Ok::<_, Infallible>(res)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = format!(r#"{{"charge":{n}}}"#);
+        async move {
+            let res = Response::builder()
+                .status(201)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("valid");
+            Ok::<_, Infallible>(res)
         }
     });
+    serve(listener, service);
 }
 
 /// Defect: the sidecar's "could not connect" 502 was stored under the
@@ -119,29 +66,24 @@ async fn counting_upstream(addr: SocketAddr, runs: Arc<AtomicUsize>) {
 #[tokio::test]
 async fn a_502_for_an_upstream_that_was_down_frees_the_key() {
     let addr = free_port().await;
+    let upstream = format!("http://{addr}");
     let proxy = sidecar(
-        &format!("http://{addr}"),
-        &[
-            "--max-attempts",
-            "2",
-            "--timeout",
-            "1",
-            "--idempotency",
-            "memory",
-        ],
+        &upstream,
+        "memory",
+        &["--max-attempts", "2", "--timeout", "1"],
     )
     .await;
-    let down = post(&proxy, "pay-1").await;
+    let down = post_charge(proxy.addr(), "pay-1").await;
     assert_eq!(down.status, StatusCode::BAD_GATEWAY);
     assert_eq!(down.json()["code"], "api_connection");
 
     let runs = Arc::new(AtomicUsize::new(0));
     counting_upstream(addr, runs.clone()).await;
-    let up = post(&proxy, "pay-1").await;
+    let up = post_charge(proxy.addr(), "pay-1").await;
     assert_eq!(up.status, StatusCode::CREATED, "{:?}", up.body);
     assert!(!up.replayed(), "the 502 was not stored");
     assert_eq!(up.json()["charge"], 1);
-    let again = post(&proxy, "pay-1").await;
+    let again = post_charge(proxy.addr(), "pay-1").await;
     assert!(again.replayed());
     assert_eq!(again.json()["charge"], 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -161,21 +103,11 @@ async fn a_504_is_followed_by_the_upstream_s_late_answer() {
         })
         .await
     };
-    let proxy = sidecar(
-        &upstream.url(""),
-        &[
-            "--max-attempts",
-            "1",
-            "--timeout",
-            "0.3",
-            "--idempotency",
-            "memory",
-        ],
-    )
-    .await;
-    let first = post(&proxy, "pay-2").await;
+    let url = upstream.url("");
+    let proxy = sidecar(&url, "memory", &["--max-attempts", "1", "--timeout", "0.3"]).await;
+    let first = post_charge(proxy.addr(), "pay-2").await;
     assert_eq!(first.status, StatusCode::GATEWAY_TIMEOUT);
-    let meanwhile = post(&proxy, "pay-2").await;
+    let meanwhile = post_charge(proxy.addr(), "pay-2").await;
     assert_eq!(
         meanwhile.status,
         StatusCode::CONFLICT,
@@ -191,7 +123,7 @@ async fn a_504_is_followed_by_the_upstream_s_late_answer() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        answer = post(&proxy, "pay-2").await;
+        answer = post_charge(proxy.addr(), "pay-2").await;
     }
     assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
     assert!(answer.replayed());
@@ -205,14 +137,10 @@ async fn a_504_is_followed_by_the_upstream_s_late_answer() {
 #[tokio::test]
 async fn a_cut_connection_is_recorded_as_an_unknown_outcome() {
     let upstream = ScriptedServer::with(|_, _| Reply::close()).await;
-    let proxy = sidecar(
-        &upstream.url(""),
-        &["--max-attempts", "1", "--idempotency", "memory"],
-    )
-    .await;
-    let first = post(&proxy, "pay-3").await;
+    let proxy = sidecar(&upstream.url(""), "memory", &["--max-attempts", "1"]).await;
+    let first = post_charge(proxy.addr(), "pay-3").await;
     assert_eq!(first.status, StatusCode::BAD_GATEWAY);
-    let retry = post(&proxy, "pay-3").await;
+    let retry = post_charge(proxy.addr(), "pay-3").await;
     assert_eq!(retry.status, StatusCode::BAD_GATEWAY);
     assert!(retry.replayed());
     assert_eq!(retry.headers["x-should-retry"], "false");
@@ -260,22 +188,14 @@ async fn a_body_cut_by_the_upstream_keeps_the_key() {
     }
     let proxy = sidecar(
         &format!("http://{addr}"),
-        &["--max-attempts", "1", "--idempotency", "memory"],
+        "memory",
+        &["--max-attempts", "1"],
     )
     .await;
 
     let (status, got, broke) = guarded("the cut response", async {
-        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post("/charges")
-            .header("host", "localhost")
-            .header("idempotency-key", "cut-1")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
-            .expect("valid");
+        let mut sender = connect(proxy.addr()).await;
+        let req = charge("cut-1");
         // The cut can reach the caller before the proxy flushed the head
         // (hyper drops what it has not written when a body breaks): that is
         // a broken answer too.
@@ -304,7 +224,7 @@ async fn a_body_cut_by_the_upstream_keeps_the_key() {
     }
     assert!(broke, "the caller sees the answer break off");
 
-    let retry = post(&proxy, "cut-1").await;
+    let retry = post_charge(proxy.addr(), "cut-1").await;
     assert_eq!(retry.status, StatusCode::GONE, "{:?}", retry.body);
     assert_eq!(retry.json()["code"], "idempotency_response_not_stored");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "not run again");
@@ -321,12 +241,12 @@ async fn postgres_keeps_the_records_of_a_fleet() {
     let runs = Arc::new(AtomicUsize::new(0));
     counting_upstream(addr, runs.clone()).await;
     let upstream = format!("http://{addr}");
-    let args = ["--max-attempts", "1", "--idempotency", &pg.url()];
-    let a = sidecar(&upstream, &args).await;
-    let b = sidecar(&upstream, &args).await;
-    let first = post(&a, "pg-1").await;
+    let store = pg.url();
+    let a = sidecar(&upstream, &store, &["--max-attempts", "1"]).await;
+    let b = sidecar(&upstream, &store, &["--max-attempts", "1"]).await;
+    let first = post_charge(a.addr(), "pg-1").await;
     assert_eq!(first.status, StatusCode::CREATED);
-    let replay = post(&b, "pg-1").await;
+    let replay = post_charge(b.addr(), "pg-1").await;
     assert!(replay.replayed(), "the other sidecar replays: one table");
     assert_eq!(replay.json()["charge"], 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -340,25 +260,17 @@ async fn the_idempotency_limits_are_flags() {
     let runs = Arc::new(AtomicUsize::new(0));
     counting_upstream(addr, runs.clone()).await;
     let upstream = format!("http://{addr}");
-    let small_body = sidecar(
-        &upstream,
-        &["--idempotency", "memory", "--max-idempotent-body", "12"],
-    )
-    .await;
-    let refused = post(&small_body, "big-body").await;
+    let small_body = sidecar(&upstream, "memory", &["--max-idempotent-body", "12"]).await;
+    let refused = post_charge(small_body.addr(), "big-body").await;
     assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(refused.json()["code"], "request_body_too_large");
     assert_eq!(runs.load(Ordering::SeqCst), 0, "not forwarded");
 
-    let small_store = sidecar(
-        &upstream,
-        &["--idempotency", "memory", "--max-stored-response", "8"],
-    )
-    .await;
-    let first = post(&small_store, "big-answer").await;
+    let small_store = sidecar(&upstream, "memory", &["--max-stored-response", "8"]).await;
+    let first = post_charge(small_store.addr(), "big-answer").await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(first.json()["charge"], 1, "the first caller gets it whole");
-    let retry = post(&small_store, "big-answer").await;
+    let retry = post_charge(small_store.addr(), "big-answer").await;
     assert_eq!(retry.status, StatusCode::GONE);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
@@ -371,58 +283,40 @@ async fn a_keyed_stream_reaches_the_caller_as_it_is_produced() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    {
+    let service = {
         let gate = gate.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let gate = gate.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                        let gate = gate.clone();
-                        async move {
-                            let events = futures_util::stream::unfold(0, move |step| {
-                                let gate = gate.clone();
-                                async move {
-                                    let data = match step {
-                                        0 => "data: one\n\n",
-                                        1 => {
-                                            gate.notified().await;
-                                            "data: two\n\n"
-                                        }
-                                        _ => return None,
-                                    };
-                                    let frame = hyper::body::Frame::data(Bytes::from(data));
-                                    Some((Ok::<_, Infallible>(frame), step + 1))
-                                }
-                            });
-                            let res = Response::builder()
-                                .status(200)
-                                .header("content-type", "text/event-stream")
-                                .body(http_body_util::StreamBody::new(events))
-                                .expect("valid");
-                            Ok::<_, Infallible>(res)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+        hyper::service::service_fn(move |_req: Request<Incoming>| {
+            let gate = gate.clone();
+            async move {
+                let events = futures_util::stream::unfold(0, move |step| {
+                    let gate = gate.clone();
+                    async move {
+                        let data = match step {
+                            0 => "data: one\n\n",
+                            1 => {
+                                gate.notified().await;
+                                "data: two\n\n"
+                            }
+                            _ => return None,
+                        };
+                        let frame = hyper::body::Frame::data(Bytes::from(data));
+                        Some((Ok::<_, Infallible>(frame), step + 1))
+                    }
                 });
+                let res = Response::builder()
+                    .status(200)
+                    .header("content-type", "text/event-stream")
+                    .body(http_body_util::StreamBody::new(events))
+                    .expect("valid");
+                Ok::<_, Infallible>(res)
             }
-        });
-    }
-    let proxy = sidecar(&format!("http://{addr}"), &["--idempotency", "memory"]).await;
+        })
+    };
+    serve(listener, service);
+    let proxy = sidecar(&format!("http://{addr}"), "memory", &[]).await;
     guarded("the stream", async {
-        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post("/v1/chat/completions")
-            .header("host", "localhost")
-            .header("idempotency-key", "stream-1")
+        let mut sender = connect(proxy.addr()).await;
+        let req = keyed_post("/v1/chat/completions", "stream-1")
             .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
             .expect("valid");
         let res = sender.send_request(req).await.expect("the head");
@@ -435,6 +329,6 @@ async fn a_keyed_stream_reaches_the_caller_as_it_is_produced() {
         assert_eq!(rest, "data: two\n\n");
     })
     .await;
-    let replay = post(&proxy, "stream-1").await;
+    let replay = post_charge(proxy.addr(), "stream-1").await;
     let _ = replay;
 }

@@ -21,6 +21,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use kneo_tests::proxy_client::{connect, keyed_post};
 use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,19 +29,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 async fn sidecar(upstream: &str, args: &[&str]) -> Sidecar {
     let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
-    let mut all = vec!["--admin", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    Sidecar::start(kneo, upstream, &all).await.expect("starts")
-}
-
-/// A metric's value from the sidecar's `/metrics` (0 when absent).
-async fn metric(proxy: &Sidecar, series: &str) -> f64 {
-    let admin = proxy.admin().expect("started with --admin");
-    let (status, text) = h1_get(&format!("http://{admin}/metrics")).await;
-    assert_eq!(status, StatusCode::OK);
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    Sidecar::start_with_admin(kneo, upstream, args)
+        .await
+        .expect("starts")
 }
 
 /// One HTTP/1.1 GET on a connection of its own: status and body.
@@ -139,7 +130,7 @@ async fn a_websocket_echo_round_trips_through_the_proxy() {
     let upstream = echo_server().await;
     let proxy = sidecar(&format!("http://{upstream}"), &[]).await;
     let mut ws = ws_connect(&proxy, "/chat").await;
-    assert_eq!(metric(&proxy, "kneo_proxy_tunnels_open").await, 1.0);
+    assert_eq!(proxy.metric("kneo_proxy_tunnels_open").await, 1.0);
 
     echo(&mut ws, Message::text("hello through kneo")).await;
     echo(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
@@ -149,23 +140,21 @@ async fn a_websocket_echo_round_trips_through_the_proxy() {
     drop(ws);
 
     guarded("the tunnel closing", async {
-        while metric(&proxy, "kneo_proxy_tunnels_open").await != 0.0 {
+        while proxy.metric("kneo_proxy_tunnels_open").await != 0.0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert_eq!(metric(&proxy, "kneo_proxy_tunnels_total").await, 1.0);
+    assert_eq!(proxy.metric("kneo_proxy_tunnels_total").await, 1.0);
     assert_eq!(
-        metric(
-            &proxy,
-            r#"kneo_proxy_requests_total{outcome="upstream",class="1xx"}"#
-        )
-        .await,
+        proxy
+            .metric(r#"kneo_proxy_requests_total{outcome="upstream",class="1xx"}"#)
+            .await,
         1.0,
         "the handshake is recorded once, with its 101"
     );
     assert_eq!(
-        metric(&proxy, "kneo_proxy_upstream_attempts_total").await,
+        proxy.metric("kneo_proxy_upstream_attempts_total").await,
         1.0,
         "sent once"
     );
@@ -191,7 +180,7 @@ async fn a_refused_upgrade_is_passed_on_and_never_retried() {
     assert_eq!(sent.header("connection").as_deref(), Some("upgrade"));
     assert!(sent.header("idempotency-key").is_none(), "never keyed");
     assert!(sent.header("sec-websocket-key").is_some());
-    assert_eq!(metric(&proxy, "kneo_proxy_tunnels_total").await, 0.0);
+    assert_eq!(proxy.metric("kneo_proxy_tunnels_total").await, 0.0);
 }
 
 #[tokio::test]
@@ -199,16 +188,10 @@ async fn a_keyed_request_asking_to_upgrade_stays_under_the_idempotency_layer() {
     let upstream = ScriptedServer::start(vec![Reply::json(201, r#"{"id":"ch_1"}"#)]).await;
     let proxy = sidecar(&upstream.url(""), &["--idempotency", "memory"]).await;
     let send = || async {
-        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post("/charges")
-            .header("host", "localhost")
+        let mut sender = connect(proxy.addr()).await;
+        let req = keyed_post("/charges", "up-1")
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
-            .header("idempotency-key", "up-1")
             .body(Full::new(Bytes::from_static(b"{}")))
             .expect("valid");
         let res = guarded("a keyed upgrade", sender.send_request(req))
@@ -225,7 +208,7 @@ async fn a_keyed_request_asking_to_upgrade_stays_under_the_idempotency_layer() {
     );
     assert_eq!(upstream.count(), 1, "run once");
     assert!(upstream.requests()[0].header("upgrade").is_none());
-    assert_eq!(metric(&proxy, "kneo_proxy_tunnels_total").await, 0.0);
+    assert_eq!(proxy.metric("kneo_proxy_tunnels_total").await, 0.0);
 }
 
 #[tokio::test]

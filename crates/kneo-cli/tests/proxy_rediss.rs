@@ -8,40 +8,11 @@
 use kneo_tests::guarded;
 use std::path::Path;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
+use kneo_tests::proxy_client::post_charge;
 use kneo_tests::redis::{RedisServer, TLS_PASSWORD};
 use kneo_tests::sidecar::Sidecar;
 use kneo_tests::{Reply, ScriptedServer};
-use tokio::net::TcpStream;
-
-/// A keyed POST to the sidecar: its status, whether it was replayed, its body.
-async fn post(proxy: &Sidecar, key: &str) -> (StatusCode, bool, Bytes) {
-    guarded("a keyed POST through the proxy", async {
-        let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post("/charges")
-            .header("host", "localhost")
-            .header("idempotency-key", key)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"amount":10}"#)))
-            .expect("valid");
-        let res = sender.send_request(req).await.expect("an answer");
-        let replayed = res
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true");
-        let status = res.status();
-        let body = res.into_body().collect().await.expect("a body").to_bytes();
-        (status, replayed, body)
-    })
-    .await
-}
 
 #[tokio::test]
 async fn the_sidecar_keeps_its_records_in_managed_redis() {
@@ -80,12 +51,12 @@ async fn the_sidecar_keeps_its_records_in_managed_redis() {
     let proxy = Sidecar::start(kneo, &upstream.url(""), &["--idempotency", &redis.url()])
         .await
         .expect("kneo proxy starts on managed Redis");
-    let (status, replayed, body) = post(&proxy, "pay-1").await;
-    assert_eq!(status, StatusCode::CREATED, "{body:?}");
-    assert!(!replayed);
-    let (status, replayed, again) = post(&proxy, "pay-1").await;
-    assert_eq!(status, StatusCode::CREATED, "{again:?}");
-    assert!(replayed, "answered from the record in Redis");
-    assert_eq!(again, body);
+    let first = post_charge(proxy.addr(), "pay-1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    assert!(!first.replayed());
+    let again = post_charge(proxy.addr(), "pay-1").await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    assert!(again.replayed(), "answered from the record in Redis");
+    assert_eq!(again.body, first.body);
     assert_eq!(upstream.count(), 1, "the upstream ran it once");
 }

@@ -6,113 +6,76 @@
 //! scripted loopback upstream that counts what reaches it.
 
 use kneo_tests::guarded;
-use std::ffi::OsString;
-use std::net::SocketAddr;
-use std::process::Stdio;
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
+use kneo_tests::proxy_client;
+use kneo_tests::sidecar::{self, Sidecar};
 use kneo_tests::{Reply, ScriptedServer};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const SECRET: &str = "a test secret of more than sixteen bytes";
 
-/// A running `kneo proxy`, killed on drop.
-struct Sidecar {
-    _child: Child,
-    listen: SocketAddr,
-}
-
-impl Sidecar {
-    /// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 ARGS`, with
-    /// `KNEO_SCOPE_SECRET` set to `secret` (or unset), once its startup line
-    /// is out.
-    async fn start(upstream: &str, args: &[&str], secret: Option<&str>) -> Sidecar {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kneo"));
-        command
-            .args(["proxy", "--upstream", upstream, "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("KNEO_SCOPE_SECRET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        if let Some(secret) = secret {
-            command.env("KNEO_SCOPE_SECRET", secret);
-        }
-        let mut child = command.spawn().expect("spawn kneo proxy");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = guarded("the startup line", lines.next_line())
-            .await
-            .expect("read stdout")
-            .expect("kneo proxy printed its startup line");
-        // The access log goes on; nobody needs to read it here.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let startup: Value = serde_json::from_str(&first).expect("the startup line is JSON");
-        let listen = startup["listening"]
-            .as_str()
-            .expect("an address")
-            .parse()
-            .expect("IP:PORT");
-        Sidecar {
-            _child: child,
-            listen,
-        }
-    }
-
-    /// Sends `method path` with these headers; the status, whether it was a
-    /// replay, the body.
-    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.listen, path));
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let body = if method == "POST" {
-            &b"{\"amount\":5}"[..]
-        } else {
-            b""
-        };
-        let req = req
-            .body(Full::new(Bytes::from_static(body)))
-            .expect("valid");
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        let res = guarded("the response", client.request(req))
-            .await
-            .expect("the proxy answers");
-        let status = res.status();
-        let replayed = res
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true");
-        let body = guarded("the body", res.into_body().collect())
-            .await
-            .expect("the whole body")
-            .to_bytes();
-        Got {
-            status,
-            replayed,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        }
-    }
-
-    /// POST /charges with `Idempotency-Key: charge-1` and these headers.
-    async fn charge(&self, headers: &[(&str, &str)]) -> Got {
-        let mut all = vec![("idempotency-key", "charge-1")];
-        all.extend_from_slice(headers);
-        self.send("POST", "/charges", &all).await
+/// `KNEO_SCOPE_SECRET` set to `secret` in `command`'s environment, or
+/// removed from it.
+fn scope_secret(command: &mut Command, secret: Option<&OsStr>) {
+    command.env_remove("KNEO_SCOPE_SECRET");
+    if let Some(secret) = secret {
+        command.env("KNEO_SCOPE_SECRET", secret);
     }
 }
 
+/// `kneo proxy --upstream UPSTREAM --listen 127.0.0.1:0 ARGS` with its
+/// [`scope_secret`], once its startup line is out.
+async fn sidecar(upstream: &str, args: &[&str], secret: Option<&str>) -> Sidecar {
+    let all = [&["--upstream", upstream][..], args].concat();
+    let mut command = sidecar::command(kneo(), &all);
+    scope_secret(&mut command, secret.map(OsStr::new));
+    Sidecar::spawn(command).await.expect("kneo proxy starts")
+}
+
+fn kneo() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kneo"))
+}
+
+/// Sends `method path` with these headers; the status, whether it was a
+/// replay, the body.
+async fn send(proxy: &Sidecar, method: &str, path: &str, headers: &[(&str, &str)]) -> Seen {
+    let mut req = Request::builder().method(method).uri(proxy.url(path));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let body = if method == "POST" {
+        &b"{\"amount\":5}"[..]
+    } else {
+        b""
+    };
+    let req = req
+        .body(Full::new(Bytes::from_static(body)))
+        .expect("valid");
+    let got = proxy_client::send(req).await;
+    Seen {
+        status: got.status,
+        replayed: got.replayed(),
+        body: serde_json::from_slice(&got.body).unwrap_or(Value::Null),
+    }
+}
+
+/// POST /charges with `Idempotency-Key: charge-1` and these headers.
+async fn charge(proxy: &Sidecar, headers: &[(&str, &str)]) -> Seen {
+    let mut all = vec![("idempotency-key", "charge-1")];
+    all.extend_from_slice(headers);
+    send(proxy, "POST", "/charges", &all).await
+}
+
+/// What the caller saw: the body as JSON (null when it is not).
 #[derive(Debug)]
-struct Got {
+struct Seen {
     status: StatusCode,
     replayed: bool,
     body: Value,
@@ -127,17 +90,17 @@ async fn counting_upstream() -> ScriptedServer {
 async fn x_api_key_tenants_with_one_key_both_run_and_neither_is_replayed_the_other() {
     let upstream = counting_upstream().await;
     for secret in [None, Some(SECRET)] {
-        let proxy = Sidecar::start(&upstream.url(""), &["--idempotency", "memory"], secret).await;
+        let proxy = sidecar(&upstream.url(""), &["--idempotency", "memory"], secret).await;
         let before = upstream.count();
-        let one = proxy.charge(&[("x-api-key", "tenant1")]).await;
-        let two = proxy.charge(&[("x-api-key", "tenant2")]).await;
+        let one = charge(&proxy, &[("x-api-key", "tenant1")]).await;
+        let two = charge(&proxy, &[("x-api-key", "tenant2")]).await;
         assert_eq!(one.status, StatusCode::CREATED);
         assert_eq!(two.status, StatusCode::CREATED);
         assert!(!one.replayed && !two.replayed, "{secret:?}: {two:?}");
         assert_ne!(one.body, two.body, "tenant2 got tenant1's answer");
         assert_eq!(upstream.count() - before, 2, "{secret:?}: two executions");
 
-        let again = proxy.charge(&[("x-api-key", "tenant1")]).await;
+        let again = charge(&proxy, &[("x-api-key", "tenant1")]).await;
         assert!(
             again.replayed,
             "{secret:?}: the same tenant's retry is a replay"
@@ -150,24 +113,20 @@ async fn x_api_key_tenants_with_one_key_both_run_and_neither_is_replayed_the_oth
 #[tokio::test]
 async fn scope_cookie_separates_sessions_and_ignores_other_cookies() {
     let upstream = counting_upstream().await;
-    let proxy = Sidecar::start(
+    let proxy = sidecar(
         &upstream.url(""),
         &["--idempotency", "memory", "--scope-cookie", "session"],
         Some(SECRET),
     )
     .await;
-    let alice = proxy
-        .charge(&[("cookie", "session=alice; _ga=GA1.1")])
-        .await;
-    let bob = proxy.charge(&[("cookie", "session=bob; _ga=GA1.1")]).await;
+    let alice = charge(&proxy, &[("cookie", "session=alice; _ga=GA1.1")]).await;
+    let bob = charge(&proxy, &[("cookie", "session=bob; _ga=GA1.1")]).await;
     assert!(!alice.replayed && !bob.replayed, "{bob:?}");
     assert_ne!(alice.body, bob.body, "bob got alice's answer");
     assert_eq!(upstream.count(), 2);
 
     // Alice's retry after her analytics cookie changed: her own answer.
-    let retry = proxy
-        .charge(&[("cookie", "_ga=GA1.2; session=alice")])
-        .await;
+    let retry = charge(&proxy, &[("cookie", "_ga=GA1.2; session=alice")]).await;
     assert!(retry.replayed, "an honest retry ran again");
     assert_eq!(retry.body, alice.body);
     assert_eq!(upstream.count(), 2);
@@ -176,7 +135,7 @@ async fn scope_cookie_separates_sessions_and_ignores_other_cookies() {
 #[tokio::test]
 async fn scope_header_adds_a_credential_header() {
     let upstream = counting_upstream().await;
-    let proxy = Sidecar::start(
+    let proxy = sidecar(
         &upstream.url(""),
         &[
             "--idempotency",
@@ -189,17 +148,15 @@ async fn scope_header_adds_a_credential_header() {
         None,
     )
     .await;
-    let one = proxy.charge(&[("x-tenant-key", "t1")]).await;
-    let two = proxy.charge(&[("x-tenant-key", "t2")]).await;
+    let one = charge(&proxy, &[("x-tenant-key", "t1")]).await;
+    let two = charge(&proxy, &[("x-tenant-key", "t2")]).await;
     assert!(!two.replayed);
     assert_ne!(one.body, two.body);
     // The defaults still count.
-    let three = proxy
-        .charge(&[("x-tenant-key", "t1"), ("api-key", "k")])
-        .await;
+    let three = charge(&proxy, &[("x-tenant-key", "t1"), ("api-key", "k")]).await;
     assert!(!three.replayed);
     assert_eq!(upstream.count(), 3);
-    assert!(proxy.charge(&[("x-tenant-key", "t2")]).await.replayed);
+    assert!(charge(&proxy, &[("x-tenant-key", "t2")]).await.replayed);
     assert_eq!(upstream.count(), 3);
 }
 
@@ -218,7 +175,7 @@ async fn one_keys_spent_rate_limit_does_not_block_another_key() {
         }
     })
     .await;
-    let proxy = Sidecar::start(&upstream.url(""), &["--max-retry-after", "5"], None).await;
+    let proxy = sidecar(&upstream.url(""), &["--max-retry-after", "5"], None).await;
     let a = [("authorization", "Bearer sk-A")];
     let b = [("authorization", "Bearer sk-B")];
     spent_quota_holds_up_only_its_caller(&proxy, &upstream, &a, &b).await;
@@ -232,12 +189,12 @@ async fn spent_quota_holds_up_only_its_caller(
     spent: &[(&str, &str)],
     other: &[(&str, &str)],
 ) {
-    let first = proxy.send("GET", "/v1/chat", spent).await;
+    let first = send(proxy, "GET", "/v1/chat", spent).await;
     assert_eq!(first.status, StatusCode::OK, "{first:?}");
-    let got = proxy.send("GET", "/v1/models", other).await;
+    let got = send(proxy, "GET", "/v1/models", other).await;
     assert_eq!(got.status, StatusCode::OK, "{got:?}");
     assert_eq!(upstream.count(), 2, "the other caller reached the upstream");
-    let refused = proxy.send("GET", "/v1/models", spent).await;
+    let refused = send(proxy, "GET", "/v1/models", spent).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.body["code"], "rate_limited_locally");
     assert_eq!(upstream.count(), 2, "the spent caller was not sent");
@@ -258,7 +215,7 @@ async fn scope_header_partitions_the_rate_limit_throttle_too() {
         }
     })
     .await;
-    let proxy = Sidecar::start(
+    let proxy = sidecar(
         &upstream.url(""),
         &[
             "--idempotency",
@@ -324,37 +281,10 @@ async fn bad_scope_flags_and_secrets_exit_2_without_echoing_them() {
         cases
     };
     for (args, secret) in &cases {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kneo"));
-        command
-            .args([
-                "proxy",
-                "--upstream",
-                "http://127.0.0.1:1",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .env_remove("KNEO_SCOPE_SECRET")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        if let Some(secret) = secret {
-            command.env("KNEO_SCOPE_SECRET", secret);
-        }
-        let out = guarded("exit", command.output()).await.expect("ran");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
-        // One line, then (for an argument error) clap's usage line.
-        let lines: Vec<&str> = stderr.lines().collect();
-        assert!(
-            lines.len() == 1
-                || lines
-                    .get(2)
-                    .is_some_and(|l| l.starts_with("Usage: kneo proxy")),
-            "{args:?}: {stderr:?}"
-        );
-        assert!(stderr.starts_with("error: "), "{args:?}: {stderr:?}");
-        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr:?}");
+        let all = [&["--upstream", "http://127.0.0.1:1"][..], args].concat();
+        let mut command = sidecar::command(kneo(), &all);
+        scope_secret(&mut command, secret.as_deref());
+        sidecar::assert_refused(command, &format!("{args:?}"), "hunter2").await;
     }
 }
 
@@ -367,25 +297,16 @@ async fn redis_without_a_secret_warns_and_with_one_does_not() {
         return;
     };
     for secret in [None, Some(SECRET)] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kneo"));
-        command
-            .args([
-                "proxy",
-                "--upstream",
-                "http://127.0.0.1:1",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--idempotency", &redis.url()])
-            .env_remove("KNEO_SCOPE_SECRET")
-            .stdin(Stdio::null())
+        let url = redis.url();
+        let args = ["--upstream", "http://127.0.0.1:1", "--idempotency", &url];
+        let mut command = sidecar::command(kneo(), &args);
+        scope_secret(&mut command, secret.map(OsStr::new));
+        let mut child = tokio::process::Command::from(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(secret) = secret {
-            command.env("KNEO_SCOPE_SECRET", secret);
-        }
-        let mut child = command.spawn().expect("spawn kneo proxy");
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn kneo proxy");
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         guarded("the startup line", lines.next_line())
             .await

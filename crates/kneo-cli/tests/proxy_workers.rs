@@ -23,13 +23,9 @@ const CONNECTIONS: usize = 32;
 
 async fn sidecar(upstream: &str) -> Sidecar {
     let kneo = std::path::Path::new(env!("CARGO_BIN_EXE_kneo"));
-    Sidecar::start(
-        kneo,
-        upstream,
-        &["--workers", "2", "--admin", "127.0.0.1:0"],
-    )
-    .await
-    .expect("kneo proxy starts")
+    Sidecar::start_with_admin(kneo, upstream, &["--workers", "2"])
+        .await
+        .expect("kneo proxy starts")
 }
 
 /// `requests` GETs of `path`, one after another on one new connection:
@@ -56,15 +52,6 @@ async fn get_on_one_connection(
         answers.push((status, body));
     }
     answers
-}
-
-/// The admin endpoint's `/metrics`.
-async fn metrics(proxy: &Sidecar) -> String {
-    let admin = proxy.admin().expect("started with --admin");
-    let mut answers = get_on_one_connection(admin, "/metrics", 1).await;
-    let (status, body) = answers.pop().expect("one answer");
-    assert_eq!(status, StatusCode::OK);
-    String::from_utf8(body.to_vec()).expect("UTF-8")
 }
 
 /// The sum of every sample of `family` (`kneo_proxy_requests_total`, say),
@@ -121,7 +108,7 @@ async fn metrics_count_every_request_of_every_worker_once() {
     }
 
     let sent = (CONNECTIONS * per_connection) as u64;
-    let metrics = metrics(&proxy).await;
+    let metrics = proxy.metrics().await;
     let (answered, by_outcome) = samples(&metrics, "kneo_proxy_requests_total");
     assert_eq!(answered, sent, "{by_outcome:?}");
     let (attempts, _) = samples(&metrics, "kneo_proxy_upstream_attempts_total");
@@ -148,7 +135,7 @@ async fn sigterm_lets_every_worker_finish_its_requests_and_loses_no_log_line() {
         }
     })
     .await;
-    assert_both_workers_served(&metrics(&proxy).await, CONNECTIONS);
+    assert_both_workers_served(&proxy.metrics().await, CONNECTIONS);
     proxy.terminate().expect("SIGTERM");
 
     for caller in callers {
