@@ -13,6 +13,7 @@
 
 pub mod faults;
 pub mod ledger;
+pub mod observed;
 pub mod postgres;
 pub mod proxy_client;
 pub mod proxy_rss;

@@ -25,9 +25,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use kneo_server::idempotency::{Claim, Completed, Fingerprint, RecordKey};
-use kneo_server::store::{Acquire, StoreError};
-use kneo_server::{IdempotencyLayer, MemoryStore, Store};
+use kneo_server::{IdempotencyLayer, MemoryStore};
+use kneo_tests::observed::{Observed, Step};
 use peak_alloc::PeakAlloc;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
@@ -53,68 +52,35 @@ const GUARD: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 struct Watched {
     inner: MemoryStore,
+    /// `inner`, observed: the store the layer is given.
+    observed: Observed<MemoryStore>,
     max_len: Arc<AtomicUsize>,
     refused_full: Arc<AtomicUsize>,
 }
 
 impl Watched {
     fn new(inner: MemoryStore) -> Self {
+        let max_len = Arc::new(AtomicUsize::new(0));
+        let refused_full = Arc::new(AtomicUsize::new(0));
+        let (len, full) = (max_len.clone(), refused_full.clone());
+        let observed = Observed::new(inner.clone(), move |store: &MemoryStore, step| {
+            len.fetch_max(store.len(), Ordering::SeqCst);
+            if let Step::Claimed(Err(e)) = step {
+                if e.is_full() {
+                    full.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
         Watched {
             inner,
-            max_len: Arc::new(AtomicUsize::new(0)),
-            refused_full: Arc::new(AtomicUsize::new(0)),
+            observed,
+            max_len,
+            refused_full,
         }
-    }
-
-    fn record(&self) {
-        self.max_len.fetch_max(self.inner.len(), Ordering::SeqCst);
     }
 
     fn max_len(&self) -> usize {
         self.max_len.load(Ordering::SeqCst)
-    }
-}
-
-impl Store for Watched {
-    async fn claim(
-        &self,
-        key: &RecordKey,
-        fingerprint: Fingerprint,
-        lease: Duration,
-    ) -> Result<Acquire, StoreError> {
-        let result = self.inner.claim(key, fingerprint, lease).await;
-        self.record();
-        if result.as_ref().is_err_and(StoreError::is_full) {
-            self.refused_full.fetch_add(1, Ordering::SeqCst);
-        }
-        result
-    }
-
-    async fn complete(
-        &self,
-        key: &RecordKey,
-        claim: &Claim,
-        record: &Completed,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let result = self.inner.complete(key, claim, record, ttl).await;
-        self.record();
-        result
-    }
-
-    async fn renew(
-        &self,
-        key: &RecordKey,
-        claim: &Claim,
-        lease: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.renew(key, claim, lease).await
-    }
-
-    async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
-        let result = self.inner.release(key, claim).await;
-        self.record();
-        result
     }
 }
 
@@ -271,7 +237,7 @@ async fn ten_thousand_keys_against_a_store_of_a_thousand() {
     let router = Router::new()
         .route("/charges", post(charge))
         .with_state(app.clone())
-        .layer(IdempotencyLayer::new(store.clone()));
+        .layer(IdempotencyLayer::new(store.observed.clone()));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let heap_empty = ALLOC.current_usage();
 

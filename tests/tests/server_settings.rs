@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use kneo_server::idempotency::{Claim, Completed, Fingerprint, RecordKey};
-use kneo_server::store::{Acquire, StoreError};
+use kneo_server::store::Acquire;
 use kneo_server::{IdempotencyLayer, MemoryStore, Store};
+use kneo_tests::observed::{Observed, Step};
 use server_support::*;
 
 /// `.ttl(Duration::MAX)` and `.lease(Duration::MAX)` are bounded, not a
@@ -55,60 +55,18 @@ async fn a_zero_lease_still_excludes_duplicates<St: Store>(store: St) {
     assert_eq!(server.runs(), 1);
 }
 
-/// Wraps a store, counting the claims answered "in flight" (a duplicate that
-/// waits for the first run asks again and again).
-#[derive(Clone)]
-struct Watched<St> {
-    inner: St,
-    in_flight: Arc<AtomicUsize>,
-}
-
-impl<St: Store> Store for Watched<St> {
-    async fn claim(
-        &self,
-        key: &RecordKey,
-        fingerprint: Fingerprint,
-        lease: Duration,
-    ) -> Result<Acquire, StoreError> {
-        let acquired = self.inner.claim(key, fingerprint, lease).await;
-        if matches!(acquired, Ok(Acquire::InFlight(_))) {
-            self.in_flight.fetch_add(1, Ordering::SeqCst);
-        }
-        acquired
-    }
-
-    async fn complete(
-        &self,
-        key: &RecordKey,
-        claim: &Claim,
-        record: &Completed,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.complete(key, claim, record, ttl).await
-    }
-
-    async fn renew(
-        &self,
-        key: &RecordKey,
-        claim: &Claim,
-        lease: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.renew(key, claim, lease).await
-    }
-
-    async fn release(&self, key: &RecordKey, claim: &Claim) -> Result<bool, StoreError> {
-        self.inner.release(key, claim).await
-    }
-}
-
 /// With `wait_for_first`, a duplicate that arrives while the first runs
 /// waits and gets its response, not a `409`; without it, `409` at once.
 async fn a_duplicate_can_wait_for_the_first_run<St: Store>(store: St) {
+    // The claims answered "in flight" (a duplicate that waits for the first
+    // run asks again and again).
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let watched = Watched {
-        inner: store.clone(),
-        in_flight: in_flight.clone(),
-    };
+    let counted = in_flight.clone();
+    let watched = Observed::new(store.clone(), move |_, step| {
+        if let Step::Claimed(Ok(Acquire::InFlight(_))) = step {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
     let layer = IdempotencyLayer::new(watched).wait_for_first(Duration::from_secs(30));
     let server = TestServer::start(App::Axum, layer).await;
     let client = server.client("key-1", once());
