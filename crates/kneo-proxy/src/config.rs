@@ -159,9 +159,7 @@ impl Upstream {
             .build()
             .map_err(|_| PathError::Invalid)
     }
-}
 
-impl Upstream {
     /// [`uri_for`](Self::uri_for) a caller's parsed target: with no prefix
     /// and a path already clean (the usual request), the URI reuses the
     /// caller's path and query as they are, without joining and parsing

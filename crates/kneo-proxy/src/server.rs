@@ -451,12 +451,12 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
         let keyed = req.headers().contains_key(kneo::core::IDEMPOTENCY_KEY);
         let upgrade = upgrade::upgrade_protocol(req.headers(), req.version()).filter(|_| !keyed);
         if let Some(protocol) = upgrade {
-            req.extensions_mut().insert(ClientAddr(self.peer));
             let (upgrades, shared) = (self.proxy.upgrades(), self.proxy.shared());
             let answer = upgrade::forward(
                 upgrades.clone(),
                 shared.clone(),
                 req,
+                self.peer.ip(),
                 protocol,
                 self.open.clone(),
             );

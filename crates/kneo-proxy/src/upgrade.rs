@@ -11,6 +11,7 @@
 //! connection did, and a drain waits for it up to the drain timeout, then
 //! cuts it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::metrics::Held;
 use crate::outcome::{Exchange, ExchangeOutcome};
 use crate::pool::UpstreamBody;
 use crate::problem::ProblemAnswer;
-use crate::shared::{finish_problem, record, upstream_request_id, ClientAddr, Shared};
+use crate::shared::{finish_problem, record, upstream_request_id, Shared};
 use kneo::transport::{Alpn, Connector};
 
 pub(crate) use crate::headers::upgrade_protocol;
@@ -74,13 +75,14 @@ impl Upgrades {
     }
 }
 
-/// Forwards `req`, a handshake asking for `protocol`; on `101`, joins the
-/// two connections in a task that keeps `hold` (the caller connection's
-/// count) until the tunnel closes.
+/// Forwards `req` from `peer`, a handshake asking for `protocol`; on `101`,
+/// joins the two connections in a task that keeps `hold` (the caller
+/// connection's count) until the tunnel closes.
 pub(crate) async fn forward<H>(
     upgrades: Arc<Upgrades>,
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
+    peer: IpAddr,
     protocol: HeaderValue,
     hold: H,
 ) -> Response<ProxyBody>
@@ -93,8 +95,7 @@ where
     let method = parts.method.clone();
     let original = parts.uri.clone();
     let sent_id = parts.headers.get(kneo::core::X_REQUEST_ID).cloned();
-    let peer = ClientAddr::ip(&parts.extensions);
-    if let Err(answer) = shared.retarget(&mut parts, peer) {
+    if let Err(answer) = shared.retarget(&mut parts, Some(peer)) {
         return finish_problem(&shared, *answer, &method, &original, start);
     }
     keep_upgrade(&mut parts.headers, protocol);
